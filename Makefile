@@ -1,0 +1,43 @@
+# make run   : set up .venv, then run the whole pipeline (dvc repro)
+# make test  : set up .venv, then run the test suite
+# make quick : the whole pipeline on the quick profile (small subset, 2 folds, 2 epochs)
+# make bench : benchmark figures (see benchmarks/)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# Stages run `python -m mnist_mlops.<stage>`: put the venv first on PATH for dvc.
+export PATH := $(BIN):$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+QUICK := -S preprocess.subset=3000 -S preprocess.folds=2 -S train.max_epochs=2
+
+.PHONY: setup run quick test test-all lint bench clean
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@[ -d .git ] || git init -q
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	dvc repro
+
+quick: setup
+	dvc exp run $(QUICK)
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-all: setup
+	$(BIN)/python -m pytest -m ''
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,61 @@
+"""File helpers shared by every stage: atomic writes and content hashes.
+
+Outputs are written to a temporary file beside the target and renamed into place, so an
+interrupted or failed stage never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+CHUNK = 1 << 20
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temp path beside `target`; rename it onto `target` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=suffix or f".tmp{target.suffix}", dir=target.parent
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text_atomic(target: Path | str, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(target: Path | str, data: Any) -> None:
+    write_text_atomic(target, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def sha256_file(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_files(paths: list[Path]) -> str:
+    """One digest over several files (name + content), e.g. a stage's data inputs."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(bytes.fromhex(sha256_file(p)))
+    return h.hexdigest()
