@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from mnist_mlops.models import ARCHITECTURES
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 Scaling = Literal["centered", "unit", "none"]
@@ -136,12 +138,10 @@ class ModelParams:
     batch_size: int
     epochs: int
     hidden_units: tuple[int, ...]
-    dropout: float = 0.0
+    dropout: float | None = None
     activation: Activation = "relu"
 
     def __post_init__(self) -> None:
-        from mnist_mlops.models import ARCHITECTURES  # local: models imports keras
-
         where = f"models.{self.name}"
         _check(self.architecture in ARCHITECTURES, f"{where}.architecture",
                f"unknown architecture {self.architecture!r}; "
@@ -149,10 +149,16 @@ class ModelParams:
         _check(self.learning_rate > 0, f"{where}.learning_rate", "must be > 0")
         _check(self.batch_size >= 1, f"{where}.batch_size", "must be >= 1")
         _check(self.epochs >= 1, f"{where}.epochs", "must be >= 1")
-        _check(0 <= self.dropout < 1, f"{where}.dropout", "must be in [0, 1)")
+        arch = ARCHITECTURES[self.architecture]
+        if arch.has_dropout:
+            _check(self.dropout is not None and 0 <= self.dropout < 1, f"{where}.dropout",
+                   f"must be in [0, 1) for {self.architecture}")
+        else:
+            _check(self.dropout is None, f"{where}.dropout",
+                   f"does not apply: {self.architecture} has no dropout layer; remove it")
         _check(all(u >= 1 for u in self.hidden_units), f"{where}.hidden_units",
                "every entry must be >= 1")
-        expected = ARCHITECTURES[self.architecture].n_hidden
+        expected = arch.n_hidden
         _check(len(self.hidden_units) == expected, f"{where}.hidden_units",
                f"{self.architecture} takes {expected} hidden layer size(s), "
                f"got {len(self.hidden_units)}")

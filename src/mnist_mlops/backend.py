@@ -1,0 +1,63 @@
+"""What differs between Keras backends: determinism, precision and the device in use.
+
+Everything else in the project is backend-neutral Keras 3; backend-specific imports are
+confined to this module and happen only when a function here is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def configure(*, seed: int, deterministic: bool, mixed_precision: bool) -> None:
+    """Seed every RNG and set the precision policy before any model is built."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
+
+
+def device_info() -> dict[str, Any]:
+    """Backend, library versions and the accelerator (if any), for logging with each run."""
+    import keras
+
+    backend = keras.backend.backend()
+    info: dict[str, Any] = {
+        "backend": backend, "keras_version": keras.__version__,
+        "python_version": platform.python_version(), "device": "cpu",
+    }
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        build = tf.sysconfig.get_build_info()
+        info.update(tensorflow_version=tf.__version__,
+                    cuda_version=build.get("cuda_version", "none"),
+                    cudnn_version=build.get("cudnn_version", "none"))
+        if gpus:
+            details = tf.config.experimental.get_device_details(gpus[0])
+            info["device"] = f"gpu:{details.get('device_name', gpus[0].name)}"
+    elif backend == "jax":
+        import jax
+
+        dev = jax.devices()[0]
+        info.update(jax_version=jax.__version__)
+        if dev.platform != "cpu":
+            info["device"] = f"{dev.platform}:{getattr(dev, 'device_kind', dev)}"
+    elif backend == "torch":
+        import torch
+
+        info.update(torch_version=torch.__version__, cuda_version=str(torch.version.cuda))
+        if torch.cuda.is_available():
+            info["device"] = f"gpu:{torch.cuda.get_device_name(0)}"
+    if info["device"] == "cpu":
+        info["device"] = f"cpu:{platform.processor() or platform.machine()}"
+    return info

@@ -1,0 +1,78 @@
+"""PNG figures for humans (DVC plots and MLflow artifacts): curves, confusion, digits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnist_mlops.fsio import atomic_path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, out: Path) -> None:
+    plt = _pyplot()
+    with atomic_path(out, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def learning_curves(histories: dict[str, dict[str, list[float]]], out: Path, title: str) -> None:
+    """Accuracy and loss per epoch, train (dashed) vs validation (solid), one colour a run."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (label, h) in enumerate(histories.items()):
+        colour = f"C{i}"
+        for ax, key in zip(axes, ("accuracy", "loss"), strict=True):
+            epochs = range(1, len(h[key]) + 1)
+            ax.plot(epochs, h[key], "--", color=colour, label=f"{label} train")
+            if f"val_{key}" in h:
+                ax.plot(epochs, h[f"val_{key}"], "-", color=colour, label=f"{label} val")
+    for ax, key in zip(axes, ("accuracy", "loss"), strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    _save(fig, out)
+
+
+def confusion_matrix(cm: np.ndarray, out: Path, title: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    im = ax.imshow(np.log1p(cm), cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+                color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks(range(10))
+    ax.set_yticks(range(10))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="log(1 + count)")
+    _save(fig, out)
+
+
+def digit_grid(images: np.ndarray, captions: list[str], out: Path, title: str) -> None:
+    """A grid of 28x28 digits with a caption under each (e.g. worst misclassifications)."""
+    plt = _pyplot()
+    n = max(len(images), 1)
+    cols = min(n, 8)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.4, rows * 1.7), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, cap in zip(axes.flat, images, captions, strict=False):
+        ax.imshow(img.reshape(28, 28), cmap="gray_r", vmin=0, vmax=255)
+        ax.set_title(cap, fontsize=8)
+    fig.suptitle(title)
+    _save(fig, out)
