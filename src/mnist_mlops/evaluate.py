@@ -1,0 +1,144 @@
+"""Stage `evaluate@<model>`: test-set metrics, per-class report, confusion, speed.
+
+Writes DVC metrics (metrics/<name>.json), DVC plots (predictions.csv for the confusion
+template, PNGs) and logs all of it to the model's MLflow run from the train stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from mnist_mlops import figures, tracking
+from mnist_mlops.config import Params, load_params
+from mnist_mlops.fsio import write_json_atomic, write_text_atomic
+from mnist_mlops.parse import load_dataset
+from mnist_mlops.runtime import UserError, run_main
+
+log = logging.getLogger(__name__)
+WORST = 24
+
+
+def load_keras_model(path: Path) -> Any:
+    """A saved .h5 model, ready for inference (no optimizer state needed)."""
+    import keras
+
+    if not path.is_file():
+        raise UserError(f"{path} not found: train it first (`dvc repro train@{path.stem}`)")
+    return keras.saving.load_model(path, compile=False)
+
+
+def predict_proba(model: Any, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities for uint8 images shaped (n, 28, 28) or (n, 28, 28, 1)."""
+    x = images.reshape(-1, 28, 28, 1).astype("float32")
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
+
+
+def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+    """Accuracy, cross-entropy loss, per-class P/R/F1 and the confusion matrix."""
+    pred = proba.argmax(axis=1)
+    eps = 1e-7
+    loss = float(-np.log(np.clip(proba[np.arange(len(y)), y], eps, 1.0)).mean())
+    p, r, f1, support = precision_recall_fscore_support(y, pred, labels=range(10),
+                                                        zero_division=0)
+    return {
+        "accuracy": float((pred == y).mean()), "loss": loss,
+        "macro_f1": float(f1.mean()),
+        "per_class": {str(c): {"precision": float(p[c]), "recall": float(r[c]),
+                               "f1": float(f1[c]), "support": int(support[c])}
+                      for c in range(10)},
+        "confusion": confusion_matrix(y, pred, labels=range(10)).tolist(),
+    }
+
+
+def worst_errors(y: np.ndarray, proba: np.ndarray, k: int = WORST) -> np.ndarray:
+    """Indices of the k most confident mistakes."""
+    pred = proba.argmax(axis=1)
+    wrong = np.flatnonzero(pred != y)
+    return wrong[np.argsort(-proba[wrong, pred[wrong]], kind="stable")][:k]
+
+
+def throughput(model: Any, images: np.ndarray, repeats: int = 30) -> dict[str, float]:
+    """Batch images/s (model.predict) and single-image latency (direct call), on this host."""
+    x = images.reshape(-1, 28, 28, 1).astype("float32")
+    model.predict(x[:256], batch_size=256, verbose=0)  # warm-up / tracing
+    t0 = time.perf_counter()
+    model.predict(x, batch_size=256, verbose=0)
+    batch_s = time.perf_counter() - t0
+    one = x[:1]
+    model(one, training=False)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.asarray(model(one, training=False))
+        times.append(time.perf_counter() - t)
+    return {"images_per_s": len(x) / batch_s, "latency_ms_p50": 1000 * float(np.median(times)),
+            "latency_ms_p95": 1000 * float(np.percentile(times, 95))}
+
+
+def predictions_csv(y: np.ndarray, pred: np.ndarray) -> str:
+    rows = "\n".join(f"{a},{b}" for a, b in zip(y.tolist(), pred.tolist(), strict=True))
+    return "actual,predicted\n" + rows + "\n"
+
+
+def evaluate(params: Params, name: str) -> dict[str, Any]:
+    paths = params.paths
+    data = load_dataset(paths.dataset)
+    x, y = data["x_test"], data["y_test"].astype(np.int64)
+    model = load_keras_model(paths.model_file(name))
+    proba = predict_proba(model, x)
+    m = classification_metrics(y, proba)
+    speed = throughput(model, x)
+    out = paths.eval_dir(name)
+    pred = proba.argmax(axis=1)
+    worst = worst_errors(y, proba)
+
+    write_text_atomic(out / "predictions.csv", predictions_csv(y, pred))
+    write_json_atomic(out / "classes.json", m["per_class"])
+    figures.confusion_matrix(np.array(m["confusion"]), out / "confusion.png",
+                             f"{name}: test accuracy {m['accuracy']:.4f}")
+    figures.digit_grid(x[worst], [f"true {y[i]} → {pred[i]} ({proba[i, pred[i]]:.2f})"
+                                  for i in worst], out / "misclassified.png",
+                       f"{name}: most confident mistakes")
+    metrics = {"test_accuracy": m["accuracy"], "test_loss": m["loss"],
+               "test_macro_f1": m["macro_f1"], "test_errors": int((pred != y).sum()),
+               **{f"infer_{k}": v for k, v in speed.items()}}
+    _log_to_mlflow(params, name, metrics, m["per_class"], out)
+    write_json_atomic(paths.metrics_file(name), metrics)
+    log.info("%s: test accuracy %.4f, loss %.4f, %.0f images/s, %.2f ms/image", name,
+             m["accuracy"], m["loss"], speed["images_per_s"], speed["latency_ms_p50"])
+    return metrics
+
+
+def _log_to_mlflow(params: Params, name: str, metrics: dict[str, float],
+                   per_class: dict[str, dict[str, float]], out: Path) -> None:
+    """Attach the test results to the parent run the train stage created."""
+    run_file = params.paths.train_dir(name) / "run.json"
+    run_id = json.loads(run_file.read_text())["run_id"]
+    tracking.setup(params.mlflow)
+    with tracking.run_scope(run_id=run_id):
+        mlflow.log_metrics(metrics)
+        mlflow.log_metrics({f"test_f1_class_{c}": v["f1"] for c, v in per_class.items()})
+        mlflow.log_artifacts(str(out), "evaluate")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("model", help="model name from params.yaml `models:`")
+    args = ap.parse_args()
+    tracking.sigterm_as_interrupt()
+    params = load_params()
+    params.model(args.model)
+    evaluate(params, args.model)
+
+
+if __name__ == "__main__":
+    run_main(main)

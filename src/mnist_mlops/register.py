@@ -1,0 +1,98 @@
+"""Stage `register`: one registry version per evaluated model, then the promotion gate.
+
+Idempotent: a model whose MLflow run already has a version is not registered again. The
+decision (who is challenger, whether the champion changed and why) is written as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mnist_mlops import registry, tracking
+from mnist_mlops.config import Params, load_params
+from mnist_mlops.fsio import write_json_atomic
+from mnist_mlops.runtime import UserError, run_main
+
+log = logging.getLogger(__name__)
+
+
+def _read(path: Any) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: run `dvc repro` up to evaluate first") from None
+
+
+def ensure_version(client: MlflowClient, params: Params, name: str) -> str:
+    """The registry version for model `name`'s latest run, registering it if needed."""
+    paths, reg = params.paths, params.mlflow.registered_model
+    run = _read(paths.train_dir(name) / "run.json")
+    if not run.get("model_uri"):
+        raise UserError(f"{name}: its run logged no MLflow model (non-TensorFlow backend?)")
+    existing = client.search_model_versions(f"name='{reg}' and run_id='{run['run_id']}'")
+    if existing:
+        return str(existing[0].version)
+    cv = _read(paths.train_dir(name) / "cv.json")
+    test = _read(paths.metrics_file(name))
+    tags = {
+        "model_name": name, "architecture": params.model(name).architecture,
+        "test_accuracy": f"{test['test_accuracy']:.6f}",
+        "cv_val_accuracy_mean": f"{cv['cv_val_accuracy_mean']:.6f}",
+        "cv_val_accuracy_std": f"{cv['cv_val_accuracy_std']:.6f}",
+        **{k: v for k, v in client.get_run(run["run_id"]).data.tags.items()
+           if k in ("data_sha256", "git_commit", "git_dirty")},
+    }
+    mv = mlflow.register_model(run["model_uri"], reg, tags=tags)
+    # Linking the run makes the version searchable by run_id (idempotency check above).
+    if mv.run_id != run["run_id"]:
+        client.set_model_version_tag(reg, mv.version, "run_id", run["run_id"])
+    log.info("registered %s as %s v%s", name, reg, mv.version)
+    return str(mv.version)
+
+
+def register(params: Params) -> dict[str, Any]:
+    tracking.setup(params.mlflow)
+    client = MlflowClient()
+    reg = params.mlflow.registered_model
+    try:
+        client.get_registered_model(reg)
+    except MlflowException:
+        client.create_registered_model(reg, description="MNIST digit classifiers from the "
+                                       "mnist-mlops pipeline; @champion serves.")
+    versions = {name: ensure_version(client, params, name) for name in params.models}
+    cands = [registry.candidate(client, reg, v) for v in versions.values()]
+    best = max(cands, key=lambda c: (c.test_accuracy, -int(c.version)))
+    client.set_registered_model_alias(reg, registry.CHALLENGER, best.version)
+    champ_v = registry.alias_version(client, reg, registry.CHAMPION)
+    champ = registry.candidate(client, reg, champ_v) if champ_v else None
+    decision = registry.decide(best, champ, margin=params.register.margin,
+                               floor=params.register.floor)
+    if decision.promote:
+        registry.set_champion(client, reg, best.version)
+    log.info("%s: challenger v%s (%s); %s: %s", reg, best.version, best.model,
+             "promoted" if decision.promote else "champion kept", decision.reason)
+    return {
+        "registered_model": reg, "versions": versions,
+        "challenger": {"version": best.version, "model": best.model,
+                       "test_accuracy": best.test_accuracy},
+        "previous_champion": champ_v, "promoted": decision.promote, "reason": decision.reason,
+        "champion": registry.alias_version(client, reg, registry.CHAMPION),
+        "margin": params.register.margin, "floor": params.register.floor,
+        "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def main() -> None:
+    params = load_params()
+    write_json_atomic(params.paths.registry, register(params))
+
+
+if __name__ == "__main__":
+    run_main(main)
