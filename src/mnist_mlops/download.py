@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -104,13 +105,15 @@ def _copy_from(mirror: str, name: str, dest: Path, timeout_s: float) -> None:
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp, open(dest, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0) or None
+            received = 0
             with tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False,
                       disable=None) as bar:
                 while chunk := resp.read(CHUNK):
                     out.write(chunk)
+                    received += len(chunk)
                     bar.update(len(chunk))
-            if total is not None and dest.stat().st_size != total:
-                raise OSError(f"connection closed after {dest.stat().st_size} of {total} bytes")
+            if total is not None and received != total:
+                raise OSError(f"connection closed after {received} of {total} bytes")
     except urllib.error.HTTPError as exc:
         if exc.code >= 500 or exc.code == 429:
             raise OSError(f"HTTP {exc.code} {exc.reason}") from None
@@ -140,7 +143,7 @@ def fetch_file(name: str, sha256: str, raw_dir: Path, mirrors: list[str], *, ret
             except _Permanent as exc:
                 failures.append(f"  {mirror}: {exc}")
                 break
-            except OSError as exc:  # network errors, timeouts, truncated transfers
+            except (OSError, http.client.HTTPException) as exc:  # network, timeouts, cut-offs
                 reason = getattr(exc, "reason", None) or exc
                 if attempt == retries:
                     failures.append(f"  {mirror}: {reason} (after {retries} attempts)")

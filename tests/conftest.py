@@ -1,0 +1,108 @@
+"""Shared fixtures: the local MNIST mirror, tiny synthetic IDX data, temp DVC projects."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mnist_mlops.idx import write_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def find_mirror() -> Path | None:
+    env = os.environ.get("MNIST_MIRROR", "")
+    for cand in (Path(env) if env else None, ROOT.parent / "shared" / "data" / "mnist"):
+        if cand and all((cand / f).is_file() for f in MNIST_FILES):
+            return cand
+    return None
+
+
+@pytest.fixture(scope="session")
+def mnist_mirror() -> Path:
+    mirror = find_mirror()
+    if mirror is None:
+        pytest.skip("no local MNIST mirror (set MNIST_MIRROR or provide ../shared/data/mnist)")
+    return mirror
+
+
+def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Easy, learnable fake digits: class c lights a distinct 7x7 block (plus noise)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n, dtype=np.uint8) % 10
+    rng.shuffle(y)
+    x = rng.integers(0, 40, size=(n, 28, 28), dtype=np.uint8)
+    for i, c in enumerate(y):
+        r, col = divmod(int(c), 4)
+        x[i, 7 * r:7 * r + 7, 7 * col:7 * col + 7] = 255
+    return x, y
+
+
+@pytest.fixture
+def synthetic_mirror(tmp_path: Path) -> Path:
+    """A folder holding the four MNIST files, but tiny and synthetic (IDX, gzip)."""
+    d = tmp_path / "mirror"
+    xtr, ytr = synthetic_digits(200, seed=1)
+    xte, yte = synthetic_digits(50, seed=2)
+    for name, arr in zip(MNIST_FILES, (xtr, ytr, xte, yte), strict=True):
+        write_idx(d / name, arr)
+    return d
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """Environment for subprocesses: this venv first on PATH, quiet TensorFlow."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None,
+        check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, cwd=cwd, env=env or tool_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def make_project(dest: Path, params_override: dict | None = None) -> Path:
+    """A fresh git + DVC project holding this repo's pipeline (dvc.yaml, params, src)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__",
+                                                                              "*.egg-info"))
+    if params_override:
+        params = yaml.safe_load((dest / "params.yaml").read_text())
+        for dotted, value in params_override.items():
+            node = params
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = tool_env()
+    run(["git", "init", "-q"], dest, env)
+    run(["git", "config", "user.email", "ci@example.invalid"], dest, env)
+    run(["git", "config", "user.name", "ci"], dest, env)
+    run(["dvc", "init", "-q"], dest, env)
+    run(["dvc", "config", "core.analytics", "false"], dest, env)
+    run(["git", "add", "-A"], dest, env)
+    run(["git", "commit", "-qm", "init"], dest, env)
+    return dest
+
+
+QUICK = {"preprocess.subset": 1000, "preprocess.folds": 2, "train.max_epochs": 1}

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mnist_mlops.config import ConfigError, load_params, parse_params
+
+from .conftest import ROOT
+
+RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_change(dotted: str, value: object) -> dict:
+    raw = copy.deepcopy(RAW)
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for k in parents:
+        node = node[k]
+    node[leaf] = value
+    return raw
+
+
+def test_repo_params_load_and_cover_the_six_models() -> None:
+    p = load_params(ROOT / "params.yaml")
+    assert list(p.models) == ["fc_1024_512", "lenet_28_50", "mlp_512x2", "cnn_32_64_64",
+                              "cnn_28_dense128", "cnn_deep_dropout"]
+    assert p.models["cnn_deep_dropout"].batch_size == 512
+    assert p.models["cnn_28_dense128"].loss == "sparse"
+    assert p.paths.model_file("x") == Path("models/x.h5")
+
+
+@pytest.mark.parametrize(("dotted", "value", "needle"), [
+    ("train.seedd", 1, "train.seedd"),
+    ("models.mlp_512x2.hiden_units", [1], "models.mlp_512x2.hiden_units"),
+    ("models.mlp_512x2.architecture", "resnet", "unknown architecture 'resnet'"),
+    ("models.mlp_512x2.optimizer", "adamw", "models.mlp_512x2.optimizer is 'adamw'"),
+    ("models.mlp_512x2.scaling", "zscore", "models.mlp_512x2.scaling"),
+    ("models.mlp_512x2.batch_size", 0, "models.mlp_512x2.batch_size"),
+    ("models.mlp_512x2.batch_size", "64", "must be an integer"),
+    ("models.mlp_512x2.dropout", 1.5, "models.mlp_512x2.dropout"),
+    ("models.mlp_512x2.hidden_units", [512], "takes 2 hidden layer size(s)"),
+    ("models.lenet_28_50.dropout", 0.3, "has no dropout layer"),
+    ("preprocess.strategy", "random", "preprocess.strategy"),
+    ("preprocess.folds", 1, "preprocess.folds"),
+    ("train.final", "average", "train.final"),
+    ("train.deterministic", "yes", "must be true or false"),
+    ("download.files", {"x.gz": "abc"}, "download.files.x.gz"),
+    ("bogus", 1, "unknown top-level key 'bogus'"),
+])
+def test_bad_values_name_the_key(dotted: str, value: object, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_params(with_change(dotted, value))
+    assert needle in str(err.value)
+
+
+def test_unknown_model_lookup_lists_known_names() -> None:
+    p = parse_params(RAW)
+    with pytest.raises(ConfigError, match="params.yaml defines: fc_1024_512"):
+        p.model("resnet50")
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("paths: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_max_epochs_caps_recipe() -> None:
+    p = parse_params(with_change("train.max_epochs", 3))
+    assert p.models["cnn_deep_dropout"].effective_epochs(p.train) == 3
+    p = parse_params(RAW)
+    assert p.models["cnn_deep_dropout"].effective_epochs(p.train) == 60
+
+
+def test_env_tracking_uri_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = parse_params(RAW)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert p.mlflow.resolved_tracking_uri() == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert p.mlflow.resolved_tracking_uri() == "http://127.0.0.1:5000"
