@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from mnist_mlops.config import load_params
+from mnist_mlops.models import ARCHITECTURES, build_model, compile_model, ensemble
+
+from .conftest import ROOT
+
+PARAMS = load_params(ROOT / "params.yaml")
+
+
+@pytest.mark.parametrize("name", list(PARAMS.models))
+def test_parameter_count_matches_spec(name: str) -> None:
+    p = PARAMS.models[name]
+    model = build_model(p)
+    assert model.count_params() == ARCHITECTURES[p.architecture].params
+    assert model.input_shape == (None, 28, 28, 1)
+    assert model.output_shape == (None, 10)
+
+
+def test_spec_counts_are_the_documented_ones() -> None:
+    assert {k: a.params for k, a in ARCHITECTURES.items()} == {
+        "fc_1024_512": 1_333_770, "lenet_28_50": 1_266_288, "mlp_512x2": 669_706,
+        "cnn_32_64_64": 93_322, "cnn_28_dense128": 607_394, "cnn_deep_dropout": 370_026,
+    }
+
+
+@pytest.mark.parametrize(("scaling", "expected"), [
+    ("centered", [-1.0, 0.0, 128 / 127]), ("unit", [0.0, 127 / 255, 1.0]),
+    ("none", [0.0, 127.0, 255.0]),
+])
+def test_scaling_is_inside_the_model(scaling: str, expected: list[float]) -> None:
+    from dataclasses import replace
+
+    p = replace(PARAMS.models["mlp_512x2"], scaling=scaling)
+    model = build_model(p)
+    first_dense = next(i for i, layer in enumerate(model.layers)
+                       if isinstance(layer, keras.layers.Flatten))
+    probe = keras.Model(model.inputs, model.layers[first_dense].output)
+    x = np.zeros((1, 28, 28, 1), np.uint8)
+    x[0, 0, :3, 0] = [0, 127, 255]
+    out = np.asarray(probe(x.astype("float32")))[0, :3]
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+def test_hidden_units_and_activation_are_parameters() -> None:
+    from dataclasses import replace
+
+    p = replace(PARAMS.models["mlp_512x2"], hidden_units=(128, 128), activation="linear")
+    model = build_model(p)
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert [d.units for d in dense] == [128, 128, 10]
+    assert dense[0].activation.__name__ == "linear"
+
+
+def test_ensemble_averages_and_round_trips_as_h5(tmp_path: Path) -> None:
+    p = PARAMS.models["cnn_32_64_64"]
+    members = [compile_model(build_model(p), p) for _ in range(2)]
+    ens = ensemble(members, p.name)
+    x = np.random.default_rng(0).integers(0, 255, (3, 28, 28, 1)).astype("float32")
+    expected = (np.asarray(members[0](x)) + np.asarray(members[1](x))) / 2
+    np.testing.assert_allclose(np.asarray(ens(x)), expected, rtol=1e-5, atol=1e-6)
+    ens.save(tmp_path / "e.h5")
+    back = keras.saving.load_model(tmp_path / "e.h5", compile=False)
+    np.testing.assert_allclose(np.asarray(back(x)), expected, rtol=1e-5, atol=1e-6)

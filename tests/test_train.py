@@ -1,0 +1,221 @@
+"""The train stage for real: Keras on tiny synthetic digits, MLflow on a temp SQLite store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from mnist_mlops.config import Params, load_params
+from mnist_mlops.fsio import write_text_atomic
+from mnist_mlops.parse import save_dataset
+from mnist_mlops.preprocess import folds_csv, make_folds
+
+from .conftest import ROOT, synthetic_digits, tool_env
+
+
+def write_tiny_project(root: Path, **train: object) -> Path:
+    """params.yaml + dataset + folds for 240 synthetic images, 2 folds, in `root`."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["preprocess"]["folds"] = 2
+    raw["train"].update({"max_epochs": 2, "verbose": 0, **train})
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    p = load_params(root / "params.yaml")
+    x, y = synthetic_digits(240, seed=3)
+    xt, yt = synthetic_digits(60, seed=4)
+    save_dataset({"x_train": x, "y_train": y, "x_test": xt, "y_test": yt},
+                 root / p.paths.dataset)
+    idx, folds = make_folds(y, p.preprocess)
+    write_text_atomic(root / p.paths.folds, folds_csv(idx, y[idx], folds))
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Params:
+    write_tiny_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    return load_params()
+
+
+def runs_of(model: str) -> dict[str, list]:
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("mnist-mlops")
+    runs = client.search_runs([exp.experiment_id], f"tags.model_name = '{model}'")
+    children = client.search_runs([exp.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{runs[0].info.run_id}'")
+    return {"parent": runs, "children": children}
+
+
+def test_train_writes_outputs_and_tracks_everything(project: Params) -> None:
+    from mnist_mlops.train import train
+
+    summary = train(project, "mlp_512x2")
+    paths = project.paths
+    assert paths.model_file("mlp_512x2").is_file()
+    out = paths.train_dir("mlp_512x2")
+    for f in ("curves.png", "summary.txt", "run.json", "cv.json", "history/fold_0.csv",
+              "history/fold_1.csv", "history/final.csv"):
+        assert (out / f).is_file(), f
+    assert summary["cv_val_accuracy_mean"] > 0.5  # synthetic digits are easy
+    assert summary["n_params"] == 669_706
+    assert (out / "history" / "fold_0.csv").read_text().splitlines()[0] == \
+        "epoch,accuracy,val_accuracy,loss,val_loss"
+
+    runs = runs_of("mlp_512x2")
+    (parent,) = runs["parent"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["model.optimizer"] == "rmsprop"
+    assert parent.data.params["model.effective_epochs"] == "2"
+    tags = parent.data.tags
+    assert tags["dvc_stage"] == "train@mlp_512x2" and len(tags["data_sha256"]) == 64
+    assert {"git_commit", "git_dirty", "keras_version", "device"} <= set(tags)
+    assert parent.data.metrics["cv_val_accuracy_mean"] == pytest.approx(
+        summary["cv_val_accuracy_mean"])
+    names = sorted(r.info.run_name for r in runs["children"])
+    assert names == ["mlp_512x2/final-refit", "mlp_512x2/fold-0", "mlp_512x2/fold-1"]
+    client = MlflowClient()
+    fold0 = next(r for r in runs["children"] if r.info.run_name.endswith("fold-0"))
+    hist = client.get_metric_history(fold0.info.run_id, "val_accuracy")
+    assert [m.step for m in hist] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"keras", "train"} <= artifacts
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["run_id"] == parent.info.run_id
+    assert run_info["model_uri"].startswith("models:/")
+
+
+def test_logged_mlflow_model_serves_raw_uint8(project: Params) -> None:
+    import mlflow
+
+    from mnist_mlops.parse import load_dataset
+    from mnist_mlops.train import train
+
+    train(project, "cnn_28_dense128")
+    uri = json.loads((project.paths.train_dir("cnn_28_dense128") / "run.json").read_text())
+    model = mlflow.pyfunc.load_model(uri["model_uri"])
+    x = load_dataset(project.paths.dataset)["x_test"][:8][..., None]
+    assert x.dtype == np.uint8
+    proba = np.asarray(model.predict(x))
+    assert proba.shape == (8, 10)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-4)
+
+
+def test_same_seed_same_fold_metrics(project: Params) -> None:
+    from mnist_mlops.train import train
+
+    a = train(project, "cnn_32_64_64")["folds"]
+    b = train(project, "cnn_32_64_64")["folds"]
+    assert a == b
+
+
+@pytest.mark.parametrize("final", ["best_fold", "ensemble"])
+def test_final_model_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, final: str) -> None:
+    import keras
+
+    from mnist_mlops.train import train
+
+    write_tiny_project(tmp_path, final=final)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    params = load_params()
+    summary = train(params, "mlp_512x2")
+    model = keras.saving.load_model(params.paths.model_file("mlp_512x2"), compile=False)
+    expected = 669_706 * (2 if final == "ensemble" else 1)
+    assert model.count_params() == expected == summary["n_params"]
+    names = {r.info.run_name for r in runs_of("mlp_512x2")["children"]}
+    assert not any("final" in n for n in names)
+
+
+def wait_for(pred, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigterm_ends_runs_killed_and_leaves_no_model(tmp_path: Path) -> None:
+    write_tiny_project(tmp_path, max_epochs=None)
+    raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    raw["models"]["mlp_512x2"]["epochs"] = 500
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = tool_env(MLFLOW_TRACKING_URI=uri)
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_mlops.train", "mlp_512x2"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        def training_started() -> bool:
+            if not (tmp_path / "mlflow.db").exists():
+                return False
+            try:
+                runs = MlflowClient(uri).search_runs(["1"], "attributes.status = 'RUNNING'")
+            except Exception:
+                return False
+            return any(r.data.metrics.get("val_loss") is not None for r in runs)
+
+        wait_for(training_started, 120, "a fold run with metrics")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        del os.environ["MLFLOW_TRACKING_URI"]
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted" in out
+    runs = MlflowClient(uri).search_runs(["1"])
+    assert runs and {r.info.status for r in runs} == {"KILLED"}
+    models_dir = tmp_path / "models"
+    assert not models_dir.exists() or list(models_dir.iterdir()) == []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_against_a_real_mlflow_server(tmp_path: Path) -> None:
+    write_tiny_project(tmp_path)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
+        cwd=tmp_path, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        def healthy() -> bool:
+            try:
+                return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, 90, "mlflow server")
+        proc = subprocess.run([sys.executable, "-m", "mnist_mlops.train", "cnn_32_64_64"],
+                              cwd=tmp_path, env=tool_env(MLFLOW_TRACKING_URI=uri),
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("mnist-mlops")
+        runs = client.search_runs([exp.experiment_id])
+        assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+        assert any((tmp_path / "artifacts").rglob("*.h5"))
+        assert not (tmp_path / "mlflow.db").exists()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
