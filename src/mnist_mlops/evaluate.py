@@ -124,6 +124,7 @@ def _log_to_mlflow(params: Params, name: str, metrics: dict[str, float],
     run_file = params.paths.train_dir(name) / "run.json"
     run_id = json.loads(run_file.read_text())["run_id"]
     tracking.setup(params.mlflow)
+    tracking.require_run(run_id, name)
     with tracking.run_scope(run_id=run_id):
         mlflow.log_metrics(metrics)
         mlflow.log_metrics({f"test_f1_class_{c}": v["f1"] for c, v in per_class.items()})

@@ -30,15 +30,16 @@ def _read(path: Any) -> dict[str, Any]:
         raise UserError(f"{path} not found: run `dvc repro` up to evaluate first") from None
 
 
-def ensure_version(client: MlflowClient, params: Params, name: str) -> str:
-    """The registry version for model `name`'s latest run, registering it if needed."""
+def ensure_version(client: MlflowClient, params: Params, name: str) -> tuple[str, bool]:
+    """(registry version for model `name`'s latest run, whether it was registered now)."""
     paths, reg = params.paths, params.mlflow.registered_model
     run = _read(paths.train_dir(name) / "run.json")
     if not run.get("model_uri"):
         raise UserError(f"{name}: its run logged no MLflow model (non-TensorFlow backend?)")
+    tracking.require_run(run["run_id"], name)
     existing = client.search_model_versions(f"name='{reg}' and run_id='{run['run_id']}'")
     if existing:
-        return str(existing[0].version)
+        return str(existing[0].version), False
     cv = _read(paths.train_dir(name) / "cv.json")
     test = _read(paths.metrics_file(name))
     tags = {
@@ -46,18 +47,19 @@ def ensure_version(client: MlflowClient, params: Params, name: str) -> str:
         "test_accuracy": f"{test['test_accuracy']:.6f}",
         "cv_val_accuracy_mean": f"{cv['cv_val_accuracy_mean']:.6f}",
         "cv_val_accuracy_std": f"{cv['cv_val_accuracy_std']:.6f}",
-        **{k: v for k, v in client.get_run(run["run_id"]).data.tags.items()
+        **{k: v for k, v in tracking.require_run(run["run_id"], name).data.tags.items()
            if k in ("data_sha256", "git_commit", "git_dirty")},
     }
     mv = mlflow.register_model(run["model_uri"], reg, tags=tags)
-    # Linking the run makes the version searchable by run_id (idempotency check above).
-    if mv.run_id != run["run_id"]:
-        client.set_model_version_tag(reg, mv.version, "run_id", run["run_id"])
+    if str(mv.run_id) != run["run_id"]:
+        raise UserError(f"{name}: registered v{mv.version} is not linked to run "
+                        f"{run['run_id']}; re-run `dvc repro train@{name}`")
     log.info("registered %s as %s v%s", name, reg, mv.version)
-    return str(mv.version)
+    return str(mv.version), True
 
 
 def register(params: Params) -> dict[str, Any]:
+    """Register what is new, then let the gate decide on the best new version."""
     tracking.setup(params.mlflow)
     client = MlflowClient()
     reg = params.mlflow.registered_model
@@ -66,27 +68,39 @@ def register(params: Params) -> dict[str, Any]:
     except MlflowException:
         client.create_registered_model(reg, description="MNIST digit classifiers from the "
                                        "mnist-mlops pipeline; @champion serves.")
-    versions = {name: ensure_version(client, params, name) for name in params.models}
-    cands = [registry.candidate(client, reg, v) for v in versions.values()]
-    best = max(cands, key=lambda c: (c.test_accuracy, -int(c.version)))
-    client.set_registered_model_alias(reg, registry.CHALLENGER, best.version)
+    found = {name: ensure_version(client, params, name) for name in params.models}
+    versions = {name: v for name, (v, _) in found.items()}
+    new = [registry.candidate(client, reg, v) for v, is_new in found.values() if is_new]
     champ_v = registry.alias_version(client, reg, registry.CHAMPION)
+    record: dict[str, Any] = {
+        "registered_model": reg, "versions": versions,
+        "new_versions": [c.version for c in new], "previous_champion": champ_v,
+        "margin": params.register.margin, "floor": params.register.floor,
+        "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    if not new:
+        reason = "no new model versions; nothing to decide"
+        record.update(challenger=None, promoted=False, reason=reason, champion=champ_v)
+        log.info("%s: %s", reg, reason)
+        return record
+    best = max(new, key=lambda c: (c.test_accuracy, -int(c.version)))
+    client.set_registered_model_alias(reg, registry.CHALLENGER, best.version)
     champ = registry.candidate(client, reg, champ_v) if champ_v else None
     decision = registry.decide(best, champ, margin=params.register.margin,
                                floor=params.register.floor)
     if decision.promote:
         registry.set_champion(client, reg, best.version)
+    client.set_model_version_tag(reg, best.version, "gate_decision",
+                                 f"{'promoted' if decision.promote else 'refused'}: "
+                                 f"{decision.reason}")
     log.info("%s: challenger v%s (%s); %s: %s", reg, best.version, best.model,
              "promoted" if decision.promote else "champion kept", decision.reason)
-    return {
-        "registered_model": reg, "versions": versions,
-        "challenger": {"version": best.version, "model": best.model,
-                       "test_accuracy": best.test_accuracy},
-        "previous_champion": champ_v, "promoted": decision.promote, "reason": decision.reason,
-        "champion": registry.alias_version(client, reg, registry.CHAMPION),
-        "margin": params.register.margin, "floor": params.register.floor,
-        "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    record.update(
+        challenger={"version": best.version, "model": best.model,
+                    "test_accuracy": best.test_accuracy},
+        promoted=decision.promote, reason=decision.reason,
+        champion=registry.alias_version(client, reg, registry.CHAMPION))
+    return record
 
 
 def main() -> None:

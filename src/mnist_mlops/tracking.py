@@ -94,3 +94,19 @@ def flat_params(obj: Any, prefix: str = "") -> dict[str, str]:
     if isinstance(obj, tuple | list):
         return {prefix[:-1]: ",".join(map(str, obj))}
     return {prefix[:-1]: str(obj)}
+
+
+def require_run(run_id: str, name: str) -> Any:
+    """The run the train stage recorded for model `name`, or a fix-it error if it is gone."""
+    from mlflow.exceptions import MlflowException
+
+    from mnist_mlops.runtime import UserError
+
+    try:
+        return MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise UserError(
+            f"MLflow run {run_id} of model {name} is not in the tracking store "
+            f"{mlflow.get_tracking_uri()}; point MLFLOW_TRACKING_URI at the store that holds "
+            f"it, or retrain with `dvc repro -f train@{name}`"
+        ) from None

@@ -1,0 +1,181 @@
+"""`mnist-mlops`: the commands people run by hand around the DVC pipeline.
+
+    mnist-mlops predict IMAGE... [--model M] [--json]   recognise digits in pictures
+    mnist-mlops compare [--markdown FILE] [--all]       table of runs from MLflow
+    mnist-mlops champion                                show the registry's aliases
+    mnist-mlops promote --version N                     make version N the champion
+    mnist-mlops rollback                                return to the previous champion
+    mnist-mlops serve [--port P] [--model M]            drawing page on 127.0.0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from mnist_mlops.config import ConfigError, Params, load_params
+from mnist_mlops.runtime import UserError, configure_logging
+
+log = logging.getLogger("mnist_mlops")
+
+
+def _client(params: Params):  # -> MlflowClient (import kept lazy for fast --help)
+    from mlflow.tracking import MlflowClient
+
+    from mnist_mlops import tracking
+
+    tracking.setup(params.mlflow)
+    return MlflowClient()
+
+
+def default_model(params: Params) -> str:
+    return f"models:/{params.mlflow.registered_model}@champion"
+
+
+def cmd_predict(args: argparse.Namespace, params: Params) -> int:
+    from mnist_mlops import tracking
+    from mnist_mlops.predict import Predictor, expand_inputs, predict_files
+
+    files = expand_inputs(args.images)
+    if not files:
+        raise UserError("no image files found in the given folder(s)")
+    model = args.model or default_model(params)
+    if model.startswith("models:/"):
+        tracking.setup(params.mlflow)
+    results = predict_files(Predictor(model), files, args.threshold)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            print(r.line())
+    return 1 if any(r.error for r in results) else 0
+
+
+def cmd_compare(args: argparse.Namespace, params: Params) -> int:
+    from mnist_mlops.compare import compare
+
+    client = _client(params)
+    text = compare(client, args.experiment or params.mlflow.experiment, all_runs=args.all)
+    print(text, end="")
+    if args.markdown:
+        from mnist_mlops.fsio import write_text_atomic
+
+        md = compare(client, args.experiment or params.mlflow.experiment, markdown=True,
+                     all_runs=args.all)
+        write_text_atomic(args.markdown, md)
+        log.info("wrote %s", args.markdown)
+    return 0
+
+
+def cmd_champion(args: argparse.Namespace, params: Params) -> int:
+    from mnist_mlops import registry
+
+    client, name = _client(params), params.mlflow.registered_model
+    for alias in (registry.CHAMPION, registry.CHALLENGER):
+        v = registry.alias_version(client, name, alias)
+        if v is None:
+            print(f"{name}@{alias}: none")
+        else:
+            c = registry.candidate(client, name, v)
+            print(f"{name}@{alias}: v{v} ({c.model}, test accuracy {c.test_accuracy:.4f})")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, params: Params) -> int:
+    from mnist_mlops import registry
+
+    client, name = _client(params), params.mlflow.registered_model
+    previous = registry.set_champion(client, name, str(args.version))
+    print(f"{name}@champion: v{previous or '-'} -> v{args.version}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, params: Params) -> int:
+    from mnist_mlops import registry
+
+    client, name = _client(params), params.mlflow.registered_model
+    current = registry.alias_version(client, name, registry.CHAMPION)
+    target = registry.rollback(client, name)
+    print(f"{name}@champion: v{current} -> v{target}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, params: Params) -> int:
+    from mnist_mlops import tracking
+    from mnist_mlops.predict import Predictor
+    from mnist_mlops.serve import make_server
+
+    model = args.model or default_model(params)
+    if model.startswith("models:/"):
+        tracking.setup(params.mlflow)
+    server = make_server(Predictor(model), args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"serving {model} on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mnist-mlops", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"),
+                    help="params file (default: ./params.yaml)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="recognise handwritten digits in image files")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--model", help="a .h5 file or MLflow model URI "
+                   "(default: models:/<registered_model>@champion)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="binarise ink at this level (0-1); default keeps anti-aliasing")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("compare", help="table of the latest run of each model")
+    p.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
+    p.add_argument("--all", action="store_true", help="every finished run, not one per model")
+    p.add_argument("--experiment", help="MLflow experiment (default: from params)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("champion", help="show the champion and challenger versions")
+    p.set_defaults(func=cmd_champion)
+
+    p = sub.add_parser("promote", help="make a registry version the champion")
+    p.add_argument("--version", required=True, type=int)
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", help="make the previous champion the champion again")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("serve", help="drawing page with live predictions on 127.0.0.1")
+    p.add_argument("--model", help="a .h5 file or MLflow model URI (default: @champion)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(logging.DEBUG if args.verbose else logging.WARNING)
+    logging.getLogger("mnist_mlops").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return args.func(args, load_params(args.params))
+    except (UserError, ConfigError) as exc:
+        print(f"mnist-mlops {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

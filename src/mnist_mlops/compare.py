@@ -1,0 +1,95 @@
+"""Side-by-side table of training runs from MLflow (terminal text or Markdown).
+
+One row per model (its latest finished pipeline run) by default, or every run with
+`all_runs`. The "differing params" column shows only the hyperparameters that are not the
+same in every row, which is what tells the rows apart (e.g. an ablation grid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from mlflow.tracking import MlflowClient
+
+from mnist_mlops.runtime import UserError
+
+HIDDEN_PARAMS = {"model.name", "model.architecture"}
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    run_id: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    started: int
+
+
+def fetch_rows(client: MlflowClient, experiment: str, *, all_runs: bool = False,
+               limit: int = 200) -> list[Row]:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise UserError(f"no MLflow experiment {experiment!r} in {client.tracking_uri}; "
+                        "run the pipeline first, or set MLFLOW_TRACKING_URI")
+    runs = client.search_runs([exp.experiment_id],
+                              "tags.role = 'parent' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=limit)
+    rows, seen = [], set()
+    for r in runs:
+        name = r.data.tags.get("model_name", r.info.run_name)
+        if not all_runs and name in seen:
+            continue
+        seen.add(name)
+        rows.append(Row(name, r.info.run_id, dict(r.data.params), dict(r.data.metrics),
+                        r.info.start_time))
+    return sorted(rows, key=lambda row: (-row.metrics.get("test_accuracy", -1), row.model))
+
+
+def differing(rows: list[Row]) -> list[str]:
+    keys = sorted({k for r in rows for k in r.params if k.startswith("model.")} - HIDDEN_PARAMS)
+    return [k for k in keys if len({r.params.get(k) for r in rows}) > 1]
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    diff = differing(rows)
+    header = ["model", "differing params", "CV acc (mean ± std)", "test acc", "train s",
+              "params", "run"]
+    body = []
+    for r in rows:
+        m = r.metrics
+        cv = (f"{m['cv_val_accuracy_mean']:.4f} ± {m['cv_val_accuracy_std']:.4f}"
+              if "cv_val_accuracy_mean" in m else "-")
+        params = " ".join(f"{k.removeprefix('model.')}={r.params.get(k, '-')}" for k in diff)
+        body.append([r.model, params or "-", cv, _fmt(m.get("test_accuracy"), ".4f"),
+                     _fmt(m.get("train_time_s"), ".0f"), _fmt(m.get("n_params"), ",.0f"),
+                     r.run_id[:8]])
+    return header, body
+
+
+def render_text(header: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(header: list[str], body: list[list[str]]) -> str:
+    def esc(c: str) -> str:
+        return c.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def compare(client: MlflowClient, experiment: str, *, markdown: bool = False,
+            all_runs: bool = False) -> str:
+    rows = fetch_rows(client, experiment, all_runs=all_runs)
+    if not rows:
+        raise UserError(f"experiment {experiment!r} has no finished training runs yet")
+    header, body = table(rows)
+    return (render_markdown if markdown else render_text)(header, body)

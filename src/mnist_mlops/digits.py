@@ -1,0 +1,120 @@
+"""Turn a picture of a handwritten digit into an MNIST-like 28x28 uint8 image.
+
+MNIST digits are white on black, anti-aliased, size-normalised to fit a 20x20 box with the
+aspect ratio kept, and centred in 28x28 by their centre of mass. Doing the same to a user's
+drawing (instead of the tutorials' resize + fixed threshold) is what makes it recognisable.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_PIXELS = 40_000_000        # larger images are refused (decompression-bomb guard)
+MAX_FILE_BYTES = 50 * 2**20
+INK_FLOOR = 0.1                # ink below this (after background removal) is paper
+MIN_CONTRAST = 0.15            # less contrast than this: no digit on the page
+
+
+class ImageInputError(ValueError):
+    """An input file that cannot be used as a digit picture; the message says why."""
+
+
+def open_image(path: Path | str) -> Image.Image:
+    """Open and fully decode an image file, with clear errors for every kind of bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageInputError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ImageInputError(f"{path}: file is empty")
+    if size > MAX_FILE_BYTES:
+        raise ImageInputError(f"{path}: file is {size / 2**20:.0f} MiB; the limit is "
+                              f"{MAX_FILE_BYTES // 2**20} MiB")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            if img.width * img.height > MAX_PIXELS:
+                raise ImageInputError(f"{path}: {img.width}x{img.height} pixels is too large "
+                                      f"(limit {MAX_PIXELS:,} pixels); scale it down")
+            img.load()
+    except ImageInputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageInputError(f"{path}: image is too large (decompression bomb guard)") from None
+    except UnidentifiedImageError:
+        raise ImageInputError(f"{path}: not an image file Pillow can read "
+                              "(use PNG, JPEG, BMP, GIF or TIFF)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageInputError(f"{path}: damaged or truncated image ({exc})") from None
+    return ImageOps.exif_transpose(img)
+
+
+def luminance(img: Image.Image) -> np.ndarray:
+    """Grayscale in [0, 1], transparent areas composited on white, 16-bit kept exact."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return np.clip(arr / top, 0, 1)
+    if img.mode == "P" or "A" in img.getbands() or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return np.asarray(img.convert("L"), dtype=np.float64) / 255.0
+
+
+def ink_map(gray: np.ndarray) -> np.ndarray | None:
+    """Ink in [0, 1] (1 = stroke), whichever way round the picture is; None if blank."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    ink = 1.0 - gray if np.median(border) > 0.5 else gray   # dark on light -> invert
+    background = float(np.median(1.0 - border if np.median(border) > 0.5 else border))
+    peak = float(np.percentile(ink, 99.9))
+    if peak - background < MIN_CONTRAST:
+        return None
+    ink = np.clip((ink - background) / (peak - background), 0.0, 1.0)
+    return ink if (ink > 0.5).any() else None
+
+
+def _shift(arr: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Translate without wrap-around (vacated pixels are 0)."""
+    out = np.zeros_like(arr)
+    h, w = arr.shape
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[yd, xd] = arr[ys, xs]
+    return out
+
+
+def to_mnist(img: Image.Image, threshold: float | None = None) -> np.ndarray | None:
+    """28x28 uint8, white digit on black, MNIST-normalised; None when there is no digit."""
+    ink = ink_map(luminance(img))
+    if ink is None:
+        return None
+    if threshold is not None:
+        ink = (ink >= threshold).astype(np.float64)
+    rows = np.flatnonzero((ink > INK_FLOOR).any(axis=1))
+    cols = np.flatnonzero((ink > INK_FLOOR).any(axis=0))
+    crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    h, w = crop.shape
+    scale = 20.0 / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = Image.fromarray((crop * 255).astype(np.uint8)).resize((nw, nh), Image.LANCZOS)
+    canvas = np.zeros((28, 28), dtype=np.float64)
+    top, left = (28 - nh) // 2, (28 - nw) // 2
+    canvas[top:top + nh, left:left + nw] = np.asarray(small, dtype=np.float64)
+    total = canvas.sum()
+    if total <= 0:
+        return None
+    yy, xx = np.indices(canvas.shape)
+    cy, cx = (yy * canvas).sum() / total, (xx * canvas).sum() / total
+    centred = _shift(canvas, round(13.5 - cy), round(13.5 - cx))
+    return np.clip(centred, 0, 255).astype(np.uint8)
+
+
+def prepare(path: Path | str, threshold: float | None = None) -> np.ndarray | None:
+    """File -> MNIST-like array (or None for a blank picture); ImageInputError if unusable."""
+    return to_mnist(open_image(path), threshold)

@@ -1,0 +1,210 @@
+"""The whole DVC pipeline for real (quick profile, real MNIST from the local mirror) in a
+temporary git repo, then the registry, the gate and serving against its MLflow store."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from .conftest import QUICK, make_project, run, tool_env
+
+MODELS = ["fc_1024_512", "lenet_28_50", "mlp_512x2", "cnn_32_64_64", "cnn_28_dense128",
+          "cnn_deep_dropout"]
+REG = "mnist-digits"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, mnist_mirror: Path) -> Path:
+    root = make_project(tmp_path_factory.mktemp("pipeline") / "repo",
+                        {**QUICK, "register.floor": 0.5})
+    run(["dvc", "repro"], root, tool_env(MNIST_MIRROR=str(mnist_mirror)), timeout=1500)
+    return root
+
+
+def env_for(project: Path, mirror: Path | None = None) -> dict[str, str]:
+    extra = {"MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow.db"}
+    if mirror:
+        extra["MNIST_MIRROR"] = str(mirror)
+    return tool_env(**extra)
+
+
+def client_for(project: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{project}/mlflow.db")
+
+
+def stages_that_would_run(project: Path, mirror: Path) -> list[str]:
+    out = run(["dvc", "repro", "--dry"], project, env_for(project, mirror)).stdout
+    return re.findall(r"Running stage '([^']+)'", out)
+
+
+def test_outputs_of_every_stage(project: Path) -> None:
+    assert sorted(p.name for p in (project / "data" / "raw").iterdir()) == sorted([
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"])
+    folds = (project / "data" / "processed" / "folds.csv").read_text().splitlines()
+    assert len(folds) == 1 + 1000
+    for m in MODELS:
+        assert (project / "models" / f"{m}.h5").is_file()
+        metrics = json.loads((project / "metrics" / f"{m}.json").read_text())
+        assert 0.1 < metrics["test_accuracy"] <= 1 and metrics["infer_images_per_s"] > 0
+        assert (project / "reports" / "evaluate" / m / "confusion.png").is_file()
+    decision = json.loads((project / "reports" / "registry.json").read_text())
+    assert decision["promoted"] is True and len(decision["new_versions"]) == 6
+
+
+def test_mlflow_has_one_parent_run_per_model_with_nested_folds(project: Path) -> None:
+    client = client_for(project)
+    exp = client.get_experiment_by_name("mnist-mlops")
+    parents = client.search_runs([exp.experiment_id], "tags.role = 'parent'")
+    assert sorted(r.data.tags["model_name"] for r in parents) == sorted(MODELS)
+    for p in parents:
+        assert p.info.status == "FINISHED"
+        assert "test_accuracy" in p.data.metrics and "cv_val_accuracy_mean" in p.data.metrics
+        kids = client.search_runs([exp.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{p.info.run_id}'")
+        assert sorted(k.data.tags["role"] for k in kids) == ["final", "fold", "fold"]
+
+
+def test_registry_one_version_per_model_and_one_champion(project: Path) -> None:
+    client = client_for(project)
+    versions = client.search_model_versions(f"name='{REG}'")
+    assert sorted(v.tags["model_name"] for v in versions) == sorted(MODELS)
+    aliases = client.get_registered_model(REG).aliases  # one version per alias, by design
+    assert set(aliases) == {"champion", "challenger"}
+    best = max(versions, key=lambda v: float(v.tags["test_accuracy"]))
+    assert str(aliases["champion"]) == str(best.version) == str(aliases["challenger"])
+    for v in versions:
+        assert {"architecture", "test_accuracy", "cv_val_accuracy_mean", "cv_val_accuracy_std",
+                "data_sha256", "git_commit"} <= set(v.tags)
+
+
+def test_second_repro_does_nothing(project: Path, mnist_mirror: Path) -> None:
+    before = len(client_for(project).search_model_versions(f"name='{REG}'"))
+    out = run(["dvc", "repro"], project, env_for(project, mnist_mirror)).stdout
+    assert "Data and pipelines are up to date" in out
+    run(["dvc", "repro", "-f", "-s", "register"], project, env_for(project, mnist_mirror))
+    assert len(client_for(project).search_model_versions(f"name='{REG}'")) == before
+    decision = json.loads((project / "reports" / "registry.json").read_text())
+    assert decision["new_versions"] == [] and decision["promoted"] is False
+
+
+def test_param_changes_rerun_only_what_depends_on_them(project: Path, mnist_mirror: Path
+                                                       ) -> None:
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    try:
+        raw = yaml.safe_load(original)
+        raw["models"]["mlp_512x2"]["learning_rate"] = 0.002
+        raw["download"]["mirrors"] = ["https://example.invalid/"]  # not a data change
+        params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        # A dry run lists the stages whose own inputs changed (downstream ones follow when
+        # their inputs change): one model's params touch that model's training alone.
+        assert stages_that_would_run(project, mnist_mirror) == ["train@mlp_512x2"]
+        raw["preprocess"]["seed"] = 7
+        params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        assert stages_that_would_run(project, mnist_mirror) == ["preprocess",
+                                                                 "train@mlp_512x2"]
+    finally:
+        params_file.write_text(original)
+
+
+def test_champion_alias_loads_and_predicts_raw_uint8(project: Path) -> None:
+    import mlflow
+
+    from mnist_mlops.parse import load_dataset
+
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
+    model = mlflow.pyfunc.load_model(f"models:/{REG}@champion")
+    data = load_dataset(project / "data" / "interim" / "mnist.npz")
+    x, y = data["x_test"][:500][..., None], data["y_test"][:500]
+    pred = np.asarray(model.predict(x)).argmax(axis=1)
+    champion = client_for(project).get_model_version_by_alias(REG, "champion")
+    assert (pred == y).mean() >= float(champion.tags["test_accuracy"]) - 0.05
+
+
+def test_cli_compare_promote_rollback(project: Path) -> None:
+    env = env_for(project)
+    cli = [str(Path(sys.executable).parent / "mnist-mlops")]
+    out = run([*cli, "compare", "--markdown", "report.md"], project, env).stdout
+    for m in MODELS:
+        assert m in out
+    md = (project / "report.md").read_text()
+    assert md.startswith("| model |") and md.count("\n") == 2 + len(MODELS)
+    client = client_for(project)
+    champ = client.get_model_version_by_alias(REG, "champion").version
+    other = next(str(v.version) for v in client.search_model_versions(f"name='{REG}'")
+                 if str(v.version) != str(champ))
+    run([*cli, "promote", "--version", other], project, env)
+    assert str(client.get_model_version_by_alias(REG, "champion").version) == other
+    run([*cli, "rollback"], project, env)
+    assert str(client.get_model_version_by_alias(REG, "champion").version) == str(champ)
+    bad = run([*cli, "promote", "--version", "99"], project, env, check=False)
+    assert bad.returncode != 0 and "has no version 99" in bad.stderr
+    assert "existing versions: 1, 2, 3, 4, 5, 6" in bad.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_champion(project: Path) -> None:
+    from mnist_mlops.parse import load_dataset
+
+    port = free_port()
+    env = env_for(project)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{REG}@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        data = load_dataset(project / "data" / "interim" / "mnist.npz")
+        x, y = data["x_test"][:64][..., None], data["y_test"][:64]
+        body = json.dumps({"inputs": x.tolist()}).encode()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                             {"Content-Type": "application/json"})
+                reply = json.loads(urllib.request.urlopen(req, timeout=30).read())
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(1)
+        pred = np.asarray(reply["predictions"]).argmax(axis=1)
+        assert (pred == y).mean() > 0.7
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_worse_model_is_refused_by_the_gate(project: Path, mnist_mirror: Path) -> None:
+    """Retrain one model with a recipe that cannot learn: registered, but not promoted."""
+    client = client_for(project)
+    champ = client.get_model_version_by_alias(REG, "champion").version
+    params_file = project / "params.yaml"
+    raw = yaml.safe_load(params_file.read_text())
+    raw["models"]["mlp_512x2"].update(optimizer="sgd", learning_rate=1e-7)
+    raw["register"]["floor"] = 0.0  # so that the margin, not the floor, is what refuses it
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    run(["dvc", "repro"], project, env_for(project, mnist_mirror), timeout=900)
+    decision = json.loads((project / "reports" / "registry.json").read_text())
+    assert decision["challenger"]["model"] == "mlp_512x2"
+    assert decision["promoted"] is False and "does not beat champion" in decision["reason"]
+    assert len(client.search_model_versions(f"name='{REG}'")) == 7
+    assert client.get_model_version_by_alias(REG, "champion").version == champ
+    assert client.get_model_version_by_alias(REG, "challenger").version == \
+        decision["challenger"]["version"]
