@@ -11,12 +11,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 40_000_000        # larger images are refused (decompression-bomb guard)
 MAX_FILE_BYTES = 50 * 2**20
 INK_FLOOR = 0.1                # ink below this (after background removal) is paper
 MIN_CONTRAST = 0.15            # less contrast than this: no digit on the page
+STROKE_PX = 2.2                # typical MNIST stroke width, in 28x28 pixels
+CENTRE = 14.0                  # where MNIST puts the centre of mass (measured on its digits)
 
 
 class ImageInputError(ValueError):
@@ -89,6 +91,25 @@ def _shift(arr: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
+def stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width of a binary drawing: 2 x area / perimeter (a long thin band)."""
+    area = mask.sum()
+    interior = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] \
+        & mask[1:-1, 2:]
+    perimeter = area - interior.sum()
+    return 2.0 * area / max(perimeter, 1)
+
+
+def thicken(img: Image.Image, target_px: float) -> Image.Image:
+    """Dilate strokes thinner than `target_px` (a fine pen scaled down would fade away)."""
+    padded = np.pad(np.asarray(img) > 127, 1)
+    grow = int(round(target_px - stroke_width(padded)))
+    if grow < 2:
+        return img
+    size = grow + 1 if grow % 2 == 0 else grow
+    return img.filter(ImageFilter.MaxFilter(min(size, 31)))
+
+
 def to_mnist(img: Image.Image, threshold: float | None = None) -> np.ndarray | None:
     """28x28 uint8, white digit on black, MNIST-normalised; None when there is no digit."""
     ink = ink_map(luminance(img))
@@ -101,17 +122,18 @@ def to_mnist(img: Image.Image, threshold: float | None = None) -> np.ndarray | N
     crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     h, w = crop.shape
     scale = 20.0 / max(h, w)
+    crop_img = thicken(Image.fromarray((crop * 255).astype(np.uint8)), STROKE_PX / scale)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    small = Image.fromarray((crop * 255).astype(np.uint8)).resize((nw, nh), Image.LANCZOS)
+    small = np.asarray(crop_img.resize((nw, nh), Image.LANCZOS), dtype=np.float64)
+    if small.max() <= 0:
+        return None
     canvas = np.zeros((28, 28), dtype=np.float64)
     top, left = (28 - nh) // 2, (28 - nw) // 2
-    canvas[top:top + nh, left:left + nw] = np.asarray(small, dtype=np.float64)
+    canvas[top:top + nh, left:left + nw] = small * (255.0 / small.max())  # full contrast
     total = canvas.sum()
-    if total <= 0:
-        return None
     yy, xx = np.indices(canvas.shape)
     cy, cx = (yy * canvas).sum() / total, (xx * canvas).sum() / total
-    centred = _shift(canvas, round(13.5 - cy), round(13.5 - cx))
+    centred = _shift(canvas, round(CENTRE - cy), round(CENTRE - cx))
     return np.clip(centred, 0, 255).astype(np.uint8)
 
 

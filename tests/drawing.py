@@ -1,0 +1,49 @@
+"""Digits drawn with Pillow as strokes, the way a person draws them with a mouse."""
+
+from __future__ import annotations
+
+import math
+
+from PIL import Image, ImageDraw
+
+
+def _arc(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float, n: int = 24
+         ) -> list[tuple[float, float]]:
+    return [(cx + rx * math.cos(math.radians(a0 + (a1 - a0) * i / n)),
+             cy + ry * math.sin(math.radians(a0 + (a1 - a0) * i / n))) for i in range(n + 1)]
+
+
+# Strokes in a unit box (x right, y down); each digit is a list of polylines.
+STROKES: dict[int, list[list[tuple[float, float]]]] = {
+    0: [_arc(0.5, 0.5, 0.28, 0.42, 0, 360)],
+    1: [[(0.38, 0.22), (0.55, 0.08), (0.55, 0.92)]],
+    2: [_arc(0.5, 0.32, 0.27, 0.24, 200, 380) + [(0.22, 0.92), (0.8, 0.92)]],
+    3: [_arc(0.48, 0.3, 0.26, 0.21, 200, 450), _arc(0.48, 0.7, 0.3, 0.22, 270, 520)],
+    4: [[(0.62, 0.08), (0.18, 0.62), (0.85, 0.62)], [(0.64, 0.3), (0.64, 0.94)]],
+    5: [[(0.78, 0.1), (0.3, 0.1), (0.26, 0.45)] + _arc(0.5, 0.65, 0.3, 0.26, 230, 500)],
+    6: [[(0.68, 0.08), (0.35, 0.45)] + _arc(0.5, 0.68, 0.26, 0.24, 200, 560)],
+    7: [[(0.2, 0.1), (0.82, 0.1), (0.42, 0.94)]],
+    8: [_arc(0.5, 0.28, 0.22, 0.2, 90, 450), _arc(0.5, 0.7, 0.28, 0.23, -90, 270)],
+    9: [_arc(0.48, 0.3, 0.25, 0.22, 0, 360), [(0.73, 0.3), (0.68, 0.94)]],
+}
+
+
+def draw_digit(digit: int, *, size: int = 240, width: int = 18, box: tuple[float, ...] = (
+        0.2, 0.1, 0.8, 0.9), dark_on_light: bool = True, mode: str = "L") -> Image.Image:
+    """The digit drawn in `box` (x0, y0, x1, y1 as fractions of the canvas)."""
+    bg, fg = (255, 0) if dark_on_light else (0, 255)
+    img = Image.new("L", (size, size), bg)
+    d = ImageDraw.Draw(img)
+    x0, y0, x1, y1 = box
+    for stroke in STROKES[digit]:
+        pts = [(size * (x0 + (x1 - x0) * x), size * (y0 + (y1 - y0) * y)) for x, y in stroke]
+        d.line(pts, fill=fg, width=width, joint="curve")
+        for p in (pts[0], pts[-1]):
+            d.ellipse([p[0] - width / 2, p[1] - width / 2, p[0] + width / 2, p[1] + width / 2],
+                      fill=fg)
+    if mode == "RGBA":  # ink as opaque strokes on a fully transparent background
+        rgba = Image.new("RGBA", img.size, (0, 0, 0, 0))
+        alpha = img.point(lambda v: 255 - v) if dark_on_light else img
+        rgba.putalpha(alpha)
+        return rgba
+    return img.convert(mode)

@@ -1,0 +1,115 @@
+"""Image preprocessing (digits.py) on pictures made here: no model involved."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_mlops.digits import ImageInputError, open_image, prepare, to_mnist
+
+from .drawing import draw_digit
+
+
+def com(a: np.ndarray) -> tuple[float, float]:
+    yy, xx = np.indices(a.shape)
+    return (yy * a).sum() / a.sum(), (xx * a).sum() / a.sum()
+
+
+@pytest.mark.parametrize("variant", ["dark_on_light", "light_on_dark", "rgba", "rgb", "16bit",
+                                     "off_centre", "thin", "thick"])
+def test_every_variant_becomes_mnist_like(variant: str) -> None:
+    kw: dict = {}
+    if variant == "light_on_dark":
+        kw["dark_on_light"] = False
+    if variant == "rgba":
+        kw["mode"] = "RGBA"
+    if variant == "rgb":
+        kw["mode"] = "RGB"
+    if variant == "off_centre":
+        kw["box"] = (0.02, 0.5, 0.3, 0.98)
+    if variant == "thin":
+        kw["width"] = 4
+    if variant == "thick":
+        kw["width"] = 30
+    img = draw_digit(7, **kw)
+    if variant == "16bit":
+        img = Image.fromarray(np.asarray(img, dtype=np.uint16) * 257)
+        assert img.mode == "I;16"
+    out = to_mnist(img)
+    assert out is not None and out.shape == (28, 28) and out.dtype == np.uint8
+    # white on black, digit inside the central 20x20 box, centred by mass
+    assert out[0].max() == 0 and out[:, 0].max() == 0
+    assert out.max() >= 200
+    rows = np.flatnonzero(out.max(axis=1) > 25)
+    cols = np.flatnonzero(out.max(axis=0) > 25)
+    assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 in range(17, 23)
+    cy, cx = com(out.astype(float))
+    assert abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5
+    # anti-aliasing is kept: plenty of grey levels
+    assert len(np.unique(out)) > 20
+
+
+def test_threshold_binarises() -> None:
+    out = to_mnist(draw_digit(3), threshold=0.5)
+    assert out is not None and len(np.unique(out)) > 2  # resizing still anti-aliases edges
+
+
+@pytest.mark.parametrize("fill", [0, 255, 128])
+def test_blank_pictures_have_no_digit(fill: int) -> None:
+    rng = np.random.default_rng(0)
+    noise = np.clip(fill + rng.normal(0, 3, (100, 100)), 0, 255).astype(np.uint8)
+    assert to_mnist(Image.fromarray(noise)) is None
+
+
+def write_png(path: Path, img: Image.Image) -> Path:
+    img.save(path)
+    return path
+
+
+def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
+    good = write_png(tmp_path / "good.png", draw_digit(1))
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("this is not an image")
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:200])
+    cases = {
+        "empty.png": "file is empty",
+        "text.png": "not an image file",
+        "cut.png": "damaged or truncated",
+        "absent.png": "no such file",
+    }
+    for name, needle in cases.items():
+        with pytest.raises(ImageInputError) as err:
+            prepare(tmp_path / name)
+        assert needle in str(err.value) and name in str(err.value)
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims a huge 1-bit image (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    raw = zlib.compress(b"\x00" * 1000)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "bomb.png").write_bytes(bomb_png(60000, 60000))
+    with pytest.raises(ImageInputError, match="too large"):
+        open_image(tmp_path / "bomb.png")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF", "TIFF"])
+def test_all_formats_open(tmp_path: Path, fmt: str) -> None:
+    buf = io.BytesIO()
+    draw_digit(4).convert("RGB" if fmt == "JPEG" else "L").save(buf, fmt)
+    path = tmp_path / f"d.{fmt.lower()}"
+    path.write_bytes(buf.getvalue())
+    assert prepare(path) is not None

@@ -1,0 +1,114 @@
+"""Behaviour of a trained model on pictures: re-rendered MNIST digits and drawn digits."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_mlops.digits import to_mnist
+from mnist_mlops.parse import parse_dataset
+from mnist_mlops.predict import Predictor, predict_files
+
+from .conftest import ROOT, run, tool_env
+from .drawing import draw_digit
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_mirror: Path) -> dict[str, np.ndarray]:
+    return parse_dataset(mnist_mirror)
+
+
+@pytest.fixture(scope="module")
+def model_file(mnist: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """cnn_32_64_64 trained briefly on real MNIST (about 98% test accuracy)."""
+    import keras
+
+    from mnist_mlops.config import load_params
+    from mnist_mlops.models import build_model, compile_model
+
+    keras.utils.set_random_seed(0)
+    p = load_params(ROOT / "params.yaml").models["cnn_32_64_64"]
+    model = compile_model(build_model(p), p)
+    x = mnist["x_train"][:20000, ..., None].astype("float32")
+    y = keras.utils.to_categorical(mnist["y_train"][:20000], 10)
+    model.fit(x, y, batch_size=64, epochs=2, verbose=0)
+    path = tmp_path_factory.mktemp("model") / "cnn.h5"
+    model.save(path)
+    return path
+
+
+def test_preprocessing_an_mnist_digit_is_close_to_identity(mnist: dict, model_file: Path
+                                                           ) -> None:
+    x, y = mnist["x_test"][:300], mnist["y_test"][:300]
+    processed = np.stack([to_mnist(Image.fromarray(d)) for d in x])
+    corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(x, processed, strict=True)]
+    assert np.median(corr) > 0.9
+    predictor = Predictor(str(model_file))
+    before = predictor.predict_proba(x).argmax(axis=1)
+    after = predictor.predict_proba(processed).argmax(axis=1)
+    assert (before == after).mean() >= 0.97
+    assert (after == y).mean() >= 0.95
+
+
+def test_large_rerendered_mnist_digits(mnist: dict, model_file: Path, tmp_path: Path) -> None:
+    x, y = mnist["x_test"][1000:1100], mnist["y_test"][1000:1100]
+    files = []
+    for i, d in enumerate(x):
+        big = Image.fromarray(255 - d).resize((336, 336), Image.BICUBIC)  # dark on light
+        files.append(tmp_path / f"{i}.png")
+        big.save(files[-1])
+    results = predict_files(Predictor(str(model_file)), files)
+    acc = np.mean([r.digit == t for r, t in zip(results, y, strict=True)])
+    assert acc >= 0.95, acc
+
+
+VARIANTS = {
+    "plain": {},
+    "thick": {"width": 32},
+    "thin": {"width": 5},
+    "off_centre_small": {"box": (0.55, 0.55, 0.85, 0.95)},
+    "light_on_dark": {"dark_on_light": False},
+    "alpha": {"mode": "RGBA"},
+}
+
+
+def test_drawn_digits(model_file: Path, tmp_path: Path) -> None:
+    files, truth = [], []
+    for name, kw in VARIANTS.items():
+        for digit in range(10):
+            files.append(tmp_path / f"{name}_{digit}.png")
+            draw_digit(digit, **kw).save(files[-1])
+            truth.append(digit)
+    results = predict_files(Predictor(str(model_file)), files)
+    hits = [r.digit == t for r, t in zip(results, truth, strict=True)]
+    misses = [f"{r.file.rsplit('/', 1)[-1]}->{r.digit}" for r, h in zip(results, hits,
+                                                                      strict=True) if not h]
+    assert np.mean(hits) >= 0.85, misses
+
+
+def test_cli_predict_mixed_folder(model_file: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    draw_digit(7).save(folder / "a_seven.png")
+    draw_digit(4, dark_on_light=False).convert("RGB").save(folder / "b_four.jpg")
+    Image.new("L", (50, 50), 255).save(folder / "c_blank.png")
+    (folder / "d_broken.png").write_text("not a picture")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    cli = str(Path(sys.executable).parent / "mnist-mlops")
+    proc = run([cli, "--params", str(ROOT / "params.yaml"), "predict", str(folder), "--model",
+                str(model_file), "--json"], tmp_path, tool_env(), check=False)
+    assert proc.returncode == 1, proc.stderr
+    out = {Path(r["file"]).name: r for r in json.loads(proc.stdout)}
+    assert set(out) == {"a_seven.png", "b_four.jpg", "c_blank.png", "d_broken.png"}
+    assert out["a_seven.png"]["digit"] == 7 and len(out["a_seven.png"]["top3"]) == 3
+    assert out["b_four.jpg"]["digit"] == 4
+    assert out["c_blank.png"]["digit"] is None and out["c_blank.png"]["error"] is None
+    assert "not an image file" in out["d_broken.png"]["error"]
+    text = run([cli, "--params", str(ROOT / "params.yaml"), "predict", str(folder / "a_seven.png"),
+                "--model", str(model_file)], tmp_path, tool_env()).stdout
+    assert text.startswith(f"{folder / 'a_seven.png'}: 7 (p=")
