@@ -106,3 +106,29 @@ def make_project(dest: Path, params_override: dict | None = None) -> Path:
 
 
 QUICK = {"preprocess.subset": 1000, "preprocess.folds": 2, "train.max_epochs": 1}
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_mirror: Path) -> dict[str, np.ndarray]:
+    from mnist_mlops.parse import parse_dataset
+
+    return parse_dataset(mnist_mirror)
+
+
+@pytest.fixture(scope="session")
+def model_file(mnist: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """cnn_32_64_64 trained briefly on real MNIST (about 98% test accuracy), as .h5."""
+    import keras
+
+    from mnist_mlops.config import load_params
+    from mnist_mlops.models import build_model, compile_model
+
+    keras.utils.set_random_seed(0)
+    p = load_params(ROOT / "params.yaml").models["cnn_32_64_64"]
+    model = compile_model(build_model(p), p)
+    x = mnist["x_train"][:20000, ..., None].astype("float32")
+    y = keras.utils.to_categorical(mnist["y_train"][:20000], 10)
+    model.fit(x, y, batch_size=64, epochs=2, verbose=0)
+    path = tmp_path_factory.mktemp("model") / "cnn.h5"
+    model.save(path)
+    return path

@@ -11,35 +11,10 @@ import pytest
 from PIL import Image
 
 from mnist_mlops.digits import to_mnist
-from mnist_mlops.parse import parse_dataset
 from mnist_mlops.predict import Predictor, predict_files
 
 from .conftest import ROOT, run, tool_env
 from .drawing import draw_digit
-
-
-@pytest.fixture(scope="module")
-def mnist(mnist_mirror: Path) -> dict[str, np.ndarray]:
-    return parse_dataset(mnist_mirror)
-
-
-@pytest.fixture(scope="module")
-def model_file(mnist: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """cnn_32_64_64 trained briefly on real MNIST (about 98% test accuracy)."""
-    import keras
-
-    from mnist_mlops.config import load_params
-    from mnist_mlops.models import build_model, compile_model
-
-    keras.utils.set_random_seed(0)
-    p = load_params(ROOT / "params.yaml").models["cnn_32_64_64"]
-    model = compile_model(build_model(p), p)
-    x = mnist["x_train"][:20000, ..., None].astype("float32")
-    y = keras.utils.to_categorical(mnist["y_train"][:20000], 10)
-    model.fit(x, y, batch_size=64, epochs=2, verbose=0)
-    path = tmp_path_factory.mktemp("model") / "cnn.h5"
-    model.save(path)
-    return path
 
 
 def test_preprocessing_an_mnist_digit_is_close_to_identity(mnist: dict, model_file: Path

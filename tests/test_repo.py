@@ -1,0 +1,37 @@
+"""Repository contracts: the retrain workflow is valid, CI runs the README's test command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from .conftest import ROOT
+
+WORKFLOW = ROOT / ".github" / "workflows" / "retrain.yml"
+
+
+def test_retrain_workflow_passes_the_github_workflow_schema() -> None:
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    proc = subprocess.run([str(checker), "--builtin-schema", "vendor.github-workflows",
+                           str(WORKFLOW)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_retrain_workflow_does_what_it_promises() -> None:
+    wf = yaml.safe_load(WORKFLOW.read_text())
+    triggers = wf[True]  # YAML 1.1 reads the key `on` as True
+    assert triggers["schedule"][0]["cron"] and "workflow_dispatch" in triggers
+    steps = "\n".join(str(s.get("run", "")) for s in wf["jobs"]["retrain"]["steps"])
+    for needle in ("make setup", "dvc repro", "dvc metrics diff main", "mnist-mlops compare",
+                   "GITHUB_STEP_SUMMARY", "dvc pull", "reports/registry.json"):
+        assert needle in steps, needle
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme.split("\n## ", 1)[0]  # in the set-up lines at the top
+    assert "\nmake test\n" in ci

@@ -1,0 +1,95 @@
+"""The drawing page: its HTTP API, then a real headless Chromium drawing a stroke."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mnist_mlops.predict import Predictor
+from mnist_mlops.serve import make_server
+
+from .drawing import draw_digit
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def page_url(model_file: Path) -> Iterator[str]:
+    server = make_server(Predictor(str(model_file)), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    req = urllib.request.Request(url + "predict", body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def data_url(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return json.dumps({"image": "data:image/png;base64,"
+                       + base64.b64encode(buf.getvalue()).decode()}).encode()
+
+
+def test_api_predicts_a_drawing(page_url: str) -> None:
+    code, out = post(page_url, data_url(draw_digit(7, size=280)))
+    assert code == 200 and out["digit"] == 7
+    assert len(out["probabilities"]) == 10 and abs(sum(out["probabilities"]) - 1) < 1e-3
+
+
+def test_api_blank_and_bad_requests(page_url: str) -> None:
+    code, out = post(page_url, data_url(Image.new("L", (280, 280), 255)))
+    assert code == 200 and out["digit"] is None
+    code, out = post(page_url, b'{"image": "data:image/png;base64,AAAA"}')
+    assert code == 400 and "expected JSON" in out["error"]
+    code, out = post(page_url, b"not json")
+    assert code == 400
+    with urllib.request.urlopen(page_url, timeout=10) as resp:
+        assert b"<canvas" in resp.read()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_draw_in_a_real_browser(page_url: str, tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page()
+            page.goto(page_url)
+            box = page.locator("#pad").bounding_box()
+            x0, y0 = box["x"], box["y"]
+            # a "7": top bar, then the long diagonal
+            points = [(70, 50), (210, 50), (120, 250)]
+            page.mouse.move(x0 + points[0][0], y0 + points[0][1])
+            page.mouse.down()
+            for (xa, ya), (xb, yb) in zip(points, points[1:], strict=False):
+                for i in range(1, 16):
+                    page.mouse.move(x0 + xa + (xb - xa) * i / 15, y0 + ya + (yb - ya) * i / 15)
+            page.mouse.up()
+            answer = page.get_by_test_id("answer")
+            page.wait_for_function(
+                "() => document.getElementById('answer').dataset.digit !== ''", timeout=20000)
+            assert answer.inner_text() == "7"
+            assert page.get_by_test_id("probs").locator(".bar").count() == 10
+            page.screenshot(path=str(tmp_path / "page.png"))
+        finally:
+            browser.close()
