@@ -58,13 +58,13 @@ def cmd_compare(args: argparse.Namespace, params: Params) -> int:
     from mnist_mlops.compare import compare
 
     client = _client(params)
-    text = compare(client, args.experiment or params.mlflow.experiment, all_runs=args.all)
+    kw = {"all_runs": args.all, "model": args.model}
+    text = compare(client, args.experiment or params.mlflow.experiment, **kw)
     print(text, end="")
     if args.markdown:
         from mnist_mlops.fsio import write_text_atomic
 
-        md = compare(client, args.experiment or params.mlflow.experiment, markdown=True,
-                     all_runs=args.all)
+        md = compare(client, args.experiment or params.mlflow.experiment, markdown=True, **kw)
         write_text_atomic(args.markdown, md)
         log.info("wrote %s", args.markdown)
     return 0
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="table of the latest run of each model")
     p.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     p.add_argument("--all", action="store_true", help="every finished run, not one per model")
+    p.add_argument("--model", help="only runs of this model (e.g. an ablation grid)")
     p.add_argument("--experiment", help="MLflow experiment (default: from params)")
     p.set_defaults(func=cmd_compare)
 

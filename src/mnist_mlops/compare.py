@@ -8,6 +8,7 @@ same in every row, which is what tells the rows apart (e.g. an ablation grid).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from mlflow.tracking import MlflowClient
 
 from mnist_mlops.runtime import UserError
@@ -19,19 +20,22 @@ HIDDEN_PARAMS = {"model.name", "model.architecture"}
 class Row:
     model: str
     run_id: str
+    exp: str
     params: dict[str, str]
     metrics: dict[str, float]
     started: int
 
 
 def fetch_rows(client: MlflowClient, experiment: str, *, all_runs: bool = False,
-               limit: int = 200) -> list[Row]:
+               model: str | None = None, limit: int = 500) -> list[Row]:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise UserError(f"no MLflow experiment {experiment!r} in {client.tracking_uri}; "
                         "run the pipeline first, or set MLFLOW_TRACKING_URI")
-    runs = client.search_runs([exp.experiment_id],
-                              "tags.role = 'parent' and attributes.status = 'FINISHED'",
+    query = "tags.role = 'parent' and attributes.status = 'FINISHED'"
+    if model:
+        query += f" and tags.model_name = '{model}'"
+    runs = client.search_runs([exp.experiment_id], query,
                               order_by=["attributes.start_time DESC"], max_results=limit)
     rows, seen = [], set()
     for r in runs:
@@ -39,8 +43,8 @@ def fetch_rows(client: MlflowClient, experiment: str, *, all_runs: bool = False,
         if not all_runs and name in seen:
             continue
         seen.add(name)
-        rows.append(Row(name, r.info.run_id, dict(r.data.params), dict(r.data.metrics),
-                        r.info.start_time))
+        rows.append(Row(name, r.info.run_id, r.data.tags.get("dvc_exp", "-"),
+                        dict(r.data.params), dict(r.data.metrics), r.info.start_time))
     return sorted(rows, key=lambda row: (-row.metrics.get("test_accuracy", -1), row.model))
 
 
@@ -56,7 +60,7 @@ def _fmt(x: float | None, spec: str) -> str:
 def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     diff = differing(rows)
     header = ["model", "differing params", "CV acc (mean ± std)", "test acc", "train s",
-              "params", "run"]
+              "params", "run", "dvc exp"]
     body = []
     for r in rows:
         m = r.metrics
@@ -65,7 +69,7 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         params = " ".join(f"{k.removeprefix('model.')}={r.params.get(k, '-')}" for k in diff)
         body.append([r.model, params or "-", cv, _fmt(m.get("test_accuracy"), ".4f"),
                      _fmt(m.get("train_time_s"), ".0f"), _fmt(m.get("n_params"), ",.0f"),
-                     r.run_id[:8]])
+                     r.run_id[:8], r.exp])
     return header, body
 
 
@@ -87,8 +91,8 @@ def render_markdown(header: list[str], body: list[list[str]]) -> str:
 
 
 def compare(client: MlflowClient, experiment: str, *, markdown: bool = False,
-            all_runs: bool = False) -> str:
-    rows = fetch_rows(client, experiment, all_runs=all_runs)
+            all_runs: bool = False, model: str | None = None) -> str:
+    rows = fetch_rows(client, experiment, all_runs=all_runs, model=model)
     if not rows:
         raise UserError(f"experiment {experiment!r} has no finished training runs yet")
     header, body = table(rows)

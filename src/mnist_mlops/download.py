@@ -137,7 +137,8 @@ def fetch_file(name: str, sha256: str, raw_dir: Path, mirrors: list[str], *, ret
                     _copy_from(mirror, name, tmp, timeout_s)
                     got = gunzip_sha256(tmp)
                     if got != sha256:
-                        raise _Permanent(f"SHA-256 of decompressed data is {got}, expected {sha256}")
+                        raise _Permanent(
+                            f"SHA-256 of decompressed data is {got}, expected {sha256}")
                 log.info("%s: downloaded and verified from %s", name, mirror)
                 return Fetched(name, mirror)
             except _Permanent as exc:

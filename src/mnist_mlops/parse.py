@@ -34,7 +34,8 @@ def load_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.nda
         raise ParseError(f"{images_path}: expected uint8 images of shape (n, rows, cols), "
                          f"got {x.dtype} {x.shape}")
     if y.dtype != np.uint8 or y.ndim != 1:
-        raise ParseError(f"{labels_path}: expected uint8 labels of shape (n,), got {y.dtype} {y.shape}")
+        raise ParseError(f"{labels_path}: expected uint8 labels of shape (n,), "
+                         f"got {y.dtype} {y.shape}")
     if len(x) != len(y):
         raise ParseError(f"{images_path.name} holds {len(x)} images but {labels_path.name} "
                          f"holds {len(y)} labels")

@@ -11,6 +11,7 @@ import argparse
 import csv
 import io
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,7 +206,8 @@ def train(params: Params, name: str) -> dict[str, Any]:
     with tracking.run_scope(run_name=name) as parent:
         mlflow.set_tags({
             "architecture": p.architecture, "model_name": name, "role": "parent",
-            "dvc_stage": f"train@{name}", "data_sha256": sha256_files([paths.dataset, paths.folds]),
+            "dvc_stage": f"train@{name}", "dvc_exp": os.environ.get("DVC_EXP_NAME", "workspace"),
+            "data_sha256": sha256_files([paths.dataset, paths.folds]),
             **tracking.git_info(), **{k: str(v) for k, v in device.items()},
         })
         mlflow.log_params({

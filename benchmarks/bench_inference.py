@@ -1,0 +1,48 @@
+"""Inference on CPU per architecture: batch images/s, one-image latency, and the time from
+starting `mnist-mlops predict` to its first answer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import header, mnist
+
+
+def main() -> dict[str, dict[str, float]]:
+    from PIL import Image
+
+    from mnist_mlops.config import load_params
+    from mnist_mlops.evaluate import throughput
+    from mnist_mlops.models import build_model
+
+    header("inference on CPU (batch 256 over the 10,000 test images; one image)")
+    x = mnist()["x_test"]
+    params = load_params()
+    tmp = Path(tempfile.mkdtemp())
+    results = {}
+    for name, p in params.models.items():
+        model = build_model(p)  # speed does not depend on the weights' values
+        r = throughput(model, x)
+        results[name] = r
+        print(f"{name:<17} {r['images_per_s']:9.0f} images/s   one image: "
+              f"p50 {r['latency_ms_p50']:6.2f} ms, p95 {r['latency_ms_p95']:6.2f} ms")
+        if name == "cnn_32_64_64":
+            model.save(tmp / "m.h5")
+    Image.fromarray(255 - x[0]).resize((280, 280)).save(tmp / "digit.png")
+    cli = Path(sys.executable).parent / "mnist-mlops"
+    t0 = time.perf_counter()
+    subprocess.run([str(cli), "predict", str(tmp / "digit.png"), "--model", str(tmp / "m.h5")],
+                   check=True, capture_output=True)
+    first = time.perf_counter() - t0
+    print(f"`mnist-mlops predict` start to first answer (cnn_32_64_64 .h5, one PNG): "
+          f"{first:.2f} s")
+    results["predict_cli_first_answer_s"] = {"seconds": first}
+    return results
+
+
+if __name__ == "__main__":
+    main()
