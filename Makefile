@@ -2,6 +2,7 @@
 # make test  : set up .venv, then run the test suite
 # make quick : the whole pipeline on the quick profile (small subset, 2 folds, 2 epochs)
 # make bench : benchmark figures (see benchmarks/)
+# make ablation : tutorial 001's ablation grid as queued DVC experiments
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -10,7 +11,7 @@ export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 QUICK := -S preprocess.subset=3000 -S preprocess.folds=2 -S train.max_epochs=2
 
-.PHONY: setup run quick test test-all lint bench clean
+.PHONY: setup run quick test test-all lint bench ablation clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,9 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
+
+ablation: setup
+	bash benchmarks/ablation.sh
 
 clean:
 	rm -rf $(VENV)

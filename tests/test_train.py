@@ -69,8 +69,10 @@ def test_train_writes_outputs_and_tracks_everything(project: Params) -> None:
         assert (out / f).is_file(), f
     assert summary["cv_val_accuracy_mean"] > 0.5  # synthetic digits are easy
     assert summary["n_params"] == 669_706
-    assert (out / "history" / "fold_0.csv").read_text().splitlines()[0] == \
-        "epoch,accuracy,val_accuracy,loss,val_loss"
+    header = "epoch,accuracy,val_accuracy,loss,val_loss"
+    assert (out / "history" / "fold_0.csv").read_text().splitlines()[0] == header
+    final = (out / "history" / "final.csv").read_text().splitlines()
+    assert final[0] == header and len(final) == 3 and final[1].split(",")[2] == ""
 
     runs = runs_of("mlp_512x2")
     (parent,) = runs["parent"]

@@ -149,12 +149,14 @@ def cv_summary(cv: list[FitResult]) -> dict[str, Any]:
 
 
 def history_csv(history: dict[str, list[float]]) -> str:
-    keys = [k for k in HISTORY_KEYS if k in history]
+    """One row per epoch, always the same columns (blank val_* for a fit without validation),
+    so that one DVC plot definition covers every file."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["epoch", *keys])
-    for i in range(len(history[keys[0]])):
-        w.writerow([i + 1, *(f"{history[k][i]:.6f}" for k in keys)])
+    w.writerow(["epoch", *HISTORY_KEYS])
+    for i in range(len(history["loss"])):
+        w.writerow([i + 1, *(f"{history[k][i]:.6f}" if k in history else ""
+                             for k in HISTORY_KEYS)])
     return buf.getvalue()
 
 
