@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,10 @@ def model_file(mnist: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFa
     path = tmp_path_factory.mktemp("model") / "cnn.h5"
     model.save(path)
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for a test server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -155,3 +155,27 @@ def test_env_mirror_goes_first() -> None:
 def test_unsupported_scheme_is_reported(files: dict[str, str], tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="unsupported mirror scheme 'ftp'"):
         fetch(files, tmp_path / "raw", ["ftp://example.invalid/"])
+
+
+def test_stage_exits_nonzero_with_the_reasons(synthetic_mirror: Path, tmp_path: Path) -> None:
+    """`python -m mnist_mlops.download` as DVC runs it: one clear error, exit 1, no partials."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from .conftest import ROOT, tool_env
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["download"].update(mirrors=[], retries=1, backoff_s=0)
+    raw["download"]["files"] = {n: gunzip_sha256(synthetic_mirror / n) for n in MNIST_FILES}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (synthetic_mirror / MNIST_FILES[0]).write_bytes(b"\x1f\x8b broken")
+    proc = subprocess.run([sys.executable, "-m", "mnist_mlops.download"], cwd=tmp_path,
+                          env=tool_env(MNIST_MIRROR=str(synthetic_mirror)), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1
+    assert f"could not get a valid {MNIST_FILES[0]}" in proc.stderr
+    assert str(synthetic_mirror) in proc.stderr and "Traceback" not in proc.stderr
+    raw_dir = tmp_path / "data" / "raw"
+    assert not any(p.name.startswith(".") for p in raw_dir.iterdir())

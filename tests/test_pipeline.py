@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from .conftest import QUICK, make_project, run, tool_env
+from .conftest import QUICK, free_port, make_project, run, tool_env
 
 MODELS = ["fc_1024_512", "lenet_28_50", "mlp_512x2", "cnn_32_64_64", "cnn_28_dense128",
           "cnn_deep_dropout"]
@@ -152,12 +151,6 @@ def test_cli_compare_promote_rollback(project: Path) -> None:
     bad = run([*cli, "promote", "--version", "99"], project, env, check=False)
     assert bad.returncode != 0 and "has no version 99" in bad.stderr
     assert "existing versions: 1, 2, 3, 4, 5, 6" in bad.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_mlflow_models_serve_champion(project: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from mnist_mlops.fsio import write_text_atomic
 from mnist_mlops.parse import save_dataset
 from mnist_mlops.preprocess import folds_csv, make_folds
 
-from .conftest import ROOT, synthetic_digits, tool_env
+from .conftest import ROOT, free_port, synthetic_digits, tool_env
 
 
 def write_tiny_project(root: Path, **train: object) -> Path:
@@ -181,12 +180,6 @@ def test_sigterm_ends_runs_killed_and_leaves_no_model(tmp_path: Path) -> None:
     assert runs and {r.info.status for r in runs} == {"KILLED"}
     models_dir = tmp_path / "models"
     assert not models_dir.exists() or list(models_dir.iterdir()) == []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_against_a_real_mlflow_server(tmp_path: Path) -> None:

@@ -1,0 +1,63 @@
+"""Accuracy of a model on the drawn-digit set the tests use (10 digits x 6 drawing styles),
+plus `predict` latency per image once the model is loaded.
+
+    python benchmarks/drawn_digits.py [--model models:/mnist-digits@champion | path.h5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, header
+
+sys.path.insert(0, str(ROOT))
+from tests.drawing import draw_digit  # noqa: E402
+from tests.test_predict import VARIANTS  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None)
+    args = ap.parse_args()
+    from mnist_mlops import tracking
+    from mnist_mlops.config import load_params
+    from mnist_mlops.predict import Predictor, predict_files
+
+    params = load_params()
+    model = args.model or f"models:/{params.mlflow.registered_model}@champion"
+    if model.startswith("models:/"):
+        tracking.setup(params.mlflow)
+    header(f"drawn digits with {model}")
+    tmp = Path(tempfile.mkdtemp())
+    files, truth = [], []
+    for style, kw in VARIANTS.items():
+        for d in range(10):
+            files.append(tmp / f"{style}_{d}.png")
+            draw_digit(d, **kw).save(files[-1])
+            truth.append(d)
+    predictor = Predictor(model)
+    t0 = time.perf_counter()
+    results = predict_files(predictor, files)
+    per_image = (time.perf_counter() - t0) / len(files)
+    t0 = time.perf_counter()
+    for f in files[:20]:
+        predict_files(predictor, [f])
+    one = (time.perf_counter() - t0) / 20
+    by_style: dict[str, list[bool]] = {}
+    for r, t, f in zip(results, truth, files, strict=True):
+        by_style.setdefault(f.stem.rsplit("_", 1)[0], []).append(r.digit == t)
+    total = sum(sum(v) for v in by_style.values())
+    print(f"accuracy: {total}/{len(files)} = {total / len(files):.3f}")
+    for style, hits in by_style.items():
+        print(f"  {style:<17} {sum(hits)}/10")
+    print(f"predict, 60 files in one call: {1000 * per_image:.1f} ms per image "
+          f"(decode + preprocess + model)")
+    print(f"predict, one file per call   : {1000 * one:.1f} ms per image")
+
+
+if __name__ == "__main__":
+    main()
