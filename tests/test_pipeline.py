@@ -198,6 +198,6 @@ def test_worse_model_is_refused_by_the_gate(project: Path, mnist_mirror: Path) -
     assert decision["challenger"]["model"] == "mlp_512x2"
     assert decision["promoted"] is False and "does not beat champion" in decision["reason"]
     assert len(client.search_model_versions(f"name='{REG}'")) == 7
-    assert client.get_model_version_by_alias(REG, "champion").version == champ
-    assert client.get_model_version_by_alias(REG, "challenger").version == \
+    assert str(client.get_model_version_by_alias(REG, "champion").version) == str(champ)
+    assert str(client.get_model_version_by_alias(REG, "challenger").version) == \
         decision["challenger"]["version"]

@@ -86,8 +86,10 @@ def test_draw_in_a_real_browser(page_url: str, tmp_path: Path) -> None:
                     page.mouse.move(x0 + xa + (xb - xa) * i / 15, y0 + ya + (yb - ya) * i / 15)
             page.mouse.up()
             answer = page.get_by_test_id("answer")
+            # wait for the answer to the finished drawing, not one made mid-stroke
             page.wait_for_function(
-                "() => document.getElementById('answer').dataset.digit !== ''", timeout=20000)
+                "() => document.getElementById('answer').dataset.version === "
+                "document.getElementById('pad').dataset.version", timeout=20000)
             assert answer.inner_text() == "7"
             assert page.get_by_test_id("probs").locator(".bar").count() == 10
             page.screenshot(path=str(tmp_path / "page.png"))
