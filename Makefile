@@ -3,6 +3,7 @@
 # make quick : the whole pipeline on the quick profile (small subset, 2 folds, 2 epochs)
 # make bench : benchmark figures (see benchmarks/)
 # make ablation : tutorial 001's ablation grid as queued DVC experiments
+# make reproduce : full recipes, then the table of results vs the tutorials'
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -11,7 +12,7 @@ export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 QUICK := -S preprocess.subset=3000 -S preprocess.folds=2 -S train.max_epochs=2
 
-.PHONY: setup run quick test test-all lint bench ablation clean
+.PHONY: setup run quick test test-all lint bench ablation reproduce clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,9 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
+
+reproduce: run
+	$(BIN)/python benchmarks/reproduction.py --markdown reports/reproduction.md
 
 ablation: setup
 	bash benchmarks/ablation.sh
