@@ -214,3 +214,24 @@ def test_against_a_real_mlflow_server(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("flag", ["mixed_precision", "xla"])
+def test_precision_and_xla_flags_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       flag: str) -> None:
+    import keras
+
+    from mnist_mlops.train import train
+
+    write_tiny_project(tmp_path, **{flag: True, "final": "best_fold"})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        summary = train(load_params(), "cnn_28_dense128")
+        assert keras.mixed_precision.global_policy().name == (
+            "mixed_float16" if flag == "mixed_precision" else "float32")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert summary["cv_val_accuracy_mean"] > 0.3
+    params = runs_of("cnn_28_dense128")["parent"][0].data.params
+    assert params[f"train.{flag}"] == "True"
