@@ -13,7 +13,7 @@ import io
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,6 @@ class FitResult:
     val_accuracy: float | None = None
     val_loss: float | None = None
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def targets(labels: np.ndarray, p: ModelParams) -> np.ndarray:
