@@ -15,8 +15,7 @@ from pathlib import Path
 from common import ROOT, header
 
 sys.path.insert(0, str(ROOT))
-from tests.drawing import draw_digit  # noqa: E402
-from tests.test_predict import VARIANTS  # noqa: E402
+from tests.drawing import drawn_set  # noqa: E402
 
 
 def main() -> None:
@@ -33,12 +32,7 @@ def main() -> None:
         tracking.setup(params.mlflow)
     header(f"drawn digits with {model}")
     tmp = Path(tempfile.mkdtemp())
-    files, truth = [], []
-    for style, kw in VARIANTS.items():
-        for d in range(10):
-            files.append(tmp / f"{style}_{d}.png")
-            draw_digit(d, **kw).save(files[-1])
-            truth.append(d)
+    files, truth = drawn_set(tmp)
     predictor = Predictor(model)
     t0 = time.perf_counter()
     results = predict_files(predictor, files)

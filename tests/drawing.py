@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
@@ -47,3 +48,24 @@ def draw_digit(digit: int, *, size: int = 240, width: int = 18, box: tuple[float
         rgba.putalpha(alpha)
         return rgba
     return img.convert(mode)
+
+
+STYLES: dict[str, dict] = {  # drawing styles of the drawn-digit test set
+    "plain": {},
+    "thick": {"width": 32},
+    "thin": {"width": 5},
+    "off_centre_small": {"box": (0.55, 0.55, 0.85, 0.95)},
+    "light_on_dark": {"dark_on_light": False},
+    "alpha": {"mode": "RGBA"},
+}
+
+
+def drawn_set(folder: Path) -> tuple[list[Path], list[int]]:
+    """Every digit in every style as PNG files in `folder`: (files, true digits)."""
+    files, truth = [], []
+    for style, kw in STYLES.items():
+        for digit in range(10):
+            files.append(folder / f"{style}_{digit}.png")
+            draw_digit(digit, **kw).save(files[-1])
+            truth.append(digit)
+    return files, truth

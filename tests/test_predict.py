@@ -13,7 +13,7 @@ from mnist_mlops.digits import to_mnist
 from mnist_mlops.predict import Predictor, predict_files
 
 from .conftest import ROOT, run, tool_env
-from .drawing import draw_digit
+from .drawing import draw_digit, drawn_set
 
 
 def test_preprocessing_an_mnist_digit_is_close_to_identity(mnist: dict, model_file: Path
@@ -41,23 +41,8 @@ def test_large_rerendered_mnist_digits(mnist: dict, model_file: Path, tmp_path: 
     assert acc >= 0.95, acc
 
 
-VARIANTS = {
-    "plain": {},
-    "thick": {"width": 32},
-    "thin": {"width": 5},
-    "off_centre_small": {"box": (0.55, 0.55, 0.85, 0.95)},
-    "light_on_dark": {"dark_on_light": False},
-    "alpha": {"mode": "RGBA"},
-}
-
-
 def test_drawn_digits(model_file: Path, tmp_path: Path) -> None:
-    files, truth = [], []
-    for name, kw in VARIANTS.items():
-        for digit in range(10):
-            files.append(tmp_path / f"{name}_{digit}.png")
-            draw_digit(digit, **kw).save(files[-1])
-            truth.append(digit)
+    files, truth = drawn_set(tmp_path)
     results = predict_files(Predictor(str(model_file)), files)
     hits = [r.digit == t for r, t in zip(results, truth, strict=True)]
     misses = [f"{r.file.rsplit('/', 1)[-1]}->{r.digit}" for r, h in zip(results, hits,
