@@ -25,7 +25,8 @@ queue mlp-sgd        -S "$m.optimizer=sgd" -S "$m.learning_rate=0.01"   # Keras 
 queue mlp-batch-512  -S "$m.batch_size=512"
 queue mlp-batch-32   -S "$m.batch_size=32"
 dvc queue start -j 1
-while dvc queue status | grep -qE "Queued|Running"; do sleep 20; done
+# (no `grep -q`: it would close the pipe early and, with pipefail, end the loop at once)
+while dvc queue status | grep -E "Queued|Running" >/dev/null; do sleep 20; done
 dvc queue status
 dvc exp show --only-changed --md -A 2>/dev/null | head -40 || true
 mnist-mlops compare --all --model mlp_512x2 --markdown reports/ablation.md
