@@ -37,10 +37,11 @@ def row(model: str, acc: float, **params: str) -> Row:
 
 
 def test_table_shows_only_params_that_differ() -> None:
-    rows = [row("a", 0.98, batch_size="128", dropout="0.2"),
-            row("b", 0.97, batch_size="32", dropout="0.2")]
+    rows = [row("base", 0.98, batch_size="128", dropout="0.2"),
+            row("b32", 0.97, batch_size="32", dropout="0.2"),
+            row("nodrop", 0.96, batch_size="128", dropout="0.0")]
     header, body = table(rows)
-    assert body[0][1] == "batch_size=128" and body[1][1] == "batch_size=32"
+    assert [b[1] for b in body] == ["-", "batch_size=32", "dropout=0.0"]
     assert body[0][2] == "0.9700 ± 0.0020" and body[0][3] == "0.9800"
     text = render_text(header, body)
     assert text.splitlines()[0].startswith("model") and "batch_size=32" in text

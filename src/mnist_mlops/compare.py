@@ -1,12 +1,14 @@
 """Side-by-side table of training runs from MLflow (terminal text or Markdown).
 
 One row per model (its latest finished pipeline run) by default, or every run with
-`all_runs`. The "differing params" column shows only the hyperparameters that are not the
-same in every row, which is what tells the rows apart (e.g. an ablation grid).
+`all_runs`. The "differing params" column shows, per row, only the hyperparameters whose
+value differs from the most common one across the rows: in an ablation grid, exactly the
+one change each variant makes.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
@@ -48,9 +50,11 @@ def fetch_rows(client: MlflowClient, experiment: str, *, all_runs: bool = False,
     return sorted(rows, key=lambda row: (-row.metrics.get("test_accuracy", -1), row.model))
 
 
-def differing(rows: list[Row]) -> list[str]:
+def common_values(rows: list[Row]) -> dict[str, str | None]:
+    """For each model param that varies across rows, its most common value (first on ties)."""
     keys = sorted({k for r in rows for k in r.params if k.startswith("model.")} - HIDDEN_PARAMS)
-    return [k for k in keys if len({r.params.get(k) for r in rows}) > 1]
+    return {k: Counter(r.params.get(k) for r in rows).most_common(1)[0][0] for k in keys
+            if len({r.params.get(k) for r in rows}) > 1}
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -58,7 +62,7 @@ def _fmt(x: float | None, spec: str) -> str:
 
 
 def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
-    diff = differing(rows)
+    common = common_values(rows)
     header = ["model", "differing params", "CV acc (mean ± std)", "test acc", "train s",
               "params", "run", "dvc exp"]
     body = []
@@ -66,7 +70,8 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         m = r.metrics
         cv = (f"{m['cv_val_accuracy_mean']:.4f} ± {m['cv_val_accuracy_std']:.4f}"
               if "cv_val_accuracy_mean" in m else "-")
-        params = " ".join(f"{k.removeprefix('model.')}={r.params.get(k, '-')}" for k in diff)
+        params = " ".join(f"{k.removeprefix('model.')}={r.params.get(k, '-')}"
+                          for k, usual in common.items() if r.params.get(k) != usual)
         body.append([r.model, params or "-", cv, _fmt(m.get("test_accuracy"), ".4f"),
                      _fmt(m.get("train_time_s"), ".0f"), _fmt(m.get("n_params"), ",.0f"),
                      r.run_id[:8], r.exp])
