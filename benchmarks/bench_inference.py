@@ -41,7 +41,35 @@ def main() -> dict[str, dict[str, float]]:
     print(f"`mnist-mlops predict` start to first answer (cnn_32_64_64 .h5, one PNG): "
           f"{first:.2f} s")
     results["predict_cli_first_answer_s"] = {"seconds": first}
+    results["serve_predict_ms"] = {"p50": serve_latency(tmp / "m.h5", tmp / "digit.png")}
     return results
+
+
+def serve_latency(model: Path, png: Path, n: int = 30) -> float:
+    """Median round trip of the drawing page's POST /predict (PNG in, answer out)."""
+    import base64
+    import json
+    import threading
+    import urllib.request
+
+    from mnist_mlops.predict import Predictor
+    from mnist_mlops.serve import make_server
+
+    server = make_server(Predictor(str(model)), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/predict"
+    body = json.dumps({"image": "data:image/png;base64,"
+                       + base64.b64encode(png.read_bytes()).decode()}).encode()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=30).read()
+        times.append(time.perf_counter() - t0)
+    server.shutdown()
+    p50 = 1000 * sorted(times)[n // 2]
+    print(f"`mnist-mlops serve` POST /predict (280x280 PNG): p50 {p50:.1f} ms over {n} requests")
+    return p50
 
 
 if __name__ == "__main__":
