@@ -131,6 +131,16 @@ def test_champion_alias_loads_and_predicts_raw_uint8(project: Path) -> None:
     champion = client_for(project).get_model_version_by_alias(REG, "champion")
     assert (pred == y).mean() >= float(champion.tags["test_accuracy"]) - 0.05
 
+    # the predict command's default model is that same champion
+    from PIL import Image
+
+    picture = project / "digit.png"
+    Image.fromarray(255 - data["x_test"][0]).resize((200, 200)).save(picture)
+    cli = str(Path(sys.executable).parent / "mnist-mlops")
+    out = run([cli, "predict", str(picture), "--json"], project, env_for(project)).stdout
+    (result,) = json.loads(out)
+    assert result["error"] is None and result["digit"] in {int(pred[0]), int(y[0])}
+
 
 def test_cli_compare_promote_rollback(project: Path) -> None:
     env = env_for(project)
