@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from mnist_mlops.digits import to_mnist
@@ -71,3 +72,12 @@ def test_cli_predict_mixed_folder(model_file: Path, tmp_path: Path) -> None:
     text = run([cli, "--params", str(ROOT / "params.yaml"), "predict", str(folder / "a_seven.png"),
                 "--model", str(model_file)], tmp_path, tool_env()).stdout
     assert text.startswith(f"{folder / 'a_seven.png'}: 7 (p=")
+
+
+def test_unknown_mlflow_model_is_a_clear_error(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from mnist_mlops.runtime import UserError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(UserError, match="cannot load model 'models:/nope@champion'"):
+        Predictor("models:/nope@champion")

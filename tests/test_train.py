@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -148,7 +148,7 @@ def wait_for(pred, timeout: float, what: str) -> None:
 
 
 def test_sigterm_ends_runs_killed_and_leaves_no_model(tmp_path: Path) -> None:
-    write_tiny_project(tmp_path, max_epochs=None)
+    write_tiny_project(tmp_path, max_epochs=None, verbose=2)  # one log line per epoch
     raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
     raw["models"]["mlp_512x2"]["epochs"] = 500
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -157,27 +157,32 @@ def test_sigterm_ends_runs_killed_and_leaves_no_model(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "mnist_mlops.train", "mlp_512x2"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        def training_started() -> bool:
-            if not (tmp_path / "mlflow.db").exists():
-                return False
-            try:
-                runs = MlflowClient(uri).search_runs(["1"], "attributes.status = 'RUNNING'")
-            except Exception:
-                return False
-            return any(r.data.metrics.get("val_loss") is not None for r in runs)
+    lines: list[str] = []
 
-        wait_for(training_started, 120, "a fold run with metrics")
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        # Wait on the child's log, not on its SQLite store: polling a database that is
+        # written every few milliseconds can hit "database is locked" over and over.
+        wait_for(lambda: any("Epoch 3/500" in line for line in lines), 120,
+                 "two epochs of fold 0")
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
     finally:
         proc.kill()
-        del os.environ["MLFLOW_TRACKING_URI"]
+    out = "".join(lines)
     assert proc.returncode == 130, out[-3000:]
     assert "interrupted" in out
-    runs = MlflowClient(uri).search_runs(["1"])
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("mnist-mlops").experiment_id])
     assert runs and {r.info.status for r in runs} == {"KILLED"}
+    fold0 = next(r for r in runs if r.info.run_name.endswith("fold-0"))
+    assert client.get_metric_history(fold0.info.run_id, "val_loss")  # killed mid-training
     models_dir = tmp_path / "models"
     assert not models_dir.exists() or list(models_dir.iterdir()) == []
 

@@ -31,21 +31,24 @@ def _client(params: Params):  # -> MlflowClient (import kept lazy for fast --hel
     return MlflowClient()
 
 
-def default_model(params: Params) -> str:
-    return f"models:/{params.mlflow.registered_model}@champion"
+def load_predictor(model: str | None, params: Params):  # -> Predictor (lazy import)
+    """--model, or the registry's champion, resolved against the configured MLflow store."""
+    from mnist_mlops import tracking
+    from mnist_mlops.predict import Predictor
+
+    model = model or f"models:/{params.mlflow.registered_model}@champion"
+    if model.startswith("models:/"):
+        tracking.setup(params.mlflow)
+    return Predictor(model)
 
 
 def cmd_predict(args: argparse.Namespace, params: Params) -> int:
-    from mnist_mlops import tracking
-    from mnist_mlops.predict import Predictor, expand_inputs, predict_files
+    from mnist_mlops.predict import expand_inputs, predict_files
 
     files = expand_inputs(args.images)
     if not files:
         raise UserError("no image files found in the given folder(s)")
-    model = args.model or default_model(params)
-    if model.startswith("models:/"):
-        tracking.setup(params.mlflow)
-    results = predict_files(Predictor(model), files, args.threshold)
+    results = predict_files(load_predictor(args.model, params), files, args.threshold)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
@@ -104,16 +107,12 @@ def cmd_rollback(args: argparse.Namespace, params: Params) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, params: Params) -> int:
-    from mnist_mlops import tracking
-    from mnist_mlops.predict import Predictor
     from mnist_mlops.serve import make_server
 
-    model = args.model or default_model(params)
-    if model.startswith("models:/"):
-        tracking.setup(params.mlflow)
-    server = make_server(Predictor(model), args.host, args.port)
+    predictor = load_predictor(args.model, params)
+    server = make_server(predictor, args.host, args.port)
     host, port = server.server_address[:2]
-    print(f"serving {model} on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+    print(f"serving {predictor.source} on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -50,6 +50,10 @@ class Paths:
     def train_dir(self, name: str) -> Path:
         return self.train_reports / name
 
+    def run_file(self, name: str) -> Path:
+        """Where the train stage records model `name`'s MLflow run and model URI."""
+        return self.train_dir(name) / "run.json"
+
     def eval_dir(self, name: str) -> Path:
         return self.eval_reports / name
 

@@ -121,8 +121,7 @@ def evaluate(params: Params, name: str) -> dict[str, Any]:
 def _log_to_mlflow(params: Params, name: str, metrics: dict[str, float],
                    per_class: dict[str, dict[str, float]], out: Path) -> None:
     """Attach the test results to the parent run the train stage created."""
-    run_file = params.paths.train_dir(name) / "run.json"
-    run_id = json.loads(run_file.read_text())["run_id"]
+    run_id = json.loads(params.paths.run_file(name).read_text())["run_id"]
     tracking.setup(params.mlflow)
     tracking.require_run(run_id, name)
     with tracking.run_scope(run_id=run_id):

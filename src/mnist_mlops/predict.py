@@ -30,18 +30,18 @@ class Predictor:
         else:
             import mlflow
 
+            self._keras = self._pyfunc = None
             try:
-                self._pyfunc = mlflow.pyfunc.load_model(source)
+                # A Keras model inside (this pipeline's models are) is loaded as Keras and
+                # called directly: faster for a few images and silent, unlike pyfunc's predict.
+                if "tensorflow" in mlflow.models.get_model_info(source).flavors:
+                    self._keras = mlflow.tensorflow.load_model(source)
+                else:
+                    self._pyfunc = mlflow.pyfunc.load_model(source)
             except Exception as exc:  # MlflowException, OSError, ... : all mean "can't load"
                 raise UserError(f"cannot load model {source!r}: {exc}. Pass --model with a "
                                 ".h5 file or an MLflow model URI (models:/NAME@champion), and "
                                 "set MLFLOW_TRACKING_URI to the store that holds it") from None
-            # A Keras model inside (this pipeline's models are) is called directly: faster
-            # for a few images and silent, unlike the pyfunc wrapper's predict().
-            self._keras = None
-            if "tensorflow" in self._pyfunc.metadata.flavors:
-                self._keras = mlflow.tensorflow.load_model(source)
-                self._pyfunc = None
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         x = np.asarray(images, dtype=np.uint8).reshape(-1, 28, 28, 1)

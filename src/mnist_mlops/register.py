@@ -33,10 +33,10 @@ def _read(path: Any) -> dict[str, Any]:
 def ensure_version(client: MlflowClient, params: Params, name: str) -> tuple[str, bool]:
     """(registry version for model `name`'s latest run, whether it was registered now)."""
     paths, reg = params.paths, params.mlflow.registered_model
-    run = _read(paths.train_dir(name) / "run.json")
+    run = _read(paths.run_file(name))
     if not run.get("model_uri"):
         raise UserError(f"{name}: its run logged no MLflow model (non-TensorFlow backend?)")
-    tracking.require_run(run["run_id"], name)
+    run_tags = tracking.require_run(run["run_id"], name).data.tags
     existing = client.search_model_versions(f"name='{reg}' and run_id='{run['run_id']}'")
     if existing:
         return str(existing[0].version), False
@@ -47,8 +47,7 @@ def ensure_version(client: MlflowClient, params: Params, name: str) -> tuple[str
         "test_accuracy": f"{test['test_accuracy']:.6f}",
         "cv_val_accuracy_mean": f"{cv['cv_val_accuracy_mean']:.6f}",
         "cv_val_accuracy_std": f"{cv['cv_val_accuracy_std']:.6f}",
-        **{k: v for k, v in tracking.require_run(run["run_id"], name).data.tags.items()
-           if k in ("data_sha256", "git_commit", "git_dirty")},
+        **{k: v for k, v in run_tags.items() if k in ("data_sha256", "git_commit", "git_dirty")},
     }
     mv = mlflow.register_model(run["model_uri"], reg, tags=tags)
     if str(mv.run_id) != run["run_id"]:

@@ -238,7 +238,7 @@ def train(params: Params, name: str) -> dict[str, Any]:
         model_uri = log_mlflow_model(final.model, data["x_test"][:2][..., None])
         run_info = {"model": name, "run_id": parent.info.run_id,
                     "experiment_id": parent.info.experiment_id, "model_uri": model_uri}
-        write_json_atomic(out_dir / "run.json", run_info)
+        write_json_atomic(paths.run_file(name), run_info)
         write_json_atomic(out_dir / "cv.json", summary)
     log.info("%s: CV val accuracy %.4f ± %.4f, %.1f s", name, summary["cv_val_accuracy_mean"],
              summary["cv_val_accuracy_std"], seconds)
