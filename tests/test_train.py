@@ -168,7 +168,7 @@ def test_sigterm_ends_runs_killed_and_leaves_no_model(tmp_path: Path) -> None:
     try:
         # Wait on the child's log, not on its SQLite store: polling a database that is
         # written every few milliseconds can hit "database is locked" over and over.
-        wait_for(lambda: any("Epoch 3/500" in line for line in lines), 120,
+        wait_for(lambda: any("epoch 3/500" in line for line in lines), 120,
                  "two epochs of fold 0")
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

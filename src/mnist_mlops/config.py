@@ -43,6 +43,7 @@ class Paths:
     metrics: Path
     eval_reports: Path
     registry: Path
+    checkpoints: Path = Path(".checkpoints")
 
     def model_file(self, name: str) -> Path:
         return self.models / f"{name}.h5"
@@ -113,10 +114,21 @@ class MlflowParams:
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "mnist-mlops"
     registered_model: str = "mnist-digits"
+    outage_wait_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        _check(self.outage_wait_s >= 0, "mlflow.outage_wait_s", "must be >= 0")
 
     def resolved_tracking_uri(self) -> str:
-        """MLFLOW_TRACKING_URI wins, as MLflow itself defines; else the param."""
-        return os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
+        """MLFLOW_TRACKING_URI wins, as MLflow itself defines; else the param, with a relative
+        SQLite path made absolute against the project (also from a DVC temp workspace)."""
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+            from mnist_mlops.fsio import project_root
+
+            return f"{prefix}{project_root() / uri[len(prefix):]}"
+        return uri
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model", help="model name from params.yaml `models:`")
     args = ap.parse_args()
-    tracking.sigterm_as_interrupt()
     params = load_params()
     params.model(args.model)
     evaluate(params, args.model)

@@ -59,3 +59,33 @@ def sha256_files(paths: list[Path]) -> str:
         h.update(p.name.encode())
         h.update(bytes.fromhex(sha256_file(p)))
     return h.hexdigest()
+
+
+def project_root(cwd: Path | None = None) -> Path:
+    """The project folder that relative shared state (tracking store, checkpoints) belongs to.
+
+    `dvc exp run --queue/--temp` runs stages in a copy under `<project>/.dvc/tmp/exps/`;
+    state kept relative to that copy would be deleted with it, so it resolves to the
+    project that holds the copy.
+    """
+    cwd = (cwd or Path.cwd()).resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - 3):
+        if parts[i + 1:i + 4] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i + 1])
+    return cwd
+
+
+@contextlib.contextmanager
+def file_lock(path: Path | str) -> Iterator[None]:
+    """An exclusive advisory lock (flock) held for the block; waits for other holders."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,13 +1,29 @@
-"""Process-level wiring for stage entry points: logging set-up and error-to-exit-code."""
+"""Process-level wiring for stage entry points: logging, signals, parent watch, exit codes.
+
+Every stage runs its main() through `run_main`, which
+- logs one clear line and exits 1 for errors the user can fix (no traceback),
+- turns SIGTERM (what `kill` and CI cancellation send) into the same unwinding as Ctrl-C,
+  so MLflow runs end KILLED and no half-written output is left (exit 130),
+- ends the stage when the `dvc repro` that started it dies: DVC does not pass signals on
+  to its stages, and a stage that outlives DVC would write outputs after DVC released its
+  lock, leaving `dvc.lock` out of step with the workspace.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
+SHELLS = {"sh", "dash", "bash", "zsh", "ksh"}
+WATCH_INTERVAL_S = 1.0
 
 
 class UserError(Exception):
@@ -22,16 +38,97 @@ def configure_logging(level: int = logging.INFO) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _raise_interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"received signal {signal.Signals(signum).name}")
+
+
+def sigterm_as_interrupt() -> None:
+    """Make SIGTERM unwind like Ctrl-C (KeyboardInterrupt in the main thread)."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while the block runs, then act on them: for committing a set of
+    outputs that must appear together (a model file and its run record) or not at all."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    old = {s: signal.signal(s, lambda n, _f: received.append(n))
+           for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if received:
+        raise KeyboardInterrupt(f"received signal {signal.Signals(received[0]).name}")
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(command name, parent pid) of a live process, from /proc; None if it is gone (or a
+    zombie: a killed `dvc` stays one until its own parent reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm = stat[stat.index("(") + 1:stat.rindex(")")]
+    state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+    return None if state in ("Z", "X") else (comm, int(ppid))
+
+
+def launchers(pid: int | None = None) -> list[int]:
+    """The processes whose death should end this one: the parent, and if the parent is a
+    shell (DVC runs each stage through `sh -c`), the shell's parent too, up to the first
+    process that is not a shell. Never PID 1."""
+    chain: list[int] = []
+    ppid = os.getppid() if pid is None else pid
+    while ppid > 1:
+        info = _proc_stat(ppid)
+        if info is None:
+            break
+        chain.append(ppid)
+        comm, parent = info
+        if comm not in SHELLS:
+            break
+        ppid = parent
+    return chain
+
+
+def watch_launchers(interval_s: float = WATCH_INTERVAL_S) -> threading.Thread | None:
+    """End this process (as SIGTERM would) as soon as a launcher is gone (see `launchers`)."""
+    watched = launchers()
+    if not watched or not sys.platform.startswith("linux"):
+        return None
+
+    def watch() -> None:
+        stop = threading.Event()
+        while not stop.wait(interval_s):
+            gone = [p for p in watched if _proc_stat(p) is None]
+            if gone:
+                log.error("the process that started this stage (pid %d) is gone: stopping",
+                          gone[0])
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    t = threading.Thread(target=watch, name="launcher-watch", daemon=True)
+    t.start()
+    return t
+
+
 def run_main(main: Callable[[], None]) -> None:
-    """Run a stage's main(): clear one-line errors and exit 1 for user errors, 130 on Ctrl-C."""
+    """Run a stage's main(): one-line errors and exit 1 for user errors, 130 when stopped."""
     from mnist_mlops.config import ConfigError
 
     configure_logging()
+    sigterm_as_interrupt()
+    watch_launchers()
     try:
         main()
     except (UserError, ConfigError) as exc:
         log.error("%s", exc)
         sys.exit(1)
-    except KeyboardInterrupt:
-        log.error("interrupted")
+    except KeyboardInterrupt as exc:
+        log.error("interrupted%s", f" ({exc})" if str(exc) else "")
         sys.exit(130)

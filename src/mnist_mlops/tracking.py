@@ -1,35 +1,123 @@
-"""MLflow wiring shared by the stages: store set-up, run scopes, batched epoch logging.
+"""MLflow wiring shared by the stages: store set-up, locks, run scopes, stale runs.
 
 Runs end as FINISHED, FAILED, or KILLED (Ctrl-C / SIGTERM), so `mlflow ui` never shows a
-stage that died as still running.
+stage that died as still running; runs a SIGKILL left RUNNING are ended by the next run of
+the same stage (`end_stale_runs`). Calls to a tracking server fail within seconds rather
+than MLflow's default of minutes of retries: the train stage queues what it cannot deliver
+(`journal.py`), the other stages stop with a message that says what to do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-import signal
+import os
+import socket
 import subprocess
-import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mnist_mlops.config import MlflowParams
+from mnist_mlops.fsio import file_lock, project_root
+from mnist_mlops.runtime import UserError
 
 log = logging.getLogger(__name__)
 
+# MLflow's defaults retry an unreachable server for minutes per call (7 retries, backoff
+# factor 2, 120 s timeout). Ours: about 3 s to give up on a refused connection.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+# MlflowException codes that retrying cannot fix; anything else counts as an outage.
+PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
+                    "PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_ALREADY_EXISTS",
+                    "INVALID_STATE", "FEATURE_DISABLED"}
+RUN_KEY_TAG = "mnist_mlops.run_key"     # identifies a run across resumes of one training
+HOST_TAG, PID_TAG = "mnist_mlops.host", "mnist_mlops.pid"
 
-def setup(params: MlflowParams) -> str:
-    """Point MLflow at the configured store and experiment; return the experiment id."""
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether `exc` from a tracking call may go away by itself (server down, store busy)."""
+    return not (isinstance(exc, MlflowException) and exc.error_code in PERMANENT_ERRORS)
+
+
+def fast_failing_http() -> None:
+    for k, v in HTTP_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def store_lock_path(uri: str, name: str, fallback_dir: Path) -> Path:
+    """A lock file for operations that must not interleave on one store: beside a SQLite
+    file, else in the project's (git-ignored) checkpoint folder."""
+    db = _sqlite_path(uri)
+    if db is not None:
+        return db.with_name(f"{db.name}.{name}.lock")
+    return project_root() / fallback_dir / "locks" / f"{name}.lock"
+
+
+@contextlib.contextmanager
+def store_lock(params: MlflowParams, name: str, fallback_dir: Path) -> Iterator[None]:
+    """Serialise `name` (store creation, registration) between processes of this machine."""
+    with file_lock(store_lock_path(params.resolved_tracking_uri(), name, fallback_dir)):
+        yield
+
+
+def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """The experiment's id, creating it if needed. On a local store its artifacts go to
+    `<project>/mlruns/`, even when the first run comes from a DVC temp workspace."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if _sqlite_path(uri) is not None:
+        location = (project_root() / "mlruns" / name).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:  # created meanwhile by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise exc from None
+        return exp.experiment_id
+
+
+def connect(params: MlflowParams, lock_dir: Path = Path(".checkpoints")) -> str:
+    """Point MLflow at the configured store and experiment; return the experiment id.
+
+    Creating a fresh SQLite store is serialised: two stages starting together on a new
+    store would otherwise both try to create its tables."""
+    fast_failing_http()
     uri = params.resolved_tracking_uri()
     mlflow.set_tracking_uri(uri)
-    exp = mlflow.set_experiment(params.experiment)
+    with store_lock(params, "init", lock_dir):
+        exp_id = ensure_experiment(MlflowClient(), params.experiment, uri)
+    mlflow.set_experiment(experiment_id=exp_id)
     log.info("MLflow tracking at %s, experiment %r", uri, params.experiment)
-    return exp.experiment_id
+    return exp_id
+
+
+def setup(params: MlflowParams) -> str:
+    """`connect`, or a one-line error that says the store is unreachable and what to do."""
+    try:
+        return connect(params)
+    except MlflowException as exc:
+        raise unreachable(params.resolved_tracking_uri(), exc) from None
+
+
+def unreachable(uri: str, exc: BaseException) -> UserError:
+    reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    return UserError(
+        f"MLflow tracking store {uri} is unreachable ({reason}); start it (or fix "
+        f"MLFLOW_TRACKING_URI) and rerun `dvc repro`: finished stages are not run again")
 
 
 @contextlib.contextmanager
@@ -48,22 +136,45 @@ def run_scope(**start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
         mlflow.end_run("FINISHED")
 
 
-def _raise_interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"received signal {signal.Signals(signum).name}")
+def owner_tags() -> dict[str, str]:
+    """Who runs a run: lets a later stage tell a run a SIGKILL orphaned from a live one."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
 
 
-def sigterm_as_interrupt() -> None:
-    """Make SIGTERM (what `kill` and CI cancellation send) unwind like Ctrl-C."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
-def log_metrics_batch(run_id: str, metrics: dict[str, float], step: int) -> None:
-    """All of one epoch's metrics in one call (one HTTP request on a remote server)."""
-    ts = int(time.time() * 1000)
-    MlflowClient().log_batch(
-        run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()],
-        synchronous=True,
-    )
+def end_stale_runs(client: MlflowClient, experiment_id: str, stage: str,
+                   keep: set[str]) -> list[str]:
+    """End as KILLED the runs of `stage` left RUNNING by a process of this host that is
+    gone (SIGKILL, power loss); `keep` are runs about to be resumed. Returns their ids."""
+    host = socket.gethostname()
+    runs = client.search_runs([experiment_id],
+                              f"tags.dvc_stage = '{stage}' and attributes.status = 'RUNNING'")
+    ended = []
+    for r in runs:
+        tags = r.data.tags
+        if r.info.run_id in keep or tags.get(HOST_TAG) != host:
+            continue
+        if PID_TAG in tags and _pid_alive(int(tags[PID_TAG])):
+            continue
+        for child in client.search_runs(
+                [experiment_id], f"tags.mlflow.parentRunId = '{r.info.run_id}' and "
+                                 "attributes.status = 'RUNNING'"):
+            client.set_terminated(child.info.run_id, "KILLED")
+        client.set_terminated(r.info.run_id, "KILLED")
+        ended.append(r.info.run_id)
+    if ended:
+        log.warning("%s: ended %d run(s) left RUNNING by a process that died: %s", stage,
+                    len(ended), ", ".join(ended))
+    return ended
 
 
 def git_info() -> dict[str, str]:
@@ -82,8 +193,6 @@ def git_info() -> dict[str, str]:
 
 def flat_params(obj: Any, prefix: str = "") -> dict[str, str]:
     """A (nested) dataclass/dict as flat MLflow params: {'a.b': '1', ...}."""
-    import dataclasses
-
     if dataclasses.is_dataclass(obj):
         obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
@@ -98,13 +207,11 @@ def flat_params(obj: Any, prefix: str = "") -> dict[str, str]:
 
 def require_run(run_id: str, name: str) -> Any:
     """The run the train stage recorded for model `name`, or a fix-it error if it is gone."""
-    from mlflow.exceptions import MlflowException
-
-    from mnist_mlops.runtime import UserError
-
     try:
         return MlflowClient().get_run(run_id)
-    except MlflowException:
+    except MlflowException as exc:
+        if is_outage(exc):
+            raise unreachable(mlflow.get_tracking_uri(), exc) from None
         raise UserError(
             f"MLflow run {run_id} of model {name} is not in the tracking store "
             f"{mlflow.get_tracking_uri()}; point MLFLOW_TRACKING_URI at the store that holds "

@@ -3,6 +3,11 @@
 Per fold, train on the other folds and keep the weights of the epoch with the lowest
 validation loss (the tutorials' save_best_only). The final model is a refit on every
 training image, the best fold's model, or an ensemble of the fold models (params).
+
+Runs survive interruption: every finished epoch is checkpointed (checkpoint.py) and the
+next run of the stage continues from there, bit for bit as if never stopped (each fit is
+seeded by its own index and each epoch's shuffle by its number). MLflow writes go through a
+durable journal (journal.py), so a tracking outage costs no training.
 """
 
 from __future__ import annotations
@@ -12,128 +17,189 @@ import csv
 import io
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
-import mlflow
 import numpy as np
 
 from mnist_mlops import backend, figures, tracking
+from mnist_mlops.checkpoint import Checkpoint, FitProgress, fingerprint, open_checkpoint
 from mnist_mlops.config import ModelParams, Params, TrainParams, load_params
 from mnist_mlops.fsio import atomic_path, sha256_files, write_json_atomic, write_text_atomic
-from mnist_mlops.models import build_model, compile_model, ensemble
+from mnist_mlops.journal import Journal
+from mnist_mlops.models import NUM_CLASSES, build_model, compile_model, ensemble
 from mnist_mlops.parse import load_dataset
 from mnist_mlops.preprocess import load_folds
-from mnist_mlops.runtime import run_main
+from mnist_mlops.runtime import UserError, run_main, signals_deferred
 
 log = logging.getLogger(__name__)
 HISTORY_KEYS = ("accuracy", "val_accuracy", "loss", "val_loss")
-
-
-class BestWeights(keras.callbacks.Callback):
-    """Keep the weights of the epoch with the lowest val_loss and restore them at the end."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.best_loss, self.best_epoch, self.best_logs = np.inf, -1, {}
-        self._weights: list[np.ndarray] | None = None
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        logs = logs or {}
-        if logs.get("val_loss", np.inf) < self.best_loss:
-            self.best_loss, self.best_epoch, self.best_logs = logs["val_loss"], epoch, dict(logs)
-            self._weights = self.model.get_weights()
-
-    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
-        if self._weights is not None:
-            self.model.set_weights(self._weights)
-
-
-class MlflowEpochLogger(keras.callbacks.Callback):
-    """Every epoch's metrics (and its wall time) to one MLflow run, in one batched call."""
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__()
-        self.run_id = run_id
-        self._t0 = 0.0
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        self._t0 = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        metrics = {k: float(v) for k, v in (logs or {}).items()}
-        metrics["epoch_time_s"] = time.perf_counter() - self._t0
-        tracking.log_metrics_batch(self.run_id, metrics, step=epoch + 1)
+FINAL = "final"
 
 
 @dataclass
 class FitResult:
-    model: keras.Model
+    model: keras.Model | None
     history: dict[str, list[float]]
     best_epoch: int | None = None          # 1-based; None without validation
     val_accuracy: float | None = None
     val_loss: float | None = None
     seconds: float = 0.0
 
+    def record(self) -> dict[str, Any]:
+        """What the checkpoint keeps of a finished fit (everything but the model)."""
+        return {"history": self.history, "best_epoch": self.best_epoch,
+                "val_accuracy": self.val_accuracy, "val_loss": self.val_loss,
+                "seconds": self.seconds}
+
 
 def targets(labels: np.ndarray, p: ModelParams) -> np.ndarray:
     """Integer labels for sparse loss, one-hot for categorical."""
-    return keras.utils.to_categorical(labels, 10) if p.loss == "categorical" else labels
+    return keras.utils.to_categorical(labels, NUM_CLASSES) if p.loss == "categorical" \
+        else labels
 
 
-def fit(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray, run_id: str,
-        val: tuple[np.ndarray, np.ndarray] | None = None) -> FitResult:
-    """Build, compile and train one model; with `val`, restore its best-val-loss epoch."""
+def new_model(p: ModelParams, tp: TrainParams, fit_index: int) -> keras.Model:
+    """A compiled model whose initial weights depend only on the seed and the fit's index,
+    so a resumed stage builds exactly what an uninterrupted one would have."""
+    keras.utils.set_random_seed(tp.seed + 1000 * fit_index)
     model = compile_model(build_model(p), p, jit_compile=tp.xla)
-    best = BestWeights()
-    callbacks: list[keras.callbacks.Callback] = [MlflowEpochLogger(run_id)]
-    if val is not None:
-        callbacks.insert(0, best)
-        val = (val[0], targets(val[1], p))
-    t0 = time.perf_counter()
-    h = model.fit(x, targets(y, p), batch_size=p.batch_size, epochs=p.effective_epochs(tp),
-                  validation_data=val, callbacks=callbacks, verbose=tp.verbose, shuffle=True)
-    seconds = time.perf_counter() - t0
-    history = {k: [float(v) for v in vs] for k, vs in h.history.items()}
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def epoch_order(seed: int, fit_index: int, epoch: int, n: int) -> np.ndarray:
+    """The shuffle of one epoch: a function of its number, not of the epochs before it."""
+    return np.random.default_rng([seed, fit_index, epoch]).permutation(n)
+
+
+class Progress:
+    """One log line per epoch: fit k/K, epoch e/E, metrics, and time left (fit and stage)."""
+
+    def __init__(self, name: str, total_epochs: int, done_epochs: int, verbose: int) -> None:
+        self.name, self.total, self.done, self.verbose = name, total_epochs, done_epochs, verbose
+        self.epoch_s: list[float] = []
+
+    def epoch(self, label: str, e: int, epochs: int, logs: dict[str, float],
+              seconds: float) -> None:
+        self.done += 1
+        self.epoch_s.append(seconds)
+        if not self.verbose:
+            return
+        per = float(np.mean(self.epoch_s[-5:]))
+        metrics = " ".join(f"{k} {logs[k]:.4f}" for k in HISTORY_KEYS if k in logs)
+        log.info("%s %s epoch %d/%d: %s (%.1f s; left: %s this fit, %s stage)", self.name,
+                 label, e, epochs, metrics, seconds, _duration(per * (epochs - e)),
+                 _duration(per * (self.total - self.done)))
+
+
+def _duration(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min"
+
+
+def fit(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray, *, key: str,
+        index: int, ckpt: Checkpoint | None, journal: Journal | None, progress: Progress,
+        label: str, val: tuple[np.ndarray, np.ndarray] | None = None) -> FitResult:
+    """Train one model epoch by epoch, checkpointing each; with `val`, keep the weights of
+    the epoch with the lowest validation loss. Continues from the checkpoint if any."""
+    model = new_model(p, tp, index)
+    prog = (ckpt.load_progress(key, model) if ckpt else None) or FitProgress()
+    epochs = p.effective_epochs(tp)
+    if prog.epochs_done:
+        log.info("%s %s: resuming after epoch %d/%d", p.name, label, prog.epochs_done, epochs)
+    yt = targets(y, p)
+    val_data = None if val is None else (val[0], targets(val[1], p))
+    for e in range(prog.epochs_done, epochs):
+        order = epoch_order(tp.seed, index, e, len(x))
+        t0 = time.perf_counter()
+        h = model.fit(x[order], yt[order], batch_size=p.batch_size, epochs=e + 1,
+                      initial_epoch=e, validation_data=val_data, shuffle=False, verbose=0)
+        seconds = time.perf_counter() - t0
+        logs = {k: float(v[-1]) for k, v in h.history.items()}
+        for k, v in logs.items():
+            prog.history.setdefault(k, []).append(v)
+        prog.epochs_done, prog.seconds = e + 1, prog.seconds + seconds
+        if val is not None and logs["val_loss"] < prog.best_loss:
+            prog.best_loss, prog.best_epoch, prog.best_logs = logs["val_loss"], e, logs
+            prog.best_weights = [np.array(w) for w in model.get_weights()]
+        if ckpt:
+            ckpt.save_progress(key, model, prog)
+        if journal:
+            journal.metrics(key, {**logs, "epoch_time_s": seconds}, step=e + 1)
+        progress.epoch(label, e + 1, epochs, logs, seconds)
     if val is None:
-        return FitResult(model, history, seconds=seconds)
-    return FitResult(model, history, best.best_epoch + 1, float(best.best_logs["val_accuracy"]),
-                     float(best.best_logs["val_loss"]), seconds)
+        return FitResult(model, prog.history, seconds=prog.seconds)
+    if prog.best_weights is not None:
+        model.set_weights(prog.best_weights)
+    return FitResult(model, prog.history, prog.best_epoch + 1,
+                     float(prog.best_logs["val_accuracy"]), float(prog.best_logs["val_loss"]),
+                     prog.seconds)
+
+
+def _tracked_fit(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray, *, key: str,
+                 index: int, ckpt: Checkpoint, journal: Journal, progress: Progress,
+                 label: str, tags: dict[str, str],
+                 val: tuple[np.ndarray, np.ndarray] | None = None) -> FitResult:
+    """One fit as a nested MLflow run; a fit finished by an earlier attempt is reused."""
+    done = ckpt.fit_done(key)
+    if done is not None:
+        return FitResult(None, **done)
+    journal.start_run(key, f"{p.name}/{'final-refit' if key == FINAL else key}", tags,
+                      parent="parent")
+    r = fit(p, tp, x, y, key=key, index=index, ckpt=ckpt, journal=journal, progress=progress,
+            label=label, val=val)
+    summary = {"train_time_s": r.seconds}
+    if val is not None:
+        summary.update(best_val_accuracy=r.val_accuracy, best_val_loss=r.val_loss,
+                       best_epoch=r.best_epoch)
+    journal.metrics(key, summary)
+    ckpt.finish_fit(key, r.model, r.record())
+    journal.end_run(key, "FINISHED")
+    return r
 
 
 def cross_validate(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray,
-                   folds: np.ndarray) -> list[FitResult]:
+                   folds: np.ndarray, ckpt: Checkpoint, journal: Journal,
+                   progress: Progress) -> list[FitResult]:
     results = []
-    for k in np.unique(folds).tolist():
+    ks = np.unique(folds).tolist()
+    for i, k in enumerate(ks):
         val_mask = folds == k
-        with tracking.run_scope(run_name=f"{p.name}/fold-{k}", nested=True) as run:
-            mlflow.set_tags({"fold": str(k), "role": "fold"})
-            log.info("%s fold %d: train on %d, validate on %d", p.name, k, (~val_mask).sum(),
-                     val_mask.sum())
-            r = fit(p, tp, x[~val_mask], y[~val_mask], run.info.run_id,
-                    val=(x[val_mask], y[val_mask]))
-            mlflow.log_metrics({"best_val_accuracy": r.val_accuracy,
-                                "best_val_loss": r.val_loss, "best_epoch": r.best_epoch,
-                                "train_time_s": r.seconds})
-            results.append(r)
+        if ckpt.fit_done(f"fold-{k}") is None:
+            log.info("%s fold %d/%d: train on %d, validate on %d", p.name, i + 1, len(ks),
+                     (~val_mask).sum(), val_mask.sum())
+        results.append(_tracked_fit(
+            p, tp, x[~val_mask], y[~val_mask], key=f"fold-{k}", index=i, ckpt=ckpt,
+            journal=journal, progress=progress, label=f"fold {i + 1}/{len(ks)}",
+            tags={"fold": str(k), "role": "fold"}, val=(x[val_mask], y[val_mask])))
     return results
 
 
+def fold_model(p: ModelParams, tp: TrainParams, r: FitResult, ckpt: Checkpoint,
+               key: str, index: int) -> keras.Model:
+    return r.model if r.model is not None else ckpt.load_done_weights(
+        key, new_model(p, tp, index))
+
+
 def final_model(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray,
-                cv: list[FitResult]) -> FitResult:
+                cv: list[FitResult], ckpt: Checkpoint, journal: Journal,
+                progress: Progress) -> FitResult:
     """The model that ships: refit on all images, the best fold, or the fold ensemble."""
+    keys = [f"fold-{k}" for k in range(len(cv))]
     if tp.final == "best_fold":
-        return min(cv, key=lambda r: r.val_loss)
+        i = min(range(len(cv)), key=lambda j: cv[j].val_loss)
+        return FitResult(fold_model(p, tp, cv[i], ckpt, keys[i], i), {})
     if tp.final == "ensemble":
-        return FitResult(ensemble([r.model for r in cv], p.name), {})
-    with tracking.run_scope(run_name=f"{p.name}/final-refit", nested=True) as run:
-        mlflow.set_tags({"role": "final"})
-        r = fit(p, tp, x, y, run.info.run_id)
-        mlflow.log_metric("train_time_s", r.seconds)
-        return r
+        members = [fold_model(p, tp, r, ckpt, keys[i], i) for i, r in enumerate(cv)]
+        return FitResult(ensemble(members, p.name), {})
+    log.info("%s final refit on all %d images", p.name, len(x))
+    r = _tracked_fit(p, tp, x, y, key=FINAL, index=len(cv), ckpt=ckpt, journal=journal,
+                     progress=progress, label="final refit", tags={"role": "final"})
+    return FitResult(fold_model(p, tp, r, ckpt, FINAL, len(cv)), r.history, seconds=r.seconds)
 
 
 def cv_summary(cv: list[FitResult]) -> dict[str, Any]:
@@ -170,24 +236,61 @@ def save_h5(model: keras.Model, out: Path) -> None:
         model.save(tmp)
 
 
-def log_mlflow_model(model: keras.Model, example: np.ndarray) -> str | None:
-    """Log the final model as an MLflow model (.h5, uint8 signature); return its URI."""
-    if keras.backend.backend() != "tensorflow":
-        log.warning("MLflow tensorflow flavour needs the TensorFlow backend; .h5 artifact only")
-        return None
-    import tensorflow as tf
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
+def stage_outputs(name: str, cv: list[FitResult], final: FitResult, summary: dict[str, Any],
+                  ckpt: Checkpoint) -> None:
+    """Write every output into the checkpoint's staging folder (committed later)."""
+    out = ckpt.staged("train")
+    histories = {f"fold {i}": r.history for i, r in enumerate(cv)}
+    for i, r in enumerate(cv):
+        write_text_atomic(out / "history" / f"fold_{i}.csv", history_csv(r.history))
+    if final.history:
+        histories["final"] = final.history
+        write_text_atomic(out / "history" / "final.csv", history_csv(final.history))
+    figures.learning_curves(histories, out / "curves.png", f"{name}: learning curves")
+    write_text_atomic(out / "summary.txt", model_summary(final.model))
+    write_json_atomic(out / "cv.json", summary)
+    save_h5(final.model, ckpt.staged(f"{name}.h5"))
 
-    sig = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 28, 28, 1))]),
-                         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]))
-    info = mlflow.tensorflow.log_model(
-        model, name="model", signature=sig, input_example=example,
-        keras_model_kwargs={"save_format": "h5"},
-        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
-                          f"mlflow=={mlflow.__version__}", "h5py"],
-    )
-    return info.model_uri
+
+def commit_outputs(params: Params, name: str, ckpt: Checkpoint, run_info: dict[str, Any]
+                   ) -> None:
+    """Copy the staged outputs into place, the run record before the model file, with
+    SIGINT/SIGTERM held: a model file never appears without its run record."""
+    paths = params.paths
+    out_dir = paths.train_dir(name)
+    with signals_deferred():
+        for src in sorted(ckpt.staged("train").rglob("*")):
+            if src.is_file():
+                dest = out_dir / src.relative_to(ckpt.staged("train"))
+                with atomic_path(dest) as tmp:
+                    shutil.copyfile(src, tmp)
+        write_json_atomic(paths.run_file(name), run_info)
+        with atomic_path(paths.model_file(name), suffix=".tmp.h5") as tmp:
+            shutil.copyfile(ckpt.staged(f"{name}.h5"), tmp)
+
+
+def _run_tags(params: Params, name: str, data_digest: str, device: dict[str, Any]
+              ) -> dict[str, str]:
+    p = params.model(name)
+    return {"architecture": p.architecture, "model_name": name, "role": "parent",
+            "dvc_stage": f"train@{name}",
+            "dvc_exp": os.environ.get("DVC_EXP_NAME", "workspace"),
+            "data_sha256": data_digest, **tracking.git_info(),
+            **{k: str(v) for k, v in device.items()}}
+
+
+def _connect(params: Params, name: str, journal: Journal) -> None:
+    """Reach the store and end runs a killed attempt left RUNNING; an outage only warns."""
+    try:
+        exp_id = tracking.connect(params.mlflow, params.paths.checkpoints)
+        tracking.end_stale_runs(tracking.MlflowClient(), exp_id, f"train@{name}",
+                                keep=set(journal.run_ids.values()))
+    except Exception as exc:
+        if not tracking.is_outage(exc):
+            raise
+        log.warning("tracking store %s unreachable (%s): training anyway; MLflow writes wait "
+                    "in %s", params.mlflow.resolved_tracking_uri(),
+                    str(exc).splitlines()[0][:200], journal.ops_file)
 
 
 def train(params: Params, name: str) -> dict[str, Any]:
@@ -199,49 +302,76 @@ def train(params: Params, name: str) -> dict[str, Any]:
     idx, folds = load_folds(paths.folds)
     x = data["x_train"][idx][..., None].astype("float32")
     y = data["y_train"][idx]
-    out_dir = paths.train_dir(name)
+    data_digest = sha256_files([paths.dataset, paths.folds])
     device = backend.device_info()
     log.info("%s on %s (%s)", name, device["device"], device["backend"])
+    fp = fingerprint(p, tp, data_digest)
+    with open_checkpoint(paths.checkpoints, name, fp) as ckpt:
+        journal = Journal(ckpt.dir, params.mlflow.resolved_tracking_uri(),
+                          params.mlflow.experiment, f"train@{name}/{fp}")
+        if ckpt.resumed:
+            done = sorted(ckpt.state["fits"])
+            log.info("%s: resuming the interrupted training (%s finished)", name,
+                     ", ".join(done) if done else "no fit")
+        _connect(params, name, journal)
+        journal.start_delivery()
+        try:
+            summary = _train_tracked(params, name, x, y, folds, data, data_digest, device,
+                                     ckpt, journal)
+        except BaseException as exc:
+            journal.abort("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        delivered = journal.flush(params.mlflow.outage_wait_s)
+        run_info = {"model": name, "run_id": journal.run_ids.get("parent"),
+                    "experiment_id": journal.experiment_id,
+                    "model_uri": journal.model_uri if delivered else None}
+        commit_outputs(params, name, ckpt, run_info)
+        if not delivered:
+            raise UserError(
+                f"{name}: trained and saved to {paths.model_file(name)}, but the tracking "
+                f"store {journal.uri} was unreachable for the last "
+                f"{params.mlflow.outage_wait_s:.0f} s ({journal.outage}); {journal.pending} "
+                f"MLflow writes wait in {journal.ops_file}. Once the store is back, rerun "
+                f"`dvc repro` (or this stage): it delivers them without retraining")
+        ckpt.remove()
+    log.info("%s: CV val accuracy %.4f ± %.4f, %.1f s; MLflow run %s; model %s", name,
+             summary["cv_val_accuracy_mean"], summary["cv_val_accuracy_std"],
+             summary["train_time_s"], run_info["run_id"], paths.model_file(name))
+    return summary
 
-    tracking.setup(params.mlflow)
-    with tracking.run_scope(run_name=name) as parent:
-        mlflow.set_tags({
-            "architecture": p.architecture, "model_name": name, "role": "parent",
-            "dvc_stage": f"train@{name}", "dvc_exp": os.environ.get("DVC_EXP_NAME", "workspace"),
-            "data_sha256": sha256_files([paths.dataset, paths.folds]),
-            **tracking.git_info(), **{k: str(v) for k, v in device.items()},
-        })
-        mlflow.log_params({
-            **tracking.flat_params(p, "model."), **tracking.flat_params(tp, "train."),
-            "model.effective_epochs": p.effective_epochs(tp), "data.n_train_images": len(idx),
-            "data.folds": int(folds.max()) + 1,
-        })
-        t0 = time.perf_counter()
-        cv = cross_validate(p, tp, x, y, folds)
-        final = final_model(p, tp, x, y, cv)
-        seconds = time.perf_counter() - t0
-        summary = {**cv_summary(cv), "train_time_s": seconds,
-                   "n_params": int(final.model.count_params()), "final": tp.final}
-        mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
 
-        histories = {f"fold {i}": r.history for i, r in enumerate(cv)}
-        for i, r in enumerate(cv):
-            write_text_atomic(out_dir / "history" / f"fold_{i}.csv", history_csv(r.history))
-        if final.history:
-            histories["final"] = final.history
-            write_text_atomic(out_dir / "history" / "final.csv", history_csv(final.history))
-        figures.learning_curves(histories, out_dir / "curves.png", f"{name}: learning curves")
-        write_text_atomic(out_dir / "summary.txt", model_summary(final.model))
-        save_h5(final.model, paths.model_file(name))
-        mlflow.log_artifact(str(paths.model_file(name)), "keras")
-        mlflow.log_artifacts(str(out_dir), "train")
-        model_uri = log_mlflow_model(final.model, data["x_test"][:2][..., None])
-        run_info = {"model": name, "run_id": parent.info.run_id,
-                    "experiment_id": parent.info.experiment_id, "model_uri": model_uri}
-        write_json_atomic(paths.run_file(name), run_info)
-        write_json_atomic(out_dir / "cv.json", summary)
-    log.info("%s: CV val accuracy %.4f ± %.4f, %.1f s", name, summary["cv_val_accuracy_mean"],
-             summary["cv_val_accuracy_std"], seconds)
+def _train_tracked(params: Params, name: str, x: np.ndarray, y: np.ndarray,
+                   folds: np.ndarray, data: dict[str, np.ndarray], data_digest: str,
+                   device: dict[str, Any], ckpt: Checkpoint, journal: Journal
+                   ) -> dict[str, Any]:
+    """Everything up to the staged outputs and the journal's last record."""
+    p, tp = params.model(name), params.train
+    if ckpt.state.get("staged"):
+        return ckpt.state["summary"]
+    journal.start_run("parent", name, _run_tags(params, name, data_digest, device))
+    n_folds = int(folds.max()) + 1
+    journal.params("parent", {
+        **tracking.flat_params(p, "model."), **tracking.flat_params(tp, "train."),
+        "model.effective_epochs": p.effective_epochs(tp), "data.n_train_images": len(x),
+        "data.folds": n_folds})
+    n_fits = n_folds + (tp.final == "refit")
+    done_epochs = sum(len(f["history"].get("loss", [])) for f in ckpt.state["fits"].values())
+    progress = Progress(name, n_fits * p.effective_epochs(tp), done_epochs, tp.verbose)
+    cv = cross_validate(p, tp, x, y, folds, ckpt, journal, progress)
+    final = final_model(p, tp, x, y, cv, ckpt, journal, progress)
+    seconds = sum(r.seconds for r in cv) + (final.seconds if final.history else 0.0)
+    summary = {**cv_summary(cv), "train_time_s": seconds,
+               "n_params": int(final.model.count_params()), "final": tp.final}
+    journal.metrics("parent", {k: v for k, v in summary.items() if isinstance(v, int | float)})
+    stage_outputs(name, cv, final, summary, ckpt)
+    example = ckpt.dir / "input_example.npy"
+    np.save(example, data["x_test"][:2][..., None])
+    journal.artifacts("parent", ckpt.staged(f"{name}.h5"), "keras")
+    journal.artifacts("parent", ckpt.staged("train"), "train")
+    journal.model("parent", ckpt.staged(f"{name}.h5"), example)
+    journal.end_run("parent", "FINISHED")
+    ckpt.state["summary"] = summary
+    ckpt.mark("staged")
     return summary
 
 
@@ -249,7 +379,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("model", help="model name from params.yaml `models:`")
     args = ap.parse_args()
-    tracking.sigterm_as_interrupt()
     train(load_params(), args.model)
 
 

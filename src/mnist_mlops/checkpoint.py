@@ -1,0 +1,208 @@
+"""Training checkpoints: an interrupted `train@<model>` resumes where it stopped.
+
+DVC 3 has no checkpoints and deletes a stage's outputs before running it, so they live
+outside its outputs, in a git-ignored folder (`paths.checkpoints`), keyed by a fingerprint
+of everything the training depends on (the model's recipe, the train params, the data and
+the package's code). A changed configuration never resumes a checkpoint; it starts afresh
+and says so. Layout, for one model:
+
+    <paths.checkpoints>/<model>/<fingerprint>/
+        lock              held by the process training this configuration
+        state.json        finished fits (fold results) and when this attempt began
+        fit-<key>.npz     the running fit after its last finished epoch: every model
+                          variable (weights and RNG seed state), the optimizer's variables,
+                          the best epoch's weights and the history so far
+        done-<key>.npz    a finished fit's model (best epoch restored)
+        journal.*         MLflow writes not yet delivered (journal.py)
+        outputs/          the stage's outputs, staged before they are committed
+
+The folder is removed once the stage has committed its outputs and delivered its MLflow
+writes; a stage that stopped for any reason leaves it for the next run to continue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnist_mlops.config import ModelParams, TrainParams
+from mnist_mlops.fsio import atomic_path, project_root, write_json_atomic
+from mnist_mlops.runtime import UserError
+
+log = logging.getLogger(__name__)
+# Train params that change only the log, not the trained model.
+COSMETIC_TRAIN_PARAMS = {"verbose"}
+
+
+def code_digest() -> str:
+    """SHA-256 over the package's Python sources: code changes invalidate checkpoints."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def fingerprint(p: ModelParams, tp: TrainParams, data_digest: str,
+                code: str | None = None) -> str:
+    """What a checkpoint may be resumed into: same recipe, train params, data and code."""
+    train = {k: v for k, v in dataclasses.asdict(tp).items() if k not in COSMETIC_TRAIN_PARAMS}
+    blob = json.dumps({"model": dataclasses.asdict(p), "train": train, "data": data_digest,
+                       "code": code or code_digest()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class FitProgress:
+    """A fit after `epochs_done` finished epochs (what `fit-<key>.npz` holds)."""
+
+    epochs_done: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_loss: float = float("inf")
+    best_epoch: int = -1                  # 0-based, -1 before any validation
+    best_logs: dict[str, float] = field(default_factory=dict)
+    best_weights: list[np.ndarray] | None = None
+    seconds: float = 0.0
+
+
+def _variables(model: Any) -> list[Any]:
+    """Model variables (weights and seed-generator state) then the optimizer's."""
+    return [*model.variables, *model.optimizer.variables]
+
+
+class Checkpoint:
+    """One model's checkpoint folder for one fingerprint; use as a context manager."""
+
+    def __init__(self, root: Path, model: str, fp: str) -> None:
+        self.model, self.fp = model, fp
+        self.base = root / model
+        self.dir = self.base / fp
+        self.outputs = self.dir / "outputs"
+        self._lock_file: Any = None
+        self.state: dict[str, Any] = {}
+        self.resumed = False
+
+    # -- life cycle ----------------------------------------------------------------------
+    def __enter__(self) -> Checkpoint:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.dir / "lock", "a+b")  # noqa: SIM115 (held until exit)
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise UserError(
+                f"{self.model}: another process is training this exact configuration "
+                f"(it holds {self.dir / 'lock'}); wait for it, or stop it first") from None
+        self._discard_others()
+        state_file = self.dir / "state.json"
+        if state_file.exists():
+            self.state = json.loads(state_file.read_text())
+            self.resumed = True
+        else:
+            self.state = {"fingerprint": self.fp, "model": self.model, "fits": {},
+                          "created": datetime.now(UTC).isoformat(timespec="seconds")}
+            self.save_state()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _discard_others(self) -> None:
+        """Remove this model's checkpoints of other configurations (unless in use)."""
+        for other in sorted(p for p in self.base.iterdir() if p.is_dir() and p != self.dir):
+            with contextlib.suppress(OSError), open(other / "lock", "a+b") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # another configuration training right now (a parallel exp)
+                created = "?"
+                with contextlib.suppress(OSError, ValueError):
+                    created = json.loads((other / "state.json").read_text())["created"]
+                log.warning("%s: the checkpoint from %s was made with other params, data or "
+                            "code; starting afresh (removing %s)", self.model, created, other)
+                shutil.rmtree(other, ignore_errors=True)
+
+    def remove(self) -> None:
+        """After success: nothing left to resume."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.base.rmdir()
+
+    def save_state(self) -> None:
+        write_json_atomic(self.dir / "state.json", self.state)
+
+    # -- fits ----------------------------------------------------------------------------
+    def fit_done(self, key: str) -> dict[str, Any] | None:
+        """The recorded result of a finished fit, or None."""
+        return self.state["fits"].get(key)
+
+    def save_progress(self, key: str, model: Any, prog: FitProgress) -> None:
+        """Everything needed to continue fit `key` after its last finished epoch."""
+        arrays = {f"v{i}": np.asarray(v) for i, v in enumerate(_variables(model))}
+        for i, w in enumerate(prog.best_weights or []):
+            arrays[f"b{i}"] = w
+        meta = {k: v for k, v in dataclasses.asdict(prog).items() if k != "best_weights"}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        with atomic_path(self.dir / f"fit-{key}.npz", suffix=".tmp.npz") as tmp:
+            np.savez(tmp, **arrays)
+
+    def load_progress(self, key: str, model: Any) -> FitProgress | None:
+        """Restore fit `key` into `model` (built and compiled the same way); None if absent."""
+        path = self.dir / f"fit-{key}.npz"
+        if not path.exists():
+            return None
+        with np.load(path) as z:
+            meta = json.loads(z["meta"].tobytes())
+            variables = _variables(model)
+            n = sum(1 for k in z.files if k.startswith("v"))
+            if n != len(variables):
+                raise UserError(f"{path} does not match {self.model}'s model ({n} vs "
+                                f"{len(variables)} variables); delete it to start afresh")
+            for i, v in enumerate(variables):
+                v.assign(z[f"v{i}"])
+            best = [z[f"b{i}"] for i in range(sum(1 for k in z.files if k.startswith("b")))]
+        return FitProgress(**meta, best_weights=best or None)
+
+    def finish_fit(self, key: str, model: Any, result: dict[str, Any]) -> None:
+        """Record a finished fit: its model, then its result; drop its epoch checkpoint."""
+        with atomic_path(self.dir / f"done-{key}.npz", suffix=".tmp.npz") as tmp:
+            np.savez(tmp, *[np.asarray(w) for w in model.get_weights()])
+        self.state["fits"][key] = result
+        self.save_state()
+        (self.dir / f"fit-{key}.npz").unlink(missing_ok=True)
+
+    def load_done_weights(self, key: str, model: Any) -> Any:
+        with np.load(self.dir / f"done-{key}.npz") as z:
+            model.set_weights([z[f"arr_{i}"] for i in range(len(z.files))])
+        return model
+
+    # -- outputs -------------------------------------------------------------------------
+    def staged(self, name: str) -> Path:
+        return self.outputs / name
+
+    def mark(self, flag: str) -> None:
+        self.state[flag] = True
+        self.save_state()
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.dir})"
+
+
+def open_checkpoint(root: Path, model: str, fp: str) -> Checkpoint:
+    """Model `model`'s checkpoint for fingerprint `fp`, under the project's `root` (also
+    from a DVC temp workspace: a queued experiment resumes like any other run)."""
+    return Checkpoint(root if root.is_absolute() else project_root() / root, model, fp)
