@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +145,116 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Spawned:
+    """A real child process whose combined output is collected line by line as it runs."""
+
+    def __init__(self, cmd: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_line(self, needle: str, timeout: float = 180) -> None:
+        wait_for(lambda: any(needle in line for line in self.lines)
+                 or self.proc.poll() is not None, timeout, repr(needle))
+        if not any(needle in line for line in self.lines):
+            raise AssertionError(f"{needle!r} never appeared; exit {self.proc.returncode}\n"
+                                 f"{self.output[-4000:]}")
+
+    def wait(self, timeout: float = 600) -> int:
+        rc = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend) that a test can kill and restart
+    on the same port, with the same store."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def healthy(self) -> bool:
+        try:
+            return urllib.request.urlopen(f"{self.uri}/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    def start(self) -> MlflowServer:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+             str(self.port), "--backend-store-uri", f"sqlite:///{self.root}/server.db",
+             "--default-artifact-root", str(self.root / "artifacts"), "--workers", "1"],
+            cwd=self.root, env=tool_env(), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for(self.healthy, 120, "mlflow server")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers (a crash, not a clean shutdown)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        wait_for(lambda: not self.healthy(), 30, "mlflow server to go away")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
+    (tmp_path / "server").mkdir()
+    server = MlflowServer(tmp_path / "server")
+    try:
+        yield server.start()
+    finally:
+        server.kill()
+
+
+def synthetic_project(dest: Path, models: tuple[str, ...] = ("mlp_512x2",),
+                      **overrides: object) -> tuple[Path, dict[str, str]]:
+    """A git + DVC project of this pipeline whose download stage fetches tiny synthetic
+    MNIST files from a local mirror (their digests in params): the real DVC stages in
+    seconds. Returns the project and an environment pointing at the mirror."""
+    import gzip
+    import hashlib
+
+    mirror = dest.parent / f"{dest.name}-mirror"
+    xtr, ytr = synthetic_digits(240, seed=1)
+    xte, yte = synthetic_digits(60, seed=2)
+    for name, arr in zip(MNIST_FILES, (xtr, ytr, xte, yte), strict=True):
+        write_idx(mirror / name, arr)
+    files = {n: hashlib.sha256(gzip.decompress((mirror / n).read_bytes())).hexdigest()
+             for n in MNIST_FILES}
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    settings: dict[str, object] = {
+        "download.files": files, "download.mirrors": [], "preprocess.folds": 2,
+        "train.max_epochs": 2, "train.verbose": 2, "register.floor": 0.0,
+        "models": {m: raw["models"][m] for m in models}, **overrides}
+    root = make_project(dest, settings)
+    return root, tool_env(MNIST_MIRROR=str(mirror))

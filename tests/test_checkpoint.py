@@ -1,0 +1,136 @@
+"""Resume for real: a training process SIGKILLed mid-fold continues where it stopped and
+ends with exactly the metrics and model of a training that was never interrupted."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from mnist_mlops.checkpoint import Checkpoint, fingerprint
+from mnist_mlops.config import load_params
+
+from .conftest import ROOT, Spawned, tool_env
+from .test_train import write_tiny_project
+
+MODEL = "mlp_512x2"   # has dropout: its RNG state must survive the restart too
+EPOCHS = 6
+
+
+def tiny(root: Path) -> Path:
+    root.mkdir()
+    write_tiny_project(root, max_epochs=None, verbose=2)
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["models"][MODEL]["epochs"] = EPOCHS
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    return root
+
+
+def train_cmd(root: Path) -> tuple[list[str], dict[str, str]]:
+    return ([sys.executable, "-m", "mnist_mlops.train", MODEL],
+            tool_env(MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db"))
+
+
+def model_outputs(root: Path) -> dict[str, list]:
+    import keras
+
+    from mnist_mlops.parse import load_dataset
+
+    model = keras.saving.load_model(root / "models" / f"{MODEL}.h5", compile=False)
+    x = load_dataset(root / "data" / "interim" / "mnist.npz")["x_test"][..., None]
+    return {"weights": model.get_weights(), "proba": np.asarray(model.predict(x, verbose=0))}
+
+
+def cv_without_timing(root: Path) -> dict:
+    cv = json.loads((root / "reports" / "train" / MODEL / "cv.json").read_text())
+    cv.pop("train_time_s")
+    return cv
+
+
+def test_sigkill_mid_fold_resumes_to_identical_results(tmp_path: Path) -> None:
+    straight, resumed = tiny(tmp_path / "straight"), tiny(tmp_path / "resumed")
+    cmd, env = train_cmd(straight)
+    once = Spawned(cmd, straight, env)
+    assert once.wait() == 0, once.output[-3000:]
+
+    cmd, env = train_cmd(resumed)
+    first = Spawned(cmd, resumed, env)
+    first.wait_for_line("fold 2/2 epoch 2/")
+    first.proc.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (resumed / "models" / f"{MODEL}.h5").exists()
+    (ckpt_dir,) = (resumed / ".checkpoints" / MODEL).iterdir()
+    assert (ckpt_dir / "fit-fold-1.npz").is_file() and (ckpt_dir / "done-fold-0.npz").is_file()
+
+    second = Spawned(cmd, resumed, env)
+    assert second.wait() == 0, second.output[-3000:]
+    out = second.output
+    assert "resuming the interrupted training (fold-0 finished)" in out
+    assert "fold 1/2 epoch" not in out            # the finished fold is not retrained
+    resumed_at = int(out.split("fold 2/2: resuming after epoch ")[1].split("/")[0])
+    assert resumed_at >= 2
+    assert f"fold 2/2 epoch {resumed_at}/" not in out  # nor its finished epochs
+    assert not (resumed / ".checkpoints" / MODEL).exists()  # cleaned after success
+
+    assert cv_without_timing(resumed) == cv_without_timing(straight)
+    a, b = model_outputs(straight), model_outputs(resumed)
+    for wa, wb in zip(a["weights"], b["weights"], strict=True):
+        np.testing.assert_array_equal(wa, wb)
+    np.testing.assert_array_equal(a["proba"], b["proba"])
+
+    client = MlflowClient(f"sqlite:///{resumed}/mlflow.db")
+    exp = client.get_experiment_by_name("mnist-mlops")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [
+        MODEL, f"{MODEL}/final-refit", f"{MODEL}/fold-0", f"{MODEL}/fold-1"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for r in runs:
+        if r.info.run_name != MODEL:
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, "loss")]
+            assert steps == list(range(1, EPOCHS + 1)), (r.info.run_name, steps)
+    run_json = json.loads((resumed / "reports" / "train" / MODEL / "run.json").read_text())
+    parent = next(r for r in runs if r.info.run_name == MODEL)
+    assert run_json["run_id"] == parent.info.run_id and run_json["model_uri"]
+
+
+def test_checkpoint_of_another_configuration_is_discarded(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    params = load_params(ROOT / "params.yaml")
+    p, tp = params.model(MODEL), params.train
+    fp_a = fingerprint(p, tp, "data-a", code="code")
+    assert fingerprint(p, tp, "data-a", code="code") == fp_a
+    changed = {
+        "params": fingerprint(params.model("lenet_28_50"), tp, "data-a", code="code"),
+        "train": fingerprint(p, type(tp)(seed=7), "data-a", code="code"),
+        "data": fingerprint(p, tp, "data-b", code="code"),
+        "code": fingerprint(p, tp, "data-a", code="other code"),
+    }
+    assert fp_a not in changed.values() and len(set(changed.values())) == 4
+    assert fingerprint(p, type(tp)(verbose=0), "data-a", code="code") == \
+        fingerprint(p, type(tp)(verbose=2), "data-a", code="code")  # log level only
+
+    with Checkpoint(tmp_path, MODEL, fp_a) as ck:
+        ck.state["fits"]["fold-0"] = {"val_loss": 1.0}
+        ck.save_state()
+    with Checkpoint(tmp_path, MODEL, fp_a) as ck:
+        assert ck.resumed and ck.fit_done("fold-0") == {"val_loss": 1.0}
+    with caplog.at_level("WARNING"), Checkpoint(tmp_path, MODEL, changed["data"]) as ck:
+        assert not ck.resumed
+    assert "other params, data or code; starting afresh" in caplog.text
+    assert not (tmp_path / MODEL / fp_a).exists()
+
+
+def test_one_configuration_trains_in_one_process_at_a_time(tmp_path: Path) -> None:
+    from mnist_mlops.runtime import UserError
+
+    with Checkpoint(tmp_path, MODEL, "abc"), pytest.raises(UserError, match="another process"):
+        Checkpoint(tmp_path, MODEL, "abc").__enter__()
+    with Checkpoint(tmp_path, MODEL, "abc"), Checkpoint(tmp_path, MODEL, "def"):
+        assert (tmp_path / MODEL / "abc").is_dir()  # a running one is never discarded
