@@ -48,7 +48,8 @@ class Journal:
         self.run_ids: dict[str, str] = state.get("run_ids", {})
         self.model_uri: str | None = state.get("model_uri")
         self.experiment_id: str | None = state.get("experiment_id")
-        self._lock = threading.RLock()
+        self._record_lock = threading.Lock()     # appending (the training thread)
+        self._deliver_lock = threading.RLock()   # delivering (never held while recording)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -58,7 +59,7 @@ class Journal:
     # -- recording (the training thread) -------------------------------------------------
     def record(self, op: str, key: str, **fields: Any) -> None:
         entry = {"op": op, "key": key, **fields}
-        with self._lock:
+        with self._record_lock:
             with open(self.ops_file, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
                 f.flush()
@@ -147,7 +148,7 @@ class Journal:
                 client.set_terminated(self.run_ids[key], status)
         except Exception as exc:
             log.warning("could not mark the MLflow runs %s (%s); the next run of this stage "
-                        "will", status, _first_line(exc))
+                        "will", status, short_reason(exc))
 
     def _open_in_store(self) -> list[str]:
         """Run keys whose start was delivered and whose end was not."""
@@ -162,7 +163,7 @@ class Journal:
     def deliver(self, models: bool) -> bool:
         """Deliver pending writes in order; False if the store is unreachable (or, with
         `models` False, when the next write is the MLflow model)."""
-        with self._lock:
+        with self._deliver_lock:
             try:
                 while self.delivered < len(self.ops):
                     op = self.ops[self.delivered]
@@ -177,8 +178,8 @@ class Journal:
                 if self.outage is None:
                     log.warning("tracking store %s unreachable: training goes on; MLflow "
                                 "writes wait in %s (%s)", self.uri, self.ops_file,
-                                _first_line(exc))
-                self.outage = _first_line(exc)
+                                short_reason(exc))
+                self.outage = short_reason(exc)
                 self._client = None
                 return False
             if self.outage is not None:
@@ -290,6 +291,11 @@ def _read_ops(path: Path) -> list[dict[str, Any]]:
     return ops
 
 
-def _first_line(exc: BaseException) -> str:
+def short_reason(exc: BaseException) -> str:
+    """A short reason: MLflow wraps a refused connection in a 400-character message."""
     text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+    for needle in ("Connection refused", "timed out", "Connection reset", "database is locked",
+                   "Name or service not known"):
+        if needle in text:
+            return needle.lower()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

@@ -36,6 +36,8 @@ def configure_logging(level: int = logging.INFO) -> None:
     )
     # TensorFlow's C++ start-up chatter hides the pipeline's own log lines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # One line per retry of an unreachable tracking server; the journal says it once.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def _raise_interrupt(signum: int, _frame: Any) -> None:

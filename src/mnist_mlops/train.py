@@ -30,7 +30,7 @@ from mnist_mlops import backend, figures, tracking
 from mnist_mlops.checkpoint import Checkpoint, FitProgress, fingerprint, open_checkpoint
 from mnist_mlops.config import ModelParams, Params, TrainParams, load_params
 from mnist_mlops.fsio import atomic_path, sha256_files, write_json_atomic, write_text_atomic
-from mnist_mlops.journal import Journal
+from mnist_mlops.journal import Journal, short_reason
 from mnist_mlops.models import NUM_CLASSES, build_model, compile_model, ensemble
 from mnist_mlops.parse import load_dataset
 from mnist_mlops.preprocess import load_folds
@@ -288,9 +288,9 @@ def _connect(params: Params, name: str, journal: Journal) -> None:
     except Exception as exc:
         if not tracking.is_outage(exc):
             raise
-        log.warning("tracking store %s unreachable (%s): training anyway; MLflow writes wait "
-                    "in %s", params.mlflow.resolved_tracking_uri(),
-                    str(exc).splitlines()[0][:200], journal.ops_file)
+        log.warning("tracking store %s unreachable (%s): training goes on; MLflow writes "
+                    "wait in %s", params.mlflow.resolved_tracking_uri(), short_reason(exc),
+                    journal.ops_file)
 
 
 def train(params: Params, name: str) -> dict[str, Any]:
