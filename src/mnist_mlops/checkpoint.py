@@ -8,7 +8,7 @@ and says so. Layout, for one model:
 
     <paths.checkpoints>/<model>/<fingerprint>/
         lock              held by the process training this configuration
-        state.json        finished fits (fold results) and when this attempt began
+        state.json        finished fits (fold results); the attempt's id and start time
         fit-<key>.npz     the running fit after its last finished epoch: every model
                           variable (weights and RNG seed state), the optimizer's variables,
                           the best epoch's weights and the history so far
@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,6 +112,7 @@ class Checkpoint:
             self.resumed = True
         else:
             self.state = {"fingerprint": self.fp, "model": self.model, "fits": {},
+                          "attempt": uuid.uuid4().hex,
                           "created": datetime.now(UTC).isoformat(timespec="seconds")}
             self.save_state()
         return self

@@ -58,8 +58,16 @@ def ensure_version(client: MlflowClient, params: Params, name: str) -> tuple[str
 
 
 def register(params: Params) -> dict[str, Any]:
-    """Register what is new, then let the gate decide on the best new version."""
+    """Register what is new, then let the gate decide on the best new version.
+
+    Held under a lock on the store: two `register` stages at once (parallel experiments)
+    would otherwise both register the same run and both promote."""
     tracking.setup(params.mlflow)
+    with tracking.store_lock(params.mlflow, "register", params.paths.checkpoints):
+        return _register(params)
+
+
+def _register(params: Params) -> dict[str, Any]:
     client = MlflowClient()
     reg = params.mlflow.registered_model
     try:

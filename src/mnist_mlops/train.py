@@ -308,7 +308,8 @@ def train(params: Params, name: str) -> dict[str, Any]:
     fp = fingerprint(p, tp, data_digest)
     with open_checkpoint(paths.checkpoints, name, fp) as ckpt:
         journal = Journal(ckpt.dir, params.mlflow.resolved_tracking_uri(),
-                          params.mlflow.experiment, f"train@{name}/{fp}")
+                          params.mlflow.experiment,
+                          f"train@{name}/{ckpt.state['attempt']}")
         if ckpt.resumed:
             done = sorted(ckpt.state["fits"])
             log.info("%s: resuming the interrupted training (%s finished)", name,

@@ -1,0 +1,105 @@
+"""Parallel experiments on the default store, with real processes: queued DVC experiments
+log to the project's own store, and concurrent writers (store creation, trainings,
+`register` stages) do not corrupt it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from .conftest import run, synthetic_project, tool_env
+from .test_train import write_tiny_project
+
+MODEL = "mlp_512x2"
+REG = "mnist-digits"
+
+
+def test_queued_experiments_run_in_parallel_on_the_project_store(tmp_path: Path) -> None:
+    root, env = synthetic_project(tmp_path / "project")
+    for lr in ("0.002", "0.0005"):
+        run(["dvc", "exp", "run", "--queue", "-S", f"models.{MODEL}.learning_rate={lr}"],
+            root, env)
+    run(["dvc", "queue", "start", "-j", "2"], root, env)
+    deadline = time.monotonic() + 900
+    while True:
+        status = run(["dvc", "queue", "status"], root, env).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    assert status.count("Success") == 2, status + run(["dvc", "queue", "logs", "-h"], root,
+                                                      env, check=False).stdout
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")   # what `mlflow ui` here shows
+    exp = client.get_experiment_by_name("mnist-mlops")
+    assert exp.artifact_location.startswith((root / "mlruns").as_uri())
+    parents = client.search_runs([exp.experiment_id], "tags.role = 'parent'")
+    assert sorted(p.data.params["model.learning_rate"] for p in parents) == ["0.0005", "0.002"]
+    assert {p.data.tags["dvc_exp"] for p in parents} != {"workspace"}
+    for p in parents:
+        assert p.info.status == "FINISHED"
+        assert {a.path for a in client.list_artifacts(p.info.run_id)} >= {"keras", "train"}
+    versions = client.search_model_versions(f"name='{REG}'")
+    assert sorted(v.run_id for v in versions) == sorted(p.info.run_id for p in parents)
+    assert "champion" in client.get_registered_model(REG).aliases
+    assert not list((root / ".dvc" / "tmp" / "exps").glob("tmp*/mlflow.db"))
+
+
+def test_concurrent_store_creation(tmp_path: Path) -> None:
+    """Four processes open one fresh SQLite store at the same moment."""
+    code = ("import sys; from mnist_mlops.config import MlflowParams; "
+            "from mnist_mlops.tracking import connect; "
+            "print(connect(MlflowParams(tracking_uri=sys.argv[1])))")
+    uri = f"sqlite:///{tmp_path}/fresh.db"
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri], cwd=tmp_path,
+                              env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in results]
+    assert len({out.strip() for out, _ in results}) == 1    # one experiment, one id
+
+
+def test_two_trainings_logging_at_once(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/shared.db"
+    projects = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        projects.append(write_tiny_project(tmp_path / name))
+    procs = [subprocess.Popen([sys.executable, "-m", "mnist_mlops.train", MODEL], cwd=p,
+                              env=tool_env(MLFLOW_TRACKING_URI=uri), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for p in projects]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-3000:] for o in outs]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("mnist-mlops")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
+    for r in runs:
+        if r.data.tags["role"] == "fold":
+            assert [m.step for m in client.get_metric_history(r.info.run_id, "loss")] == [1, 2]
+
+
+def test_racing_register_stages(tmp_path: Path) -> None:
+    """Three `register` processes at once: one version per run, one champion, one history."""
+    root, env = synthetic_project(tmp_path / "project")
+    run(["dvc", "repro", f"evaluate@{MODEL}"], root, env)
+    procs = [subprocess.Popen([sys.executable, "-m", "mnist_mlops.register"], cwd=root,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [o[-2000:] for o in outs]
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    versions = client.search_model_versions(f"name='{REG}'")
+    assert len(versions) == 1
+    model = client.get_registered_model(REG)
+    assert model.aliases["champion"] == versions[0].version
+    assert model.tags["champion_history"] == str(versions[0].version)
+    assert sum("promoted: no champion yet" in o for o in outs) == 1, outs
+    assert sum("nothing to decide" in o for o in outs) == 2, outs
+    record = json.loads((root / "reports" / "registry.json").read_text())
+    assert record["champion"] == str(versions[0].version)

@@ -1,0 +1,79 @@
+"""Stage processes and their launcher: killing `dvc repro` ends the training it started
+(runs KILLED, no outputs), and the next `dvc repro` resumes it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from mnist_mlops.runtime import launchers
+
+from .conftest import Spawned, run, synthetic_project, wait_for
+
+MODEL = "mlp_512x2"
+
+
+def stage_pids(root: Path) -> list[int]:
+    """Train-stage processes running in `root`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if "mnist_mlops.train" in cmd and cwd == str(root):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_launchers_are_the_shell_and_what_started_it() -> None:
+    code = "from mnist_mlops.runtime import launchers; print(launchers())"
+    shell = subprocess.Popen(["sh", "-c", f"{sys.executable} -c '{code}'; true"],
+                             stdout=subprocess.PIPE, text=True)
+    out, _ = shell.communicate(timeout=60)
+    assert [int(p) for p in out.strip()[1:-1].split(",")] == [shell.pid, os.getpid()]
+    assert launchers() == [os.getppid()] or os.getppid() == 1
+
+
+def test_killing_dvc_ends_the_stage_and_the_next_repro_resumes(tmp_path: Path) -> None:
+    root, env = synthetic_project(tmp_path / "project", **{
+        "train.max_epochs": None, f"models.{MODEL}.epochs": 120})
+    run(["dvc", "repro", "preprocess"], root, env)
+    dvc = Spawned(["dvc", "repro", f"train@{MODEL}"], root, env)
+    try:
+        dvc.wait_for_line("fold 1/2 epoch 3/")
+        (stage,) = stage_pids(root)
+        dvc.proc.send_signal(signal.SIGKILL)        # what a cancelled CI job does
+        dvc.wait()
+        t0 = time.monotonic()
+        wait_for(lambda: not stage_pids(root), 30, "the orphaned stage to stop")
+        stopped_after = time.monotonic() - t0
+    finally:
+        dvc.kill()
+        for pid in stage_pids(root):
+            os.kill(pid, signal.SIGKILL)
+    assert stopped_after < 10
+    time.sleep(2)  # nothing is written after it stopped
+    assert not (root / "models" / f"{MODEL}.h5").exists()
+    assert not (root / "reports" / "train" / MODEL / "run.json").exists()
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    exp = client.get_experiment_by_name("mnist-mlops")
+    runs = client.search_runs([exp.experiment_id])
+    assert {r.info.status for r in runs} == {"KILLED"}, [r.info.status for r in runs]
+
+    resumed = run(["dvc", "repro", f"train@{MODEL}"], root, env, timeout=900)
+    assert "resuming after epoch" in resumed.stdout + resumed.stderr
+    assert (root / "models" / f"{MODEL}.h5").is_file()
+    assert "up to date" in run(["dvc", "status", f"train@{MODEL}"], root, env).stdout
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}  # continued
+    assert all(r.data.tags["mnist_mlops.pid"] != str(stage) for r in runs)   # by a new process
