@@ -77,9 +77,15 @@ def test_max_epochs_caps_recipe() -> None:
     assert p.models["cnn_deep_dropout"].effective_epochs(p.train) == 60
 
 
-def test_env_tracking_uri_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_tracking_uri_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     p = parse_params(RAW)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert p.mlflow.resolved_tracking_uri() == "sqlite:///mlflow.db"
+    monkeypatch.chdir(tmp_path)
+    assert p.mlflow.resolved_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    # from a DVC temp workspace, the project's own store
+    exp_copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12"
+    exp_copy.mkdir(parents=True)
+    monkeypatch.chdir(exp_copy)
+    assert p.mlflow.resolved_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert p.mlflow.resolved_tracking_uri() == "http://127.0.0.1:5000"
