@@ -134,3 +134,27 @@ def test_one_configuration_trains_in_one_process_at_a_time(tmp_path: Path) -> No
         Checkpoint(tmp_path, MODEL, "abc").__enter__()
     with Checkpoint(tmp_path, MODEL, "abc"), Checkpoint(tmp_path, MODEL, "def"):
         assert (tmp_path / MODEL / "abc").is_dir()  # a running one is never discarded
+
+
+def test_changed_params_after_a_kill_start_afresh_and_end_orphaned_runs(tmp_path: Path
+                                                                        ) -> None:
+    root = tiny(tmp_path / "project")
+    cmd, env = train_cmd(root)
+    first = Spawned(cmd, root, env)
+    first.wait_for_line("fold 1/2 epoch 2/")
+    first.proc.send_signal(signal.SIGKILL)
+    first.wait()
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["models"][MODEL]["learning_rate"] = 0.002
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    second = Spawned(cmd, root, env)
+    assert second.wait() == 0, second.output[-3000:]
+    assert "other params, data or code; starting afresh" in second.output
+    assert "left RUNNING by a process that died" in second.output
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("mnist-mlops").experiment_id])
+    by_status: dict[str, list[str]] = {}
+    for r in runs:
+        by_status.setdefault(r.info.status, []).append(r.info.run_name)
+    assert sorted(by_status["KILLED"]) == [MODEL, f"{MODEL}/fold-0"]
+    assert len(by_status["FINISHED"]) == 4 and set(by_status) == {"KILLED", "FINISHED"}

@@ -63,7 +63,8 @@ def register(params: Params) -> dict[str, Any]:
     Held under a lock on the store: two `register` stages at once (parallel experiments)
     would otherwise both register the same run and both promote."""
     tracking.setup(params.mlflow)
-    with tracking.store_lock(params.mlflow, "register", params.paths.checkpoints):
+    with tracking.store_lock(params.mlflow, "register", params.paths.checkpoints), \
+            tracking.outage_as_user_error():
         return _register(params)
 
 

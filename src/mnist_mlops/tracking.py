@@ -1,4 +1,4 @@
-"""MLflow wiring shared by the stages: store set-up, locks, run scopes, stale runs.
+"""MLflow wiring shared by the stages: store set-up, locks, outages, stale runs.
 
 Runs end as FINISHED, FAILED, or KILLED (Ctrl-C / SIGTERM), so `mlflow ui` never shows a
 stage that died as still running; runs a SIGKILL left RUNNING are ended by the next run of
@@ -121,19 +121,14 @@ def unreachable(uri: str, exc: BaseException) -> UserError:
 
 
 @contextlib.contextmanager
-def run_scope(**start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
-    """`mlflow.start_run` whose end status tells an interruption (KILLED) from a crash."""
-    run = mlflow.start_run(**start_kwargs)
+def outage_as_user_error() -> Iterator[None]:
+    """An unreachable store inside the block stops the stage with `unreachable`'s message."""
     try:
-        yield run
-    except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run("FAILED")
-        raise
-    else:
-        mlflow.end_run("FINISHED")
+        yield
+    except MlflowException as exc:
+        if not is_outage(exc):
+            raise
+        raise unreachable(mlflow.get_tracking_uri(), exc) from None
 
 
 def owner_tags() -> dict[str, str]:
