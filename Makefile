@@ -4,6 +4,8 @@
 # make bench : benchmark figures (see benchmarks/)
 # make ablation : tutorial 001's ablation grid as queued DVC experiments
 # make reproduce : full recipes, then the table of results vs the tutorials'
+# make retrain : the retrain loop (pull, repro, push, commit to a branch, report);
+#                RETRAIN_ARGS='--profile quick --push' etc.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -12,7 +14,7 @@ export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 QUICK := -S preprocess.subset=3000 -S preprocess.folds=2 -S train.max_epochs=2
 
-.PHONY: setup run quick test test-all lint bench ablation reproduce clean
+.PHONY: setup run quick test test-all lint bench ablation reproduce retrain clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +45,9 @@ bench: setup
 
 reproduce: run
 	$(BIN)/python benchmarks/reproduction.py --markdown reports/reproduction.md
+
+retrain: setup
+	$(BIN)/mnist-mlops retrain $(RETRAIN_ARGS)
 
 ablation: setup
 	bash benchmarks/ablation.sh

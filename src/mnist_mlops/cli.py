@@ -6,6 +6,8 @@
     mnist-mlops promote --version N                     make version N the champion
     mnist-mlops rollback                                return to the previous champion
     mnist-mlops serve [--port P] [--model M]            drawing page on 127.0.0.1
+    mnist-mlops retrain [--profile quick] [--push]      pull, reproduce, push, commit, report
+    mnist-mlops relocate-store                          make a copied mlflow.db + mlruns/ open
 """
 
 from __future__ import annotations
@@ -32,14 +34,38 @@ def _client(params: Params):  # -> MlflowClient (import kept lazy for fast --hel
 
 
 def load_predictor(model: str | None, params: Params):  # -> Predictor (lazy import)
-    """--model, or the registry's champion, resolved against the configured MLflow store."""
+    """--model, or the registry's champion, resolved against the configured MLflow store;
+    without a store that knows the champion (a fresh clone after `dvc pull`), the champion
+    named by the decision record, from its pulled .h5 file."""
     from mnist_mlops import tracking
     from mnist_mlops.predict import Predictor
 
-    model = model or f"models:/{params.mlflow.registered_model}@champion"
-    if model.startswith("models:/"):
+    if model:
+        if model.startswith("models:/"):
+            tracking.setup(params.mlflow)
+        return Predictor(model)
+    uri = f"models:/{params.mlflow.registered_model}@champion"
+    try:
         tracking.setup(params.mlflow)
-    return Predictor(model)
+        return Predictor(uri)
+    except Exception as exc:
+        local = recorded_champion_file(params)
+        if local is None:
+            raise
+        log.info("%s not in the tracking store (%s); using the recorded champion %s", uri,
+                 str(exc).splitlines()[0][:120], local)
+        return Predictor(str(local))
+
+
+def recorded_champion_file(params: Params) -> Path | None:
+    """The champion's model file according to reports/registry.json, if it is present."""
+    try:
+        record = json.loads(params.paths.registry.read_text())
+    except (OSError, ValueError):
+        return None
+    names = [m for m, v in record.get("versions", {}).items() if v == record.get("champion")]
+    path = params.paths.model_file(names[0]) if names else None
+    return path if path is not None and path.is_file() else None
 
 
 def cmd_predict(args: argparse.Namespace, params: Params) -> int:
@@ -122,6 +148,27 @@ def cmd_serve(args: argparse.Namespace, params: Params) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace, params: Params) -> int:
+    from mnist_mlops.retrain import Options, retrain
+
+    opts = Options(profile=args.profile, remote=args.remote, branch=args.branch,
+                   base=args.base, push=args.push, report=args.report)
+    retrain(params, opts, args.params)
+    return 0
+
+
+def cmd_relocate_store(args: argparse.Namespace, params: Params) -> int:
+    from mnist_mlops.store import relocate
+
+    uri = params.mlflow.resolved_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        raise UserError(f"the tracking store is {uri}: only the embedded SQLite store records "
+                        "local artifact paths")
+    n = relocate(Path(uri[len("sqlite:///"):]))
+    print(f"{n} artifact locations updated")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mnist-mlops", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,6 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("retrain", help="the retrain loop: pull, reproduce, push, commit to a "
+                       "branch, report (run in a clean clone)")
+    p.add_argument("--profile", choices=["full", "quick"], default="full",
+                   help="full recipes, or the quick profile to try the loop")
+    p.add_argument("--remote", help="DVC remote URL to use (default: the configured one)")
+    p.add_argument("--branch", help="branch to commit to (default: retrain/<profile>-<UTC>)")
+    p.add_argument("--base", default="main", help="compare metrics against this branch")
+    p.add_argument("--push", action="store_true", help="push the branch to origin")
+    p.add_argument("--report", type=Path, default=Path("retrain-report.md"),
+                   help="where to write the Markdown report")
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("relocate-store", help="after copying a project folder: point its "
+                       "mlflow.db at the mlruns/ beside it")
+    p.set_defaults(func=cmd_relocate_store)
     return ap
 
 

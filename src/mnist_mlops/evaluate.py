@@ -110,13 +110,21 @@ def evaluate(params: Params, name: str) -> dict[str, Any]:
                                   for i in worst], out / "misclassified.png",
                        f"{name}: most confident mistakes")
     metrics = {"test_accuracy": m["accuracy"], "test_loss": m["loss"],
-               "test_macro_f1": m["macro_f1"], "test_errors": int((pred != y).sum()),
-               **{f"infer_{k}": v for k, v in speed.items()}}
-    _log_to_mlflow(params, name, metrics, m["per_class"], out)
-    write_json_atomic(paths.metrics_file(name), metrics)
+               "test_macro_f1": m["macro_f1"], "test_errors": int((pred != y).sum())}
+    timings = {f"infer_{k}": v for k, v in speed.items()}
+    _log_to_mlflow(params, name, {**metrics, **timings}, m["per_class"], out)
+    write_json_atomic(out / "speed.json", timings)
+    write_json_atomic(paths.metrics_file(name), {**cv_numbers(paths.train_dir(name)), **metrics})
     log.info("%s: test accuracy %.4f, loss %.4f, %.0f images/s, %.2f ms/image", name,
              m["accuracy"], m["loss"], speed["images_per_s"], speed["latency_ms_p50"])
     return metrics
+
+
+def cv_numbers(train_dir: Path) -> dict[str, float]:
+    """The train stage's cross-validation result, for the one metrics file per model."""
+    cv = json.loads((train_dir / "cv.json").read_text())
+    return {k: cv[k] for k in ("cv_val_accuracy_mean", "cv_val_accuracy_std",
+                               "cv_val_loss_mean", "cv_val_loss_std")}
 
 
 def _log_to_mlflow(params: Params, name: str, metrics: dict[str, float],
