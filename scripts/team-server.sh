@@ -38,7 +38,7 @@ bindir() {
 }
 PGBIN="$(bindir)"
 as_pg() {  # PostgreSQL refuses to run as root
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 start() {
@@ -58,7 +58,7 @@ start() {
     "$PGBIN/createdb" -h 127.0.0.1 -p "$PGPORT" -U mlflow mlflow
   fi
   nohup "$MLFLOW" server --host "$HOST" --port "$PORT" --workers "$WORKERS" \
-    --backend-store-uri "postgresql://mlflow:$DB_PASSWORD@127.0.0.1:$PGPORT/mlflow" \
+    --backend-store-uri "postgresql+psycopg2://mlflow:$DB_PASSWORD@127.0.0.1:$PGPORT/mlflow" \
     --artifacts-destination "$ARTIFACTS" --serve-artifacts \
     >"$DATA/mlflow.log" 2>&1 &
   echo $! >"$DATA/mlflow.pid"
