@@ -68,10 +68,16 @@ def test_outputs_of_every_stage(project: Path) -> None:
 def test_mlflow_has_one_parent_run_per_model_with_nested_folds(project: Path) -> None:
     client = client_for(project)
     exp = client.get_experiment_by_name("mnist-mlops")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # UI: runs first
     parents = client.search_runs([exp.experiment_id], "tags.role = 'parent'")
     assert sorted(r.data.tags["model_name"] for r in parents) == sorted(MODELS)
     for p in parents:
         assert p.info.status == "FINISHED"
+        (ds,) = p.inputs.dataset_inputs
+        assert p.data.tags["data_sha256"].startswith(ds.dataset.digest)
+        assert ds.dataset.name == "mnist-train" and len(ds.dataset.digest) == 32
+        # evaluate adds its results without reopening the run: the duration is training's
+        assert p.info.end_time - p.info.start_time < 100_000
         assert "test_accuracy" in p.data.metrics and "cv_val_accuracy_mean" in p.data.metrics
         kids = client.search_runs([exp.experiment_id],
                                   f"tags.mlflow.parentRunId = '{p.info.run_id}'")
@@ -89,6 +95,8 @@ def test_registry_one_version_per_model_and_one_champion(project: Path) -> None:
     for v in versions:
         assert {"architecture", "test_accuracy", "cv_val_accuracy_mean", "cv_val_accuracy_std",
                 "data_sha256", "git_commit"} <= set(v.tags)
+        assert v.tags["model_name"] in v.description and "Test accuracy" in v.description
+    assert "Gate: promoted" in client.get_model_version(REG, aliases["champion"]).description
 
 
 def test_second_repro_does_nothing(project: Path, mnist_mirror: Path) -> None:

@@ -81,3 +81,43 @@ def test_unknown_mlflow_model_is_a_clear_error(tmp_path: Path,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(UserError, match="cannot load model 'models:/nope@champion'"):
         Predictor("models:/nope@champion")
+
+
+def test_untrusted_python_function_model_is_not_loaded(tmp_path: Path) -> None:
+    """`--model` runs no foreign model code unless the user says it is trusted."""
+    import mlflow
+
+    marker = tmp_path / "code-ran"
+
+    def make_model() -> object:
+        class Foreign(mlflow.pyfunc.PythonModel):
+            def load_context(self, context: object) -> None:
+                Path(str(marker)).write_text("loaded")
+
+            def predict(self, context: object, model_input: object) -> object:
+                return np.full((len(model_input), 10), 0.1)
+
+        return Foreign()
+
+    model_dir = tmp_path / "foreign"
+    mlflow.pyfunc.save_model(str(model_dir), python_model=make_model(),
+                             pip_requirements=["mlflow"])
+    picture = tmp_path / "d.png"
+    draw_digit(4, size=120).save(picture)
+    cli = str(Path(sys.executable).parent / "mnist-mlops")
+    refused = run([cli, "predict", str(picture), "--model", str(model_dir)], ROOT,
+                  tool_env(), check=False)
+    assert refused.returncode != 0 and "--trust-model" in refused.stderr
+    assert not marker.exists()
+    trusted = run([cli, "predict", str(picture), "--model", str(model_dir), "--trust-model"],
+                  ROOT, tool_env())
+    assert marker.exists() and trusted.returncode == 0
+
+
+def test_version_and_help_of_every_subcommand() -> None:
+    cli = str(Path(sys.executable).parent / "mnist-mlops")
+    assert run([cli, "--version"], ROOT).stdout.startswith("mnist-mlops ")
+    for cmd, says in (("promote", "champion"), ("rollback", "previous champion"),
+                      ("champion", "champion and challenger"), ("retrain", "pull, reproduce")):
+        out = run([cli, cmd, "--help"], ROOT).stdout
+        assert says in out.split("options:")[0], (cmd, out)

@@ -6,10 +6,15 @@ import base64
 import io
 import json
 import shutil
+import socket
+import struct
 import threading
+import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -63,6 +68,68 @@ def test_api_blank_and_bad_requests(page_url: str) -> None:
     assert code == 400
     with urllib.request.urlopen(page_url, timeout=10) as resp:
         assert b"<canvas" in resp.read()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small valid PNG whose header claims width x height (a decompression bomb's shape)."""
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), 255).save(buf, "PNG")
+    raw = bytearray(buf.getvalue())
+    ihdr = raw[12:29]                                   # b"IHDR" + 13 bytes of fields
+    ihdr[4:12] = struct.pack(">II", width, height)
+    raw[12:29] = ihdr
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(raw)
+
+
+def test_pictures_too_large_get_413_not_a_dropped_connection(page_url: str) -> None:
+    for w, h in ((20000, 20000), (6000, 6000), (1001, 1001)):
+        body = json.dumps({"image": "data:image/png;base64,"
+                           + base64.b64encode(png_claiming(w, h)).decode()}).encode()
+        code, out = post(page_url, body)
+        assert code == 413 and "too large" in out["error"], (w, h, out)
+    code, out = post(page_url, data_url(draw_digit(3, size=280)))
+    assert code == 200 and out["digit"] is not None          # still serving
+
+
+def raw_request(url: str, head: str) -> tuple[int, dict]:
+    host, port = url.split("//")[1].strip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+
+def test_bad_content_length_gets_400(page_url: str) -> None:
+    for value in ("abc", "-5", "99999999999"):
+        code, out = raw_request(page_url, f"POST /predict HTTP/1.1\r\nHost: x\r\n"
+                                          f"Content-Length: {value}\r\n\r\n")
+        assert code in (400, 413) and "Content-Length" in out["error"], (value, out)
+
+
+class SlowPredictor(Predictor):
+    """A model that takes 0.3 s per drawing: enough to fill the queue."""
+
+    def predict_proba(self, x):  # type: ignore[no-untyped-def]
+        time.sleep(0.3)
+        return super().predict_proba(x)
+
+
+def test_overload_gets_503_instead_of_resets(model_file: Path) -> None:
+    server = make_server(SlowPredictor(str(model_file)), "127.0.0.1", 0, max_pending=2)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    body = data_url(draw_digit(5, size=200))
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            codes = [c for c, _ in pool.map(lambda _: post(url, body), range(16))]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert set(codes) == {200, 503} and codes.count(200) >= 2, codes
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")

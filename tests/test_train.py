@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -240,3 +241,29 @@ def test_precision_and_xla_flags_train(tmp_path: Path, monkeypatch: pytest.Monke
     assert summary["cv_val_accuracy_mean"] > 0.3
     params = runs_of("cnn_28_dense128")["parent"][0].data.params
     assert params[f"train.{flag}"] == "True"
+
+
+def test_stage_log_is_the_projects_own_lines(tmp_path: Path) -> None:
+    """No TensorFlow C++ lines or ANSI progress bars; progress per epoch; a closing summary.
+    MNIST_MLOPS_VERBOSE=1 brings the library lines back."""
+    write_tiny_project(tmp_path, verbose=2)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = [sys.executable, "-m", "mnist_mlops.train", "mlp_512x2"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=tool_env(MLFLOW_TRACKING_URI=uri),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    native = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|oneDNN|cuInit", re.M)
+    assert not native.search(log), native.search(log)
+    assert "\x1b[" not in log and "legacy" not in log
+    for line in ("mlp_512x2 fold 1/2 epoch 1/2: accuracy", "mlp_512x2 fold 2/2 epoch 2/2",
+                 "mlp_512x2 final refit epoch 2/2", "left: "):
+        assert line in log, line
+    run_id = json.loads((tmp_path / "reports/train/mlp_512x2/run.json").read_text())["run_id"]
+    closing = log.strip().splitlines()[-1]
+    assert "CV val accuracy" in closing and run_id in closing
+    assert "model models/mlp_512x2.h5" in closing
+
+    loud = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=tool_env(MLFLOW_TRACKING_URI=uri, MNIST_MLOPS_VERBOSE="1"))
+    assert loud.returncode == 0 and native.search(loud.stdout + loud.stderr)

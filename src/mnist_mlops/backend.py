@@ -17,6 +17,9 @@ def configure(*, seed: int, deterministic: bool, mixed_precision: bool) -> None:
     """Seed every RNG and set the precision policy before any model is built."""
     import keras
 
+    # Keras's progress bars (ANSI codes) from predict calls, e.g. MLflow checking the input
+    # example, go to logging instead, which a stage keeps quiet (runtime.configure_logging).
+    keras.config.disable_interactive_logging()
     keras.utils.set_random_seed(seed)
     if deterministic and keras.backend.backend() == "tensorflow":
         import tensorflow as tf

@@ -33,7 +33,7 @@ def _client(params: Params):  # -> MlflowClient (import kept lazy for fast --hel
     return MlflowClient()
 
 
-def load_predictor(model: str | None, params: Params):  # -> Predictor (lazy import)
+def load_predictor(model: str | None, params: Params, trusted: bool = False):  # -> Predictor
     """--model, or the registry's champion, resolved against the configured MLflow store;
     without a store that knows the champion (a fresh clone after `dvc pull`), the champion
     named by the decision record, from its pulled .h5 file."""
@@ -43,7 +43,7 @@ def load_predictor(model: str | None, params: Params):  # -> Predictor (lazy imp
     if model:
         if model.startswith("models:/"):
             tracking.setup(params.mlflow)
-        return Predictor(model)
+        return Predictor(model, trusted=trusted)
     uri = f"models:/{params.mlflow.registered_model}@champion"
     try:
         tracking.setup(params.mlflow)
@@ -74,7 +74,8 @@ def cmd_predict(args: argparse.Namespace, params: Params) -> int:
     files = expand_inputs(args.images)
     if not files:
         raise UserError("no image files found in the given folder(s)")
-    results = predict_files(load_predictor(args.model, params), files, args.threshold)
+    results = predict_files(load_predictor(args.model, params, args.trust_model), files,
+                            args.threshold)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
@@ -135,7 +136,7 @@ def cmd_rollback(args: argparse.Namespace, params: Params) -> int:
 def cmd_serve(args: argparse.Namespace, params: Params) -> int:
     from mnist_mlops.serve import make_server
 
-    predictor = load_predictor(args.model, params)
+    predictor = load_predictor(args.model, params, args.trust_model)
     server = make_server(predictor, args.host, args.port)
     host, port = server.server_address[:2]
     print(f"serving {predictor.source} on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
@@ -169,47 +170,66 @@ def cmd_relocate_store(args: argparse.Namespace, params: Params) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mnist-mlops")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mnist-mlops", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"),
                     help="params file (default: ./params.yaml)")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="debug logging, library lines included")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("predict", help="recognise handwritten digits in image files")
+    def command(name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002
+        return sub.add_parser(name, help=help, description=help)  # `CMD --help` says it too
+
+    p = command("predict", "recognise handwritten digits in image files")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--model", help="a .h5 file or MLflow model URI "
                    "(default: models:/<registered_model>@champion)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--threshold", type=float, default=None,
                    help="binarise ink at this level (0-1); default keeps anti-aliasing")
+    p.add_argument("--trust-model", action="store_true",
+                   help="allow --model to be an MLflow model that is not Keras/TensorFlow "
+                   "(loading one runs its Python code)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("compare", help="table of the latest run of each model")
+    p = command("compare", "table of the latest run of each model")
     p.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     p.add_argument("--all", action="store_true", help="every finished run, not one per model")
     p.add_argument("--model", help="only runs of this model (e.g. an ablation grid)")
     p.add_argument("--experiment", help="MLflow experiment (default: from params)")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("champion", help="show the champion and challenger versions")
+    p = command("champion", "show the champion and challenger versions")
     p.set_defaults(func=cmd_champion)
 
-    p = sub.add_parser("promote", help="make a registry version the champion")
+    p = command("promote", "make a registry version the champion")
     p.add_argument("--version", required=True, type=int)
     p.set_defaults(func=cmd_promote)
 
-    p = sub.add_parser("rollback", help="make the previous champion the champion again")
+    p = command("rollback", "make the previous champion the champion again")
     p.set_defaults(func=cmd_rollback)
 
-    p = sub.add_parser("serve", help="drawing page with live predictions on 127.0.0.1")
+    p = command("serve", "drawing page with live predictions on 127.0.0.1")
     p.add_argument("--model", help="a .h5 file or MLflow model URI (default: @champion)")
+    p.add_argument("--trust-model", action="store_true",
+                   help="allow a non-Keras MLflow model (loading one runs its Python code)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("retrain", help="the retrain loop: pull, reproduce, push, commit to a "
+    p = command("retrain", "the retrain loop: pull, reproduce, push, commit to a "
                        "branch, report (run in a clean clone)")
     p.add_argument("--profile", choices=["full", "quick"], default="full",
                    help="full recipes, or the quick profile to try the loop")
@@ -221,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write the Markdown report")
     p.set_defaults(func=cmd_retrain)
 
-    p = sub.add_parser("relocate-store", help="after copying a project folder: point its "
+    p = command("relocate-store", "after copying a project folder: point its "
                        "mlflow.db at the mlruns/ beside it")
     p.set_defaults(func=cmd_relocate_store)
     return ap

@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from mnist_mlops import tracking
 from mnist_mlops.fsio import write_json_atomic, write_text_atomic
+from mnist_mlops.runtime import UserError
 
 log = logging.getLogger(__name__)
 DELIVERY_INTERVAL_S = 2.0
@@ -55,6 +56,7 @@ class Journal:
         self._thread: threading.Thread | None = None
         self._client: MlflowClient | None = None
         self.outage: str | None = None   # the last delivery error, while undelivered
+        self.fatal: Exception | None = None   # a write the store refused (not an outage)
 
     # -- recording (the training thread) -------------------------------------------------
     def record(self, op: str, key: str, **fields: Any) -> None:
@@ -83,6 +85,12 @@ class Journal:
 
     def artifacts(self, key: str, path: Path, artifact_path: str) -> None:
         self.record("artifacts", key, path=str(path), artifact_path=artifact_path)
+
+    def dataset(self, key: str, name: str, digest: str, source: str, rows: int,
+                context: str = "training") -> None:
+        """The training data as an MLflow dataset input (the Datasets column of the UI)."""
+        self.record("dataset", key, name=name, digest=digest, source=source, rows=rows,
+                    context=context)
 
     def model(self, key: str, h5: Path, example: Path) -> None:
         """Log the .h5 model as an MLflow model (delivered by `flush`, not the thread)."""
@@ -118,7 +126,11 @@ class Journal:
             self._wake.clear()
             if self._stop.is_set():
                 return
-            ok = self.deliver(models=False)
+            try:
+                ok = self.deliver(models=False)
+            except Exception as exc:  # refused for good: the main thread reports it
+                self.fatal = exc
+                return
             backoff = DELIVERY_INTERVAL_S if ok else min(backoff * 2, MAX_BACKOFF_S)
 
     def flush(self, wait_s: float) -> bool:
@@ -163,6 +175,8 @@ class Journal:
     def deliver(self, models: bool) -> bool:
         """Deliver pending writes in order; False if the store is unreachable (or, with
         `models` False, when the next write is the MLflow model)."""
+        if self.fatal is not None:
+            raise self._refused(self.fatal)
         with self._deliver_lock:
             try:
                 while self.delivered < len(self.ops):
@@ -174,7 +188,7 @@ class Journal:
                     self._save_state()
             except Exception as exc:
                 if not tracking.is_outage(exc):
-                    raise
+                    raise self._refused(exc) from exc
                 if self.outage is None:
                     log.warning("tracking store %s unreachable: training goes on; MLflow "
                                 "writes wait in %s (%s)", self.uri, self.ops_file,
@@ -186,6 +200,11 @@ class Journal:
                 log.info("tracking store reachable again: queued MLflow writes delivered")
                 self.outage = None
             return True
+
+    def _refused(self, exc: Exception) -> UserError:
+        op = self.ops[self.delivered] if self.delivered < len(self.ops) else {}
+        return UserError(f"the tracking store {self.uri} refused a {op.get('op', '?')} write "
+                         f"for run {op.get('key', '?')}: {short_reason(exc)}")
 
     def _save_state(self) -> None:
         write_json_atomic(self.state_file, {
@@ -221,6 +240,12 @@ class Journal:
                 client.log_artifacts(run_id, str(path), op["artifact_path"])
             else:
                 client.log_artifact(run_id, str(path), op["artifact_path"])
+        elif kind == "dataset":
+            ds = Dataset(name=op["name"], digest=op["digest"], source_type="local",
+                         source=json.dumps({"uri": op["source"]}),
+                         profile=json.dumps({"num_rows": op["rows"]}))
+            client.log_inputs(run_id, datasets=[DatasetInput(
+                ds, tags=[InputTag("mlflow.data.context", op["context"])])])
         elif kind == "model":
             self.model_uri = log_keras_model(run_id, Path(op["h5"]), Path(op["example"]))
         elif kind == "end":

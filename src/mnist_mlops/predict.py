@@ -19,7 +19,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 class Predictor:
     """One interface over a Keras .h5 file and an MLflow pyfunc model: uint8 in, probs out."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, trusted: bool = False) -> None:
         self.source = source
         path = Path(source)
         if path.suffix in (".h5", ".keras") or path.is_file():
@@ -34,10 +34,18 @@ class Predictor:
             try:
                 # A Keras model inside (this pipeline's models are) is loaded as Keras and
                 # called directly: faster for a few images and silent, unlike pyfunc's predict.
-                if "tensorflow" in mlflow.models.get_model_info(source).flavors:
+                flavors = mlflow.models.get_model_info(source).flavors
+                if "tensorflow" in flavors:
                     self._keras = mlflow.tensorflow.load_model(source)
+                elif not trusted:
+                    raise UserError(
+                        f"{source} is an MLflow model of flavour(s) {', '.join(flavors)}, not "
+                        "a Keras/TensorFlow model: loading it runs its own Python code. Pass "
+                        "--trust-model if you trust where it came from")
                 else:
                     self._pyfunc = mlflow.pyfunc.load_model(source)
+            except UserError:
+                raise
             except Exception as exc:  # MlflowException, OSError, ... : all mean "can't load"
                 raise UserError(f"cannot load model {source!r}: {exc}. Pass --model with a "
                                 ".h5 file or an MLflow model URI (models:/NAME@champion), and "

@@ -53,6 +53,12 @@ def ensure_version(client: MlflowClient, params: Params, name: str) -> tuple[str
     if str(mv.run_id) != run["run_id"]:
         raise UserError(f"{name}: registered v{mv.version} is not linked to run "
                         f"{run['run_id']}; re-run `dvc repro train@{name}`")
+    client.update_model_version(reg, mv.version, description=(
+        f"{name} (architecture {tags['architecture']}), trained by run {run['run_id']} on data "
+        f"sha256 {tags.get('data_sha256', '?')[:12]} at git commit "
+        f"{tags.get('git_commit', '?')[:12]}{' (dirty)' if tags.get('git_dirty') == 'true' else ''}"
+        f". Test accuracy {test['test_accuracy']:.4f}; CV accuracy "
+        f"{cv['cv_val_accuracy_mean']:.4f} ± {cv['cv_val_accuracy_std']:.4f}."))
     log.info("registered %s as %s v%s", name, reg, mv.version)
     return str(mv.version), True
 
@@ -98,9 +104,11 @@ def _register(params: Params) -> dict[str, Any]:
                                floor=params.register.floor)
     if decision.promote:
         registry.set_champion(client, reg, best.version)
-    client.set_model_version_tag(reg, best.version, "gate_decision",
-                                 f"{'promoted' if decision.promote else 'refused'}: "
-                                 f"{decision.reason}")
+    verdict = f"{'promoted' if decision.promote else 'refused'}: {decision.reason}"
+    client.set_model_version_tag(reg, best.version, "gate_decision", verdict)
+    mv = client.get_model_version(reg, best.version)
+    client.update_model_version(reg, best.version,
+                                description=f"{mv.description} Gate: {verdict}.")
     log.info("%s: challenger v%s (%s); %s: %s", reg, best.version, best.model,
              "promoted" if decision.promote else "champion kept", decision.reason)
     record.update(

@@ -11,9 +11,11 @@ Every stage runs its main() through `run_main`, which
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -26,18 +28,72 @@ SHELLS = {"sh", "dash", "bash", "zsh", "ksh"}
 WATCH_INTERVAL_S = 1.0
 
 
+VERBOSE_ENV = "MNIST_MLOPS_VERBOSE"   # 1: keep every library's log lines (debugging)
+# Lines TensorFlow/XLA's C++ code writes straight to file descriptor 2, whatever
+# TF_CPP_MIN_LOG_LEVEL says (absl logging before its initialisation, CUDA probing, oneDNN
+# notices, graph warnings): `I0000 00:00:1795363330.405893    2389 file.cc:31] ...`.
+NATIVE_NOISE = re.compile(
+    rb"^(?:[IWEF]\d{4} [\d:.]+\s+\d+ [\w./-]+:\d+\]|WARNING: All log messages before "
+    rb"absl::InitializeLog|To enable the following instructions:)")
+NOISY_LOGGERS = ("absl", "tensorflow", "h5py", "urllib3.connectionpool", "mlflow.models",
+                 "mlflow.tensorflow", "mlflow.utils.environment")
+
+
 class UserError(Exception):
     """A problem the user can fix (bad input, missing file); printed without a traceback."""
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
 def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
-    # TensorFlow's C++ start-up chatter hides the pipeline's own log lines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # One line per retry of an unreachable tracking server; the journal says it once.
-    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    if verbose():
+        return
+    # Library chatter (Keras's "HDF5 is legacy" notes, retracing hints, one line per HTTP
+    # retry of an unreachable tracking server) hides the pipeline's own lines.
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_native_stderr()
+
+
+_pump: threading.Thread | None = None
+
+
+def quiet_native_stderr() -> None:
+    """Drop the C++ log lines (NATIVE_NOISE) from this process's stderr; all else passes.
+
+    They bypass Python (written to fd 2 by native code), so fd 2 becomes a pipe that a
+    thread filters into the real stderr; at exit fd 2 is restored and the pipe drained."""
+    global _pump
+    if _pump is not None or not sys.platform.startswith("linux"):
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+
+    def pump() -> None:
+        with os.fdopen(read_fd, "rb") as src, os.fdopen(real, "wb", buffering=0) as dst:
+            for line in src:
+                if not NATIVE_NOISE.match(line):
+                    dst.write(line)
+
+    def restore() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+            os.dup2(real, 2)          # the pipe's last writer is gone: the pump drains
+        if _pump is not None:
+            _pump.join(timeout=5)
+
+    _pump = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    _pump.start()
+    atexit.register(restore)
 
 
 def _raise_interrupt(signum: int, _frame: Any) -> None:

@@ -22,12 +22,23 @@ from mnist_mlops.predict import Predictor
 
 log = logging.getLogger(__name__)
 MAX_BODY = 5 * 2**20
+# A drawing is 28-280 px a side: a 1000x1000 cap keeps one request's decoded image at 1 MB
+# (the header is read first, so a "PNG bomb" is refused before it is decoded).
+PAGE_MAX_PIXELS = 1_000_000
+MAX_PENDING = 16          # requests waiting for the model; more get 503, not a reset
+BACKLOG = 128             # connections the kernel queues before accept()
 
 
-def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000
-                ) -> ThreadingHTTPServer:
+class _Server(ThreadingHTTPServer):
+    request_queue_size = BACKLOG
+    daemon_threads = True
+
+
+def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,
+                max_pending: int = MAX_PENDING) -> ThreadingHTTPServer:
     page = resources.files("mnist_mlops").joinpath("web/index.html").read_bytes()
     lock = threading.Lock()  # one prediction at a time: Keras models are not thread-safe
+    pending = threading.BoundedSemaphore(max_pending)
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, fmt: str, *args: object) -> None:
@@ -55,28 +66,62 @@ def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000
             if self.path != "/predict":
                 self._json(404, {"error": f"no endpoint {self.path}"})
                 return
-            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                self.close_connection = True
+                self._json(400, {"error": "Content-Length must be a number of bytes"})
+                return
             if not 0 < length <= MAX_BODY:
-                self._json(413 if length else 400, {"error": "send a PNG of at most 5 MiB"})
+                self.close_connection = True
+                self._json(413 if length > 0 else 400,
+                           {"error": "send a PNG of at most 5 MiB (Content-Length)"})
                 return
             try:
-                payload = json.loads(self.rfile.read(length))
-                data = payload["image"].split(",", 1)[-1]
-                img = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
-                if img.width * img.height > MAX_PIXELS:
-                    raise ValueError("image too large")
-                img.load()
+                img = self._read_image(length)
+            except _TooLarge as exc:
+                self._json(413, {"error": str(exc)})
+                return
             except (ValueError, KeyError, TypeError, AttributeError, binascii.Error,
                     UnidentifiedImageError, OSError) as exc:
                 self._json(400, {"error": f"expected JSON {{\"image\": data-URL of a PNG}}: {exc}"})
                 return
-            arr = to_mnist(img)
-            if arr is None:
-                self._json(200, {"digit": None, "probabilities": []})
+            if not pending.acquire(blocking=False):
+                self.send_response(503)
+                body = json.dumps({"error": "busy: too many drawings waiting; retry"}).encode()
+                self.send_header("Retry-After", "1")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
                 return
-            with lock:
-                proba = predictor.predict_proba(arr[None])[0]
+            try:
+                arr = to_mnist(img)
+                if arr is None:
+                    self._json(200, {"digit": None, "probabilities": []})
+                    return
+                with lock:
+                    proba = predictor.predict_proba(arr[None])[0]
+            finally:
+                pending.release()
             self._json(200, {"digit": int(proba.argmax()),
                              "probabilities": [round(float(p), 5) for p in proba]})
 
-    return ThreadingHTTPServer((host, port), Handler)
+        def _read_image(self, length: int) -> Image.Image:
+            payload = json.loads(self.rfile.read(length))
+            data = payload["image"].split(",", 1)[-1]
+            try:
+                img = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+            except Image.DecompressionBombError as exc:
+                raise _TooLarge(f"image too large: {exc}") from None
+            if img.width * img.height > min(PAGE_MAX_PIXELS, MAX_PIXELS):
+                raise _TooLarge(f"image too large: {img.width}x{img.height} pixels; a drawing "
+                                f"needs at most {PAGE_MAX_PIXELS:,}")
+            img.load()
+            return img
+
+    return _Server((host, port), Handler)
+
+
+class _TooLarge(ValueError):
+    """A request whose picture is larger than the page accepts (HTTP 413)."""

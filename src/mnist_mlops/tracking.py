@@ -40,6 +40,8 @@ PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_R
                     "INVALID_STATE", "FEATURE_DISABLED"}
 RUN_KEY_TAG = "mnist_mlops.run_key"     # identifies a run across resumes of one training
 HOST_TAG, PID_TAG = "mnist_mlops.host", "mnist_mlops.pid"
+# `mlflow ui` opens an experiment of this kind on its runs (not on the GenAI overview).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -77,12 +79,15 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     `<project>/mlruns/`, even when the first run comes from a DVC temp workspace."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        for k, v in EXPERIMENT_KIND.items():
+            if exp.tags.get(k) != v:
+                client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     location = None
     if _sqlite_path(uri) is not None:
         location = (project_root() / "mlruns" / name).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except MlflowException as exc:  # created meanwhile by another process
         exp = client.get_experiment_by_name(name)
         if exp is None:

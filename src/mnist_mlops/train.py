@@ -21,9 +21,8 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
 from mnist_mlops import backend, figures, tracking
@@ -36,9 +35,13 @@ from mnist_mlops.parse import load_dataset
 from mnist_mlops.preprocess import load_folds
 from mnist_mlops.runtime import UserError, run_main, signals_deferred
 
+if TYPE_CHECKING:  # Keras is imported where it is used: after run_main has quietened
+    import keras  # TensorFlow's start-up lines (runtime.quiet_native_stderr)
+
 log = logging.getLogger(__name__)
 HISTORY_KEYS = ("accuracy", "val_accuracy", "loss", "val_loss")
 FINAL = "final"
+DATASET_DIGEST_CHARS = 32   # MLflow caps a dataset digest at 36 characters
 
 
 @dataclass
@@ -59,6 +62,8 @@ class FitResult:
 
 def targets(labels: np.ndarray, p: ModelParams) -> np.ndarray:
     """Integer labels for sparse loss, one-hot for categorical."""
+    import keras
+
     return keras.utils.to_categorical(labels, NUM_CLASSES) if p.loss == "categorical" \
         else labels
 
@@ -66,6 +71,8 @@ def targets(labels: np.ndarray, p: ModelParams) -> np.ndarray:
 def new_model(p: ModelParams, tp: TrainParams, fit_index: int) -> keras.Model:
     """A compiled model whose initial weights depend only on the seed and the fit's index,
     so a resumed stage builds exactly what an uninterrupted one would have."""
+    import keras
+
     keras.utils.set_random_seed(tp.seed + 1000 * fit_index)
     model = compile_model(build_model(p), p, jit_compile=tp.xla)
     model.optimizer.build(model.trainable_variables)
@@ -351,6 +358,9 @@ def _train_tracked(params: Params, name: str, x: np.ndarray, y: np.ndarray,
         return ckpt.state["summary"]
     journal.start_run("parent", name, _run_tags(params, name, data_digest, device))
     n_folds = int(folds.max()) + 1
+    journal.dataset("parent", "mnist-train", data_digest[:DATASET_DIGEST_CHARS],
+                    f"{params.paths.dataset} + {params.paths.folds} (sha256 {data_digest})",
+                    len(x))
     journal.params("parent", {
         **tracking.flat_params(p, "model."), **tracking.flat_params(tp, "train."),
         "model.effective_epochs": p.effective_epochs(tp), "data.n_train_images": len(x),
