@@ -1,6 +1,7 @@
 # make run   : set up .venv, then run the whole pipeline (dvc repro)
 # make test  : set up .venv, then run the test suite
-# make quick : the whole pipeline on the quick profile (small subset, 2 folds, 2 epochs)
+# make quick : the whole pipeline on the quick profile (small subset, 2 folds, 2 epochs),
+#              as a temporary experiment: params.yaml stays as written
 # make bench : benchmark figures (see benchmarks/)
 # make ablation : tutorial 001's ablation grid as queued DVC experiments
 # make reproduce : full recipes, then the table of results vs the tutorials'
@@ -29,7 +30,7 @@ run: setup
 	dvc repro
 
 quick: setup
-	dvc exp run $(QUICK)
+	dvc exp run --temp $(QUICK)
 
 test: setup
 	$(BIN)/python -m pytest
