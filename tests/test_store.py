@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from .conftest import run, tool_env
+from .conftest import MlflowServer, run, synthetic_project, tool_env
 from .test_train import write_tiny_project
 
 CLI = str(Path(sys.executable).parent / "mnist-mlops")
@@ -40,3 +40,42 @@ def test_copied_project_store_opens_with_its_artifacts(tmp_path: Path) -> None:
     model = mlflow.pyfunc.load_model(info["model_uri"])
     proba = np.asarray(model.predict(np.zeros((2, 28, 28, 1), dtype=np.uint8)))
     assert proba.shape == (2, 10)
+
+
+def test_copy_store_publishes_runs_and_registry_to_a_server(tmp_path: Path,
+                                                            mlflow_server: MlflowServer
+                                                            ) -> None:
+    from mlflow.tracking import MlflowClient
+
+    root, env = synthetic_project(tmp_path / "project")
+    run(["dvc", "repro"], root, env)
+    src = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    out = run([CLI, "copy-store", "--to", mlflow_server.uri], root, env).stdout
+    assert out.startswith("copied 4 runs and 1 registry versions")
+    again = run([CLI, "copy-store", "--to", mlflow_server.uri], root, env).stdout
+    assert again.startswith("copied 0 runs and 0 registry versions")      # idempotent
+
+    dst = MlflowClient(mlflow_server.uri)
+    (s_exp, d_exp) = (c.get_experiment_by_name("mnist-mlops") for c in (src, dst))
+    s_runs = {r.info.run_id: r for r in src.search_runs([s_exp.experiment_id])}
+    d_runs = dst.search_runs([d_exp.experiment_id])
+    assert len(d_runs) == len(s_runs) == 4
+    for r in d_runs:
+        old = s_runs[r.data.tags["mnist_mlops.copied_from"]]
+        assert r.info.run_name == old.info.run_name and r.info.status == old.info.status
+        assert r.data.params == old.data.params
+        for key in old.data.metrics:
+            a = [(m.step, m.value) for m in src.get_metric_history(old.info.run_id, key)]
+            b = [(m.step, m.value) for m in dst.get_metric_history(r.info.run_id, key)]
+            assert sorted(a) == sorted(b), key
+        if "mlflow.parentRunId" in r.data.tags:
+            parent = dst.get_run(r.data.tags["mlflow.parentRunId"])
+            assert parent.data.tags["mnist_mlops.copied_from"] == \
+                old.data.tags["mlflow.parentRunId"]
+    champion = dst.get_model_version_by_alias("mnist-digits", "champion")
+    assert dst.get_registered_model("mnist-digits").tags["champion_history"] == \
+        str(champion.version)
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    model = mlflow.pyfunc.load_model("models:/mnist-digits@champion")
+    proba = np.asarray(model.predict(np.zeros((3, 28, 28, 1), dtype=np.uint8)))
+    assert proba.shape == (3, 10)

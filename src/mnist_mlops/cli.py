@@ -8,6 +8,7 @@
     mnist-mlops serve [--port P] [--model M]            drawing page on 127.0.0.1
     mnist-mlops retrain [--profile quick] [--push]      pull, reproduce, push, commit, report
     mnist-mlops relocate-store                          make a copied mlflow.db + mlruns/ open
+    mnist-mlops copy-store --to URI                     publish runs + registry to a server
 """
 
 from __future__ import annotations
@@ -179,6 +180,15 @@ def _version() -> str:
         return "unknown"
 
 
+def cmd_copy_store(args: argparse.Namespace, params: Params) -> int:
+    from mnist_mlops.store import copy_store
+
+    src = params.mlflow.resolved_tracking_uri()
+    n = copy_store(src, args.to, params.mlflow.experiment, params.mlflow.registered_model)
+    print(f"copied {n['runs']} runs and {n['versions']} registry versions to {args.to}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mnist-mlops", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -244,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("relocate-store", "after copying a project folder: point its "
                        "mlflow.db at the mlruns/ beside it")
     p.set_defaults(func=cmd_relocate_store)
+
+    p = command("copy-store", "copy this project's runs, models and registry to another "
+                "tracking store (a team server)")
+    p.add_argument("--to", required=True, help="destination tracking URI, e.g. http://host:5000")
+    p.set_defaults(func=cmd_copy_store)
     return ap
 
 
