@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from mnist_mlops.config import load_params
-from mnist_mlops.models import ARCHITECTURES, build_model, compile_model, ensemble
+from mnist_mlops.config import ARCHITECTURES, load_params
+from mnist_mlops.models import build_model, compile_model, ensemble
 
 from .conftest import ROOT
 

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import yaml
 
-from mnist_mlops.models import ARCHITECTURES
-
 DEFAULT_PARAMS = Path("params.yaml")
+INPUT_SHAPE = (28, 28, 1)     # what every model takes: raw 0-255 pixels
+NUM_CLASSES = 10
 
 Scaling = Literal["centered", "unit", "none"]
 Loss = Literal["categorical", "sparse"]
@@ -27,6 +27,26 @@ Optimizer = Literal["adam", "rmsprop", "sgd"]
 Activation = Literal["relu", "linear", "tanh", "sigmoid", "elu", "gelu"]
 FoldStrategy = Literal["stratified", "contiguous"]
 FinalModel = Literal["refit", "best_fold", "ensemble"]
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """What params must say about an architecture (the layers themselves are in models.py,
+    which imports Keras; this table does not, so loading params stays light)."""
+
+    n_hidden: int          # how many sizes `hidden_units` must list
+    has_dropout: bool      # whether `dropout` applies
+    params: int            # parameter count at the tutorial's settings (the spec)
+
+
+ARCHITECTURES: dict[str, ArchitectureSpec] = {
+    "fc_1024_512": ArchitectureSpec(2, True, 1_333_770),
+    "lenet_28_50": ArchitectureSpec(1, False, 1_266_288),
+    "mlp_512x2": ArchitectureSpec(2, True, 669_706),
+    "cnn_32_64_64": ArchitectureSpec(1, False, 93_322),
+    "cnn_28_dense128": ArchitectureSpec(1, True, 607_394),
+    "cnn_deep_dropout": ArchitectureSpec(1, True, 370_026),
+}
 
 
 class ConfigError(ValueError):

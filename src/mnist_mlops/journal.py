@@ -283,7 +283,7 @@ def log_keras_model(run_id: str, h5: Path, example: Path) -> str:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from mnist_mlops.models import INPUT_SHAPE, NUM_CLASSES
+    from mnist_mlops.config import INPUT_SHAPE, NUM_CLASSES
 
     if keras.backend.backend() != "tensorflow":
         log.warning("MLflow tensorflow flavour needs the TensorFlow backend; .h5 artifact only")

@@ -1,37 +1,24 @@
 """The six documented architectures (../shared/spec/architectures.md), layer for layer.
 
 Each model takes raw 0-255 pixels shaped (28, 28, 1): its tutorial's input scaling is a
-Rescaling layer inside the model, so the saved .h5 file is all serving needs. Keras is
-imported inside the builders so that loading params.yaml stays fast for the data stages.
-Only backend-neutral Keras 3 is used, so the same code runs on TensorFlow, JAX or PyTorch.
+Rescaling layer inside the model, so the saved .h5 file is all serving needs. What params
+must say about each architecture (hidden sizes, dropout, parameter count) is in config.py,
+without Keras. Only backend-neutral Keras 3 is used, so the same code runs on TensorFlow,
+JAX or PyTorch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import keras
+import keras
+from keras import layers as L
 
-    from mnist_mlops.config import ModelParams
-
-INPUT_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
-
-
-@dataclass(frozen=True)
-class Architecture:
-    n_hidden: int          # how many sizes `hidden_units` must list
-    has_dropout: bool      # whether `dropout` applies
-    layers: Callable[[ModelParams], list[Any]]
-    params: int            # parameter count at the tutorial's settings (the spec)
+from mnist_mlops.config import INPUT_SHAPE, NUM_CLASSES, ModelParams
 
 
 def _fc_1024_512(p: ModelParams) -> list[Any]:
-    from keras import layers as L
-
     a, b = p.hidden_units
     return [
         L.Flatten(),  # the tutorial's Input(784)
@@ -43,8 +30,6 @@ def _fc_1024_512(p: ModelParams) -> list[Any]:
 
 
 def _lenet_28_50(p: ModelParams) -> list[Any]:
-    from keras import layers as L
-
     return [
         L.Conv2D(28, 5, activation=p.activation, padding="same"),
         L.MaxPooling2D(2),
@@ -56,8 +41,6 @@ def _lenet_28_50(p: ModelParams) -> list[Any]:
 
 
 def _mlp_512x2(p: ModelParams) -> list[Any]:
-    from keras import layers as L
-
     a, b = p.hidden_units
     return [
         L.Flatten(),
@@ -69,8 +52,6 @@ def _mlp_512x2(p: ModelParams) -> list[Any]:
 
 
 def _cnn_32_64_64(p: ModelParams) -> list[Any]:
-    from keras import layers as L
-
     return [
         L.Conv2D(32, 3, activation=p.activation),
         L.MaxPooling2D(2),
@@ -83,8 +64,6 @@ def _cnn_32_64_64(p: ModelParams) -> list[Any]:
 
 
 def _cnn_28_dense128(p: ModelParams) -> list[Any]:
-    from keras import layers as L
-
     return [
         L.Conv2D(28, 3),  # no activation, as in tutorial 003
         L.MaxPooling2D(2),
@@ -95,8 +74,6 @@ def _cnn_28_dense128(p: ModelParams) -> list[Any]:
 
 
 def _cnn_deep_dropout(p: ModelParams) -> list[Any]:
-    from keras import layers as L
-
     act = p.activation
     return [
         L.Conv2D(16, 3, activation=act),
@@ -115,13 +92,13 @@ def _cnn_deep_dropout(p: ModelParams) -> list[Any]:
     ]
 
 
-ARCHITECTURES: dict[str, Architecture] = {
-    "fc_1024_512": Architecture(2, True, _fc_1024_512, 1_333_770),
-    "lenet_28_50": Architecture(1, False, _lenet_28_50, 1_266_288),
-    "mlp_512x2": Architecture(2, True, _mlp_512x2, 669_706),
-    "cnn_32_64_64": Architecture(1, False, _cnn_32_64_64, 93_322),
-    "cnn_28_dense128": Architecture(1, True, _cnn_28_dense128, 607_394),
-    "cnn_deep_dropout": Architecture(1, True, _cnn_deep_dropout, 370_026),
+LAYERS: dict[str, Callable[[ModelParams], list[Any]]] = {
+    "fc_1024_512": _fc_1024_512,
+    "lenet_28_50": _lenet_28_50,
+    "mlp_512x2": _mlp_512x2,
+    "cnn_32_64_64": _cnn_32_64_64,
+    "cnn_28_dense128": _cnn_28_dense128,
+    "cnn_deep_dropout": _cnn_deep_dropout,
 }
 
 SCALING = {  # name -> (scale, offset) of a Rescaling layer; "none" feeds raw 0-255 pixels
@@ -133,14 +110,12 @@ SCALING = {  # name -> (scale, offset) of a Rescaling layer; "none" feeds raw 0-
 def build_model(p: ModelParams) -> keras.Model:
     """The architecture of `p`, with its input scaling inside, uncompiled."""
     import keras
-    from keras import layers as L
-
     scaling = [L.Rescaling(*SCALING[p.scaling])] if p.scaling in SCALING else []
     return keras.Sequential(
         [
             keras.Input(INPUT_SHAPE, name="pixels"),
             *scaling,
-            *ARCHITECTURES[p.architecture].layers(p),
+            *LAYERS[p.architecture](p),
             # float32 output even under mixed precision, for a numerically sound softmax
             L.Dense(NUM_CLASSES, activation="softmax", dtype="float32"),
         ],
@@ -149,8 +124,6 @@ def build_model(p: ModelParams) -> keras.Model:
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
-    import keras
-
     classes = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
                "sgd": keras.optimizers.SGD}
     return classes[name](learning_rate=learning_rate)
@@ -167,9 +140,6 @@ def compile_model(model: keras.Model, p: ModelParams, *, jit_compile: bool | str
 
 def ensemble(members: list[keras.Model], name: str) -> keras.Model:
     """One model averaging the members' softmax outputs (the `ensemble` final model)."""
-    import keras
-    from keras import layers as L
-
     inp = keras.Input(INPUT_SHAPE, name="pixels")
     for i, m in enumerate(members):
         m.name = f"{name}_fold{i}"

@@ -27,10 +27,9 @@ import numpy as np
 
 from mnist_mlops import backend, figures, tracking
 from mnist_mlops.checkpoint import Checkpoint, FitProgress, fingerprint, open_checkpoint
-from mnist_mlops.config import ModelParams, Params, TrainParams, load_params
+from mnist_mlops.config import NUM_CLASSES, ModelParams, Params, TrainParams, load_params
 from mnist_mlops.fsio import atomic_path, sha256_files, write_json_atomic, write_text_atomic
 from mnist_mlops.journal import Journal, short_reason
-from mnist_mlops.models import NUM_CLASSES, build_model, compile_model, ensemble
 from mnist_mlops.parse import load_dataset
 from mnist_mlops.preprocess import load_folds
 from mnist_mlops.runtime import UserError, run_main, signals_deferred
@@ -72,6 +71,8 @@ def new_model(p: ModelParams, tp: TrainParams, fit_index: int) -> keras.Model:
     """A compiled model whose initial weights depend only on the seed and the fit's index,
     so a resumed stage builds exactly what an uninterrupted one would have."""
     import keras
+
+    from mnist_mlops.models import build_model, compile_model
 
     keras.utils.set_random_seed(tp.seed + 1000 * fit_index)
     model = compile_model(build_model(p), p, jit_compile=tp.xla)
@@ -201,6 +202,8 @@ def final_model(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray,
         i = min(range(len(cv)), key=lambda j: cv[j].val_loss)
         return FitResult(fold_model(p, tp, cv[i], ckpt, keys[i], i), {})
     if tp.final == "ensemble":
+        from mnist_mlops.models import ensemble
+
         members = [fold_model(p, tp, r, ckpt, keys[i], i) for i, r in enumerate(cv)]
         return FitResult(ensemble(members, p.name), {})
     log.info("%s final refit on all %d images", p.name, len(x))
