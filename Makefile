@@ -15,7 +15,7 @@ export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 QUICK := -S preprocess.subset=3000 -S preprocess.folds=2 -S train.max_epochs=2
 
-.PHONY: setup run quick test test-all lint bench ablation reproduce retrain clean
+.PHONY: setup run quick test test-fast lint bench ablation reproduce retrain clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,8 @@ quick: setup
 test: setup
 	$(BIN)/python -m pytest
 
-test-all: setup
-	$(BIN)/python -m pytest -m ''
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -53,6 +53,7 @@ def cv_without_timing(root: Path) -> dict:
     return cv
 
 
+@pytest.mark.slow
 def test_sigkill_mid_fold_resumes_to_identical_results(tmp_path: Path) -> None:
     straight, resumed = tiny(tmp_path / "straight"), tiny(tmp_path / "resumed")
     cmd, env = train_cmd(straight)
@@ -136,6 +137,7 @@ def test_one_configuration_trains_in_one_process_at_a_time(tmp_path: Path) -> No
         assert (tmp_path / MODEL / "abc").is_dir()  # a running one is never discarded
 
 
+@pytest.mark.slow
 def test_changed_params_after_a_kill_start_afresh_and_end_orphaned_runs(tmp_path: Path
                                                                         ) -> None:
     root = tiny(tmp_path / "project")

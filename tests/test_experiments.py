@@ -10,10 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from .conftest import run, synthetic_project, tool_env
 from .test_train import write_tiny_project
+
+pytestmark = pytest.mark.slow   # real training, processes or servers
 
 MODEL = "mlp_512x2"
 REG = "mnist-digits"

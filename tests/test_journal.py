@@ -8,11 +8,14 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from .conftest import MlflowServer, Spawned, run, synthetic_project, tool_env, wait_for
 from .test_train import write_tiny_project
+
+pytestmark = pytest.mark.slow   # real training, processes or servers
 
 MODEL = "mlp_512x2"
 

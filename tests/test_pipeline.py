@@ -18,6 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from .conftest import QUICK, free_port, make_project, run, tool_env
 
+pytestmark = pytest.mark.slow   # real training, processes or servers
+
 MODELS = ["fc_1024_512", "lenet_28_50", "mlp_512x2", "cnn_32_64_64", "cnn_28_dense128",
           "cnn_deep_dropout"]
 REG = "mnist-digits"

@@ -16,6 +16,8 @@ from mnist_mlops.predict import Predictor, predict_files
 from .conftest import ROOT, run, tool_env
 from .drawing import draw_digit, drawn_set
 
+pytestmark = pytest.mark.slow   # real training, processes or servers
+
 
 def test_preprocessing_an_mnist_digit_is_close_to_identity(mnist: dict, model_file: Path
                                                            ) -> None:

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from mnist_mlops.retrain import apply_overrides
@@ -20,6 +21,7 @@ GIT_ID = {"GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.invalid",
           "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.invalid"}
 
 
+@pytest.mark.slow
 def test_retrain_then_a_second_clone_needs_no_training(tmp_path: Path) -> None:
     seed, env = synthetic_project(tmp_path / "seed")
     env.update(GIT_ID)
@@ -75,6 +77,7 @@ def test_overrides_keep_the_params_file_as_written(tmp_path: Path) -> None:
     assert all("#" in b for _, b in changed)       # comments kept on the changed lines
 
 
+@pytest.mark.slow
 def test_run_cache_hands_a_training_to_another_clone(tmp_path: Path) -> None:
     """Scale-out: a job trains and pushes its run cache; another clone of the same commit
     (no dvc.lock from that job) reproduces nothing that was trained there."""

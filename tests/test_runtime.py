@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from mnist_mlops.runtime import launchers
@@ -41,9 +42,10 @@ def test_launchers_are_the_shell_and_what_started_it() -> None:
                              stdout=subprocess.PIPE, text=True)
     out, _ = shell.communicate(timeout=60)
     assert [int(p) for p in out.strip()[1:-1].split(",")] == [shell.pid, os.getpid()]
-    assert launchers() == [os.getppid()] or os.getppid() == 1
+    assert os.getppid() == 1 or launchers()[0] == os.getppid()
 
 
+@pytest.mark.slow
 def test_killing_dvc_ends_the_stage_and_the_next_repro_resumes(tmp_path: Path) -> None:
     root, env = synthetic_project(tmp_path / "project", **{
         "train.max_epochs": None, f"models.{MODEL}.epochs": 120})

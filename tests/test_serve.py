@@ -25,6 +25,8 @@ from mnist_mlops.serve import make_server
 
 from .drawing import draw_digit
 
+pytestmark = pytest.mark.slow   # real training, processes or servers
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

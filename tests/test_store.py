@@ -9,9 +9,12 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pytest
 
 from .conftest import MlflowServer, run, synthetic_project, tool_env
 from .test_train import write_tiny_project
+
+pytestmark = pytest.mark.slow   # real training, processes or servers
 
 CLI = str(Path(sys.executable).parent / "mnist-mlops")
 MODEL = "cnn_28_dense128"

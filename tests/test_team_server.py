@@ -24,9 +24,9 @@ SCRIPT = ROOT / "scripts" / "team-server.sh"
 CLI = str(Path(sys.executable).parent / "mnist-mlops")
 MODEL = "mlp_512x2"
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not glob.glob("/usr/lib/postgresql/*/bin/initdb") and not shutil.which("pg_config"),
-    reason="PostgreSQL server binaries not installed (apt-get install postgresql)")
+    reason="PostgreSQL server binaries not installed (apt-get install postgresql)")]
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ from mnist_mlops.preprocess import folds_csv, make_folds
 
 from .conftest import ROOT, free_port, synthetic_digits, tool_env
 
+pytestmark = pytest.mark.slow   # real training, processes or servers
+
 
 def write_tiny_project(root: Path, **train: object) -> Path:
     """params.yaml + dataset + folds for 240 synthetic images, 2 folds, in `root`."""
