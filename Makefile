@@ -13,6 +13,11 @@ BIN := $(CURDIR)/$(VENV)/bin
 # Stages run `python -m mnist_mlops.<stage>`: put the venv first on PATH for dvc.
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# The one place that knows where a local copy of the MNIST files may be: beside the
+# checkout in ../shared/data/mnist (CI, offline machines). Tests and benchmarks read
+# $MNIST_MIRROR only; set it yourself to point elsewhere.
+MNIST_MIRROR ?= $(firstword $(wildcard $(abspath $(CURDIR)/../shared/data/mnist)))
+export MNIST_MIRROR
 QUICK := -S preprocess.subset=3000 -S preprocess.folds=2 -S train.max_epochs=2
 
 .PHONY: setup run quick test test-fast lint bench ablation reproduce retrain clean

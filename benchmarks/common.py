@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def mirror() -> Path:
     env = os.environ.get("MNIST_MIRROR")
-    for cand in (Path(env) if env else None, ROOT.parent / "shared" / "data" / "mnist"):
-        if cand and (cand / "train-images-idx3-ubyte.gz").is_file():
-            return cand
-    sys.exit("benchmarks need the MNIST files: set MNIST_MIRROR to a folder holding them")
+    if env and (Path(env) / "train-images-idx3-ubyte.gz").is_file():
+        return Path(env)
+    sys.exit("benchmarks need the MNIST files: set MNIST_MIRROR to a folder holding them "
+             "(`make bench` does when ../shared/data/mnist exists)")
 
 
 def mnist() -> dict[str, np.ndarray]:

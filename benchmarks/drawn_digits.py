@@ -22,18 +22,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
-    from mnist_mlops import tracking
     from mnist_mlops.config import load_params
-    from mnist_mlops.predict import Predictor, predict_files
+    from mnist_mlops.predict import load_predictor, predict_files
 
-    params = load_params()
-    model = args.model or f"models:/{params.mlflow.registered_model}@champion"
-    if model.startswith("models:/"):
-        tracking.setup(params.mlflow)
-    header(f"drawn digits with {model}")
+    predictor = load_predictor(args.model, load_params())
+    header(f"drawn digits with {predictor.source}")
     tmp = Path(tempfile.mkdtemp())
     files, truth = drawn_set(tmp)
-    predictor = Predictor(model)
     t0 = time.perf_counter()
     results = predict_files(predictor, files)
     per_image = (time.perf_counter() - t0) / len(files)

@@ -26,10 +26,10 @@ MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
 
 
 def find_mirror() -> Path | None:
+    """$MNIST_MIRROR if it holds the four files (`make` sets it when ../shared has them)."""
     env = os.environ.get("MNIST_MIRROR", "")
-    for cand in (Path(env) if env else None, ROOT.parent / "shared" / "data" / "mnist"):
-        if cand and all((cand / f).is_file() for f in MNIST_FILES):
-            return cand
+    if env and all((Path(env) / f).is_file() for f in MNIST_FILES):
+        return Path(env)
     return None
 
 
@@ -37,7 +37,8 @@ def find_mirror() -> Path | None:
 def mnist_mirror() -> Path:
     mirror = find_mirror()
     if mirror is None:
-        pytest.skip("no local MNIST mirror (set MNIST_MIRROR or provide ../shared/data/mnist)")
+        pytest.skip("no local MNIST mirror: set MNIST_MIRROR (make does when "
+                    "../shared/data/mnist exists)")
     return mirror
 
 

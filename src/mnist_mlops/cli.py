@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mnist_mlops.config import ConfigError, Params, load_params
+from mnist_mlops.config import Params, load_params
 from mnist_mlops.runtime import UserError, configure_logging
 
 log = logging.getLogger("mnist_mlops")
@@ -34,43 +34,8 @@ def _client(params: Params):  # -> MlflowClient (import kept lazy for fast --hel
     return MlflowClient()
 
 
-def load_predictor(model: str | None, params: Params, trusted: bool = False):  # -> Predictor
-    """--model, or the registry's champion, resolved against the configured MLflow store;
-    without a store that knows the champion (a fresh clone after `dvc pull`), the champion
-    named by the decision record, from its pulled .h5 file."""
-    from mnist_mlops import tracking
-    from mnist_mlops.predict import Predictor
-
-    if model:
-        if model.startswith("models:/"):
-            tracking.setup(params.mlflow)
-        return Predictor(model, trusted=trusted)
-    uri = f"models:/{params.mlflow.registered_model}@champion"
-    try:
-        tracking.setup(params.mlflow)
-        return Predictor(uri)
-    except Exception as exc:
-        local = recorded_champion_file(params)
-        if local is None:
-            raise
-        log.info("%s not in the tracking store (%s); using the recorded champion %s", uri,
-                 str(exc).splitlines()[0][:120], local)
-        return Predictor(str(local))
-
-
-def recorded_champion_file(params: Params) -> Path | None:
-    """The champion's model file according to reports/registry.json, if it is present."""
-    try:
-        record = json.loads(params.paths.registry.read_text())
-    except (OSError, ValueError):
-        return None
-    names = [m for m, v in record.get("versions", {}).items() if v == record.get("champion")]
-    path = params.paths.model_file(names[0]) if names else None
-    return path if path is not None and path.is_file() else None
-
-
 def cmd_predict(args: argparse.Namespace, params: Params) -> int:
-    from mnist_mlops.predict import expand_inputs, predict_files
+    from mnist_mlops.predict import expand_inputs, load_predictor, predict_files
 
     files = expand_inputs(args.images)
     if not files:
@@ -86,17 +51,15 @@ def cmd_predict(args: argparse.Namespace, params: Params) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, params: Params) -> int:
-    from mnist_mlops.compare import compare
+    from mnist_mlops.compare import fetch_table, render_markdown, render_text
 
-    client = _client(params)
-    kw = {"all_runs": args.all, "model": args.model}
-    text = compare(client, args.experiment or params.mlflow.experiment, **kw)
-    print(text, end="")
+    header, body = fetch_table(_client(params), args.experiment or params.mlflow.experiment,
+                               all_runs=args.all, model=args.model)
+    print(render_text(header, body), end="")
     if args.markdown:
         from mnist_mlops.fsio import write_text_atomic
 
-        md = compare(client, args.experiment or params.mlflow.experiment, markdown=True, **kw)
-        write_text_atomic(args.markdown, md)
+        write_text_atomic(args.markdown, render_markdown(header, body))
         log.info("wrote %s", args.markdown)
     return 0
 
@@ -135,6 +98,7 @@ def cmd_rollback(args: argparse.Namespace, params: Params) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, params: Params) -> int:
+    from mnist_mlops.predict import load_predictor
     from mnist_mlops.serve import make_server
 
     predictor = load_predictor(args.model, params, args.trust_model)
@@ -268,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mnist_mlops").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args, load_params(args.params))
-    except (UserError, ConfigError) as exc:
+    except UserError as exc:
         print(f"mnist-mlops {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -95,10 +95,16 @@ def render_markdown(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare(client: MlflowClient, experiment: str, *, markdown: bool = False,
-            all_runs: bool = False, model: str | None = None) -> str:
+def fetch_table(client: MlflowClient, experiment: str, *, all_runs: bool = False,
+                model: str | None = None) -> tuple[list[str], list[list[str]]]:
+    """The comparison table (one query to the store), to render as text or Markdown."""
     rows = fetch_rows(client, experiment, all_runs=all_runs, model=model)
     if not rows:
         raise UserError(f"experiment {experiment!r} has no finished training runs yet")
-    header, body = table(rows)
+    return table(rows)
+
+
+def compare(client: MlflowClient, experiment: str, *, markdown: bool = False,
+            all_runs: bool = False, model: str | None = None) -> str:
+    header, body = fetch_table(client, experiment, all_runs=all_runs, model=model)
     return (render_markdown if markdown else render_text)(header, body)

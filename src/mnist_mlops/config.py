@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from mnist_mlops.runtime import UserError
+
 DEFAULT_PARAMS = Path("params.yaml")
 INPUT_SHAPE = (28, 28, 1)     # what every model takes: raw 0-255 pixels
 NUM_CLASSES = 10
@@ -49,7 +51,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """params.yaml (or an override) is invalid; the message says which key and why."""
 
 

@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
+from mnist_mlops.config import INPUT_SHAPE
+
 MAX_PIXELS = 40_000_000        # larger images are refused (decompression-bomb guard)
 MAX_FILE_BYTES = 50 * 2**20
 INK_FLOOR = 0.1                # ink below this (after background removal) is paper
 MIN_CONTRAST = 0.15            # less contrast than this: no digit on the page
 STROKE_PX = 2.2                # typical MNIST stroke width, in 28x28 pixels
+DIGIT_BOX = 20.0               # MNIST fits each digit in 20x20, then centres it in 28x28
 CENTRE = 14.0                  # where MNIST puts the centre of mass (measured on its digits)
 
 
@@ -121,14 +124,15 @@ def to_mnist(img: Image.Image, threshold: float | None = None) -> np.ndarray | N
     cols = np.flatnonzero((ink > INK_FLOOR).any(axis=0))
     crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     h, w = crop.shape
-    scale = 20.0 / max(h, w)
+    scale = DIGIT_BOX / max(h, w)
     crop_img = thicken(Image.fromarray((crop * 255).astype(np.uint8)), STROKE_PX / scale)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     small = np.asarray(crop_img.resize((nw, nh), Image.LANCZOS), dtype=np.float64)
     if small.max() <= 0:
         return None
-    canvas = np.zeros((28, 28), dtype=np.float64)
-    top, left = (28 - nh) // 2, (28 - nw) // 2
+    side = INPUT_SHAPE[0]
+    canvas = np.zeros((side, side), dtype=np.float64)
+    top, left = (side - nh) // 2, (side - nw) // 2
     canvas[top:top + nh, left:left + nw] = small * (255.0 / small.max())  # full contrast
     total = canvas.sum()
     yy, xx = np.indices(canvas.shape)

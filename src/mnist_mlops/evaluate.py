@@ -19,28 +19,14 @@ from mlflow.tracking import MlflowClient
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from mnist_mlops import figures, tracking
-from mnist_mlops.config import Params, load_params
+from mnist_mlops.config import INPUT_SHAPE, NUM_CLASSES, Params, load_params
 from mnist_mlops.fsio import write_json_atomic, write_text_atomic
 from mnist_mlops.parse import load_dataset
-from mnist_mlops.runtime import UserError, run_main
+from mnist_mlops.predict import load_keras_model, predict_proba
+from mnist_mlops.runtime import run_main
 
 log = logging.getLogger(__name__)
 WORST = 24
-
-
-def load_keras_model(path: Path) -> Any:
-    """A saved .h5 model, ready for inference (no optimizer state needed)."""
-    import keras
-
-    if not path.is_file():
-        raise UserError(f"{path} not found: train it first (`dvc repro train@{path.stem}`)")
-    return keras.saving.load_model(path, compile=False)
-
-
-def predict_proba(model: Any, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Class probabilities for uint8 images shaped (n, 28, 28) or (n, 28, 28, 1)."""
-    x = images.reshape(-1, 28, 28, 1).astype("float32")
-    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
 
 
 def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
@@ -48,15 +34,15 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
     pred = proba.argmax(axis=1)
     eps = 1e-7
     loss = float(-np.log(np.clip(proba[np.arange(len(y)), y], eps, 1.0)).mean())
-    p, r, f1, support = precision_recall_fscore_support(y, pred, labels=range(10),
+    p, r, f1, support = precision_recall_fscore_support(y, pred, labels=range(NUM_CLASSES),
                                                         zero_division=0)
     return {
         "accuracy": float((pred == y).mean()), "loss": loss,
         "macro_f1": float(f1.mean()),
         "per_class": {str(c): {"precision": float(p[c]), "recall": float(r[c]),
                                "f1": float(f1[c]), "support": int(support[c])}
-                      for c in range(10)},
-        "confusion": confusion_matrix(y, pred, labels=range(10)).tolist(),
+                      for c in range(NUM_CLASSES)},
+        "confusion": confusion_matrix(y, pred, labels=range(NUM_CLASSES)).tolist(),
     }
 
 
@@ -69,7 +55,7 @@ def worst_errors(y: np.ndarray, proba: np.ndarray, k: int = WORST) -> np.ndarray
 
 def throughput(model: Any, images: np.ndarray, repeats: int = 30) -> dict[str, float]:
     """Batch images/s (model.predict) and single-image latency (direct call), on this host."""
-    x = images.reshape(-1, 28, 28, 1).astype("float32")
+    x = images.reshape(-1, *INPUT_SHAPE).astype("float32")
     model.predict(x[:256], batch_size=256, verbose=0)  # warm-up / tracing
     t0 = time.perf_counter()
     model.predict(x, batch_size=256, verbose=0)

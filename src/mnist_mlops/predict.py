@@ -1,4 +1,6 @@
-"""Recognise digits in image files with a saved .h5 model or an MLflow model URI."""
+"""Loading a model and predicting with it: the one place for both (evaluate, the CLI, the
+drawing page and the benchmarks call it). A model is a saved .h5 file or an MLflow model
+URI; pictures are recognised after `digits.prepare` makes them look like MNIST."""
 
 from __future__ import annotations
 
@@ -9,11 +11,27 @@ from typing import Any
 
 import numpy as np
 
+from mnist_mlops.config import INPUT_SHAPE, NUM_CLASSES, Params
 from mnist_mlops.digits import ImageInputError, prepare
 from mnist_mlops.runtime import UserError
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def load_keras_model(path: Path) -> Any:
+    """A saved .h5 model, ready for inference (no optimizer state needed)."""
+    import keras
+
+    if not path.is_file():
+        raise UserError(f"{path} not found: train it first (`dvc repro train@{path.stem}`)")
+    return keras.saving.load_model(path, compile=False)
+
+
+def predict_proba(model: Any, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities of a Keras model for uint8 images shaped (n, 28, 28[, 1])."""
+    x = images.reshape(-1, *INPUT_SHAPE).astype("float32")
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
 
 
 class Predictor:
@@ -23,8 +41,6 @@ class Predictor:
         self.source = source
         path = Path(source)
         if path.suffix in (".h5", ".keras") or path.is_file():
-            from mnist_mlops.evaluate import load_keras_model
-
             self._keras = load_keras_model(path)
             self._pyfunc = None
         else:
@@ -52,7 +68,7 @@ class Predictor:
                                 "set MLFLOW_TRACKING_URI to the store that holds it") from None
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        x = np.asarray(images, dtype=np.uint8).reshape(-1, 28, 28, 1)
+        x = np.asarray(images, dtype=np.uint8).reshape(-1, *INPUT_SHAPE)
         if self._keras is not None:
             xf = x.astype("float32")
             # A direct call skips predict()'s per-call data pipeline: ~10x faster for a few
@@ -61,7 +77,7 @@ class Predictor:
                    else self._keras.predict(xf, batch_size=256, verbose=0))
         else:
             out = self._pyfunc.predict(x)
-        return np.asarray(out, dtype=np.float64).reshape(len(x), 10)
+        return np.asarray(out, dtype=np.float64).reshape(len(x), NUM_CLASSES)
 
 
 @dataclass
@@ -125,3 +141,39 @@ def predict_files(predictor: Predictor, files: list[Path], threshold: float | No
             r.top3 = top3(p)
             r.digit, r.probability = r.top3[0]
     return results
+
+
+def load_predictor(model: str | None, params: Params, trusted: bool = False) -> Predictor:
+    """`model` (a .h5 file or MLflow URI), or by default the registry's champion, resolved
+    against the configured MLflow store; without a store that knows the champion (a fresh
+    clone after `dvc pull`), the champion named by the decision record, from its .h5 file."""
+    from mnist_mlops import tracking
+
+    if model:
+        if model.startswith("models:/"):
+            tracking.setup(params.mlflow)
+        return Predictor(model, trusted=trusted)
+    uri = f"models:/{params.mlflow.registered_model}@champion"
+    try:
+        tracking.setup(params.mlflow)
+        return Predictor(uri)
+    except Exception as exc:
+        local = recorded_champion_file(params)
+        if local is None:
+            raise
+        log.info("%s not in the tracking store (%s); using the recorded champion %s", uri,
+                 str(exc).splitlines()[0][:120], local)
+        return Predictor(str(local))
+
+
+def recorded_champion_file(params: Params) -> Path | None:
+    """The champion's model file according to reports/registry.json, if it is present."""
+    import json
+
+    try:
+        record = json.loads(params.paths.registry.read_text())
+    except (OSError, ValueError):
+        return None
+    names = [m for m, v in record.get("versions", {}).items() if v == record.get("champion")]
+    path = params.paths.model_file(names[0]) if names else None
+    return path if path is not None and path.is_file() else None

@@ -40,7 +40,8 @@ NOISY_LOGGERS = ("absl", "tensorflow", "h5py", "urllib3.connectionpool", "mlflow
 
 
 class UserError(Exception):
-    """A problem the user can fix (bad input, missing file); printed without a traceback."""
+    """A problem the user can fix (bad input, bad params, missing file, unreachable store):
+    the one error base the entry points print as one line, without a traceback."""
 
 
 def verbose() -> bool:
@@ -177,14 +178,12 @@ def watch_launchers(interval_s: float = WATCH_INTERVAL_S) -> threading.Thread | 
 
 def run_main(main: Callable[[], None]) -> None:
     """Run a stage's main(): one-line errors and exit 1 for user errors, 130 when stopped."""
-    from mnist_mlops.config import ConfigError
-
     configure_logging()
     sigterm_as_interrupt()
     watch_launchers()
     try:
         main()
-    except (UserError, ConfigError) as exc:
+    except UserError as exc:          # config.ConfigError included
         log.error("%s", exc)
         sys.exit(1)
     except KeyboardInterrupt as exc:
