@@ -107,6 +107,7 @@ def make_project(dest: Path, params_override: dict | None = None) -> Path:
     run(["git", "config", "user.name", "ci"], dest, env)
     run(["dvc", "init", "-q"], dest, env)
     run(["dvc", "config", "core.analytics", "false"], dest, env)
+    shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")   # plot templates
     run(["git", "add", "-A"], dest, env)
     run(["git", "commit", "-qm", "init"], dest, env)
     return dest

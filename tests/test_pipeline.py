@@ -224,3 +224,16 @@ def test_worse_model_is_refused_by_the_gate(project: Path, mnist_mirror: Path) -
     assert str(client.get_model_version_by_alias(REG, "champion").version) == str(champ)
     assert str(client.get_model_version_by_alias(REG, "challenger").version) == \
         decision["challenger"]["version"]
+
+
+def test_plots_show_one_learning_curve_chart_per_model(project: Path) -> None:
+    out = run(["dvc", "plots", "show", "--json"], project, env_for(project)).stdout
+    data = json.loads(out)["data"]
+    assert not [k for k in data if "history" in k]            # no chart per fold file
+    curves = {k: v for k, v in data.items() if k.endswith("curves.csv")}
+    assert len(curves) == len(MODELS)
+    for (chart,) in curves.values():
+        fits = {row["fit"] for row in chart["content"]["data"]["values"]}
+        assert fits == {"fold 0 (validation)", "fold 1 (validation)",
+                        "final refit (training)"}
+        assert chart["content"]["encoding"]["color"]["field"] == "fit"

@@ -37,7 +37,10 @@ def learning_curves(histories: dict[str, dict[str, list[float]]], out: Path, tit
             ax.plot(epochs, h[key], "--", color=colour, label=f"{label} train")
             if f"val_{key}" in h:
                 ax.plot(epochs, h[f"val_{key}"], "-", color=colour, label=f"{label} val")
+    from matplotlib.ticker import MaxNLocator
+
     for ax, key in zip(axes, ("accuracy", "loss"), strict=True):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)

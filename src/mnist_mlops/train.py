@@ -235,6 +235,24 @@ def history_csv(history: dict[str, list[float]]) -> str:
     return buf.getvalue()
 
 
+def curves_csv(cv: list[FitResult], final: FitResult) -> str:
+    """Every fit's accuracy per epoch in one long table (`epoch,fit,accuracy,loss`): the
+    folds' validation curves and the refit's training curve, drawn as one chart per model
+    by DVC (`.dvc/plots/folds.json` colours the lines by `fit`)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["epoch", "fit", "accuracy", "loss"])
+    curves = [(f"fold {i} (validation)", r.history["val_accuracy"], r.history["val_loss"])
+              for i, r in enumerate(cv)]
+    if final.history:
+        curves.append(("final refit (training)", final.history["accuracy"],
+                       final.history["loss"]))
+    for fit_name, acc, loss in curves:
+        for e, (a, lo) in enumerate(zip(acc, loss, strict=True), start=1):
+            w.writerow([e, fit_name, f"{a:.6f}", f"{lo:.6f}"])
+    return buf.getvalue()
+
+
 def model_summary(model: keras.Model) -> str:
     lines: list[str] = []
     model.summary(print_fn=lambda line, **_: lines.append(line))
@@ -257,6 +275,7 @@ def stage_outputs(name: str, cv: list[FitResult], final: FitResult, summary: dic
         histories["final"] = final.history
         write_text_atomic(out / "history" / "final.csv", history_csv(final.history))
     figures.learning_curves(histories, out / "curves.png", f"{name}: learning curves")
+    write_text_atomic(out / "curves.csv", curves_csv(cv, final))
     write_text_atomic(out / "summary.txt", model_summary(final.model))
     write_json_atomic(out / "cv.json", summary)
     save_h5(final.model, ckpt.staged(f"{name}.h5"))
