@@ -153,6 +153,9 @@ def test_champion_alias_loads_and_predicts_raw_uint8(project: Path) -> None:
     out = run([cli, "predict", str(picture), "--json"], project, env_for(project)).stdout
     (result,) = json.loads(out)
     assert result["error"] is None and result["digit"] in {int(pred[0]), int(y[0])}
+    assert result["model"] == {"source": f"models:/{REG}@champion",
+                               "version": str(champion.version),
+                               "architecture": champion.tags["architecture"]}
 
 
 def test_cli_compare_promote_rollback(project: Path) -> None:

@@ -70,6 +70,8 @@ def test_api_blank_and_bad_requests(page_url: str) -> None:
     assert code == 400
     with urllib.request.urlopen(page_url, timeout=10) as resp:
         assert b"<canvas" in resp.read()
+    with urllib.request.urlopen(page_url + "info", timeout=10) as resp:
+        assert json.loads(resp.read())["architecture"] == "cnn_32_64_64"   # who answers
 
 
 def png_claiming(width: int, height: int) -> bytes:

@@ -28,6 +28,22 @@ def load_keras_model(path: Path) -> Any:
     return keras.saving.load_model(path, compile=False)
 
 
+def registry_version(uri: str) -> dict[str, str | None]:
+    """Version and architecture behind `models:/NAME@alias` or `models:/NAME/VERSION`."""
+    from mlflow.tracking import MlflowClient
+
+    name, _, ref = uri.removeprefix("models:/").partition("@")
+    client = MlflowClient()
+    if ref:
+        mv = client.get_model_version_by_alias(name, ref)
+    else:
+        name, _, version = name.partition("/")
+        if not version.isdigit():
+            return {}
+        mv = client.get_model_version(name, version)
+    return {"version": str(mv.version), "architecture": mv.tags.get("architecture")}
+
+
 def predict_proba(model: Any, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Class probabilities of a Keras model for uint8 images shaped (n, 28, 28[, 1])."""
     x = images.reshape(-1, *INPUT_SHAPE).astype("float32")
@@ -39,10 +55,14 @@ class Predictor:
 
     def __init__(self, source: str, trusted: bool = False) -> None:
         self.source = source
+        # which model answers: registry version and architecture where known
+        self.about: dict[str, str | None] = {"source": source, "version": None,
+                                              "architecture": None}
         path = Path(source)
         if path.suffix in (".h5", ".keras") or path.is_file():
             self._keras = load_keras_model(path)
             self._pyfunc = None
+            self.about["architecture"] = self._keras.name
         else:
             import mlflow
 
@@ -51,8 +71,11 @@ class Predictor:
                 # A Keras model inside (this pipeline's models are) is loaded as Keras and
                 # called directly: faster for a few images and silent, unlike pyfunc's predict.
                 flavors = mlflow.models.get_model_info(source).flavors
+                if source.startswith("models:/"):
+                    self.about.update(registry_version(source))
                 if "tensorflow" in flavors:
                     self._keras = mlflow.tensorflow.load_model(source)
+                    self.about["architecture"] = self.about["architecture"] or self._keras.name
                 elif not trusted:
                     raise UserError(
                         f"{source} is an MLflow model of flavour(s) {', '.join(flavors)}, not "
@@ -87,6 +110,7 @@ class Result:
     probability: float | None = None
     top3: list[tuple[int, float]] = field(default_factory=list)
     error: str | None = None
+    model: dict[str, str | None] = field(default_factory=dict)   # Predictor.about
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -126,7 +150,7 @@ def predict_files(predictor: Predictor, files: list[Path], threshold: float | No
     results: list[Result] = []
     ready: list[tuple[Result, np.ndarray]] = []
     for f in files:
-        r = Result(str(f))
+        r = Result(str(f), model=predictor.about)
         results.append(r)
         try:
             arr = prepare(f, threshold)

@@ -58,7 +58,7 @@ def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,
             if self.path in ("/", "/index.html"):
                 self._send(200, page, "text/html; charset=utf-8")
             elif self.path == "/info":
-                self._json(200, {"model": predictor.source})
+                self._json(200, {"model": predictor.source, **predictor.about})
             else:
                 self._json(404, {"error": f"no page {self.path}"})
 
@@ -98,14 +98,16 @@ def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,
             try:
                 arr = to_mnist(img)
                 if arr is None:
-                    self._json(200, {"digit": None, "probabilities": []})
+                    self._json(200, {"digit": None, "probabilities": [],
+                                     "model": predictor.about})
                     return
                 with lock:
                     proba = predictor.predict_proba(arr[None])[0]
             finally:
                 pending.release()
             self._json(200, {"digit": int(proba.argmax()),
-                             "probabilities": [round(float(p), 5) for p in proba]})
+                             "probabilities": [round(float(p), 5) for p in proba],
+                             "model": predictor.about})
 
         def _read_image(self, length: int) -> Image.Image:
             payload = json.loads(self.rfile.read(length))

@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,11 +87,13 @@ def epoch_order(seed: int, fit_index: int, epoch: int, n: int) -> np.ndarray:
 
 
 class Progress:
-    """One log line per epoch: fit k/K, epoch e/E, metrics, and time left (fit and stage)."""
+    """Per epoch: fit k/K, epoch e/E, metrics, and time left (fit and stage). A terminal
+    gets one live line per fit; a log (DVC, CI: not a terminal) one plain line per epoch."""
 
     def __init__(self, name: str, total_epochs: int, done_epochs: int, verbose: int) -> None:
         self.name, self.total, self.done, self.verbose = name, total_epochs, done_epochs, verbose
         self.epoch_s: list[float] = []
+        self.live = bool(verbose) and sys.stderr.isatty()
 
     def epoch(self, label: str, e: int, epochs: int, logs: dict[str, float],
               seconds: float) -> None:
@@ -100,9 +103,15 @@ class Progress:
             return
         per = float(np.mean(self.epoch_s[-5:]))
         metrics = " ".join(f"{k} {logs[k]:.4f}" for k in HISTORY_KEYS if k in logs)
-        log.info("%s %s epoch %d/%d: %s (%.1f s; left: %s this fit, %s stage)", self.name,
-                 label, e, epochs, metrics, seconds, _duration(per * (epochs - e)),
-                 _duration(per * (self.total - self.done)))
+        text = (f"{self.name} {label} epoch {e}/{epochs}: {metrics} ({seconds:.1f} s; left: "
+                f"{_duration(per * (epochs - e))} this fit, "
+                f"{_duration(per * (self.total - self.done))} stage)")
+        if self.live:
+            width = shutil.get_terminal_size().columns - 1
+            sys.stderr.write("\r" + text[:width] + "\x1b[K" + ("\n" if e == epochs else ""))
+            sys.stderr.flush()
+        else:
+            log.info("%s", text)
 
 
 def _duration(s: float) -> str:
