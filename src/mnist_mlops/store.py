@@ -9,6 +9,8 @@ it changes nothing else and running it twice is harmless.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import sqlite3
 from pathlib import Path
@@ -121,7 +123,8 @@ def copy_store(src: str, dst: str, experiment: str, registered_model: str) -> di
                     run_id=r.info.run_id, dst_path=f"{tmp}/{r.info.run_id}", tracking_uri=src)
                 d.log_artifacts(new, local)
             d.log_batch(new, tags=[RunTag(COPIED_FROM, r.info.run_id)])
-            d.set_terminated(new, r.info.status, end_time=r.info.end_time)
+            with contextlib.redirect_stdout(io.StringIO()):   # MLflow prints a "View run" URL
+                d.set_terminated(new, r.info.status, end_time=r.info.end_time)
             ids[r.info.run_id] = new
             counts["runs"] += 1
         counts["versions"] = _copy_registry(s, d, src, dexp, ids, registered_model, tmp)
@@ -149,7 +152,13 @@ def _copy_registry(s: Any, d: Any, src: str, dexp: str, ids: dict[str, str], nam
     for v in sorted(s.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
         if str(v.version) in done:
             continue
-        lm = s.get_logged_model(v.model_id)
+        model_id = v.model_id or (v.source.removeprefix("models:/")
+                                  if (v.source or "").startswith("models:/m-") else None)
+        if model_id is None:
+            log.warning("%s v%s: source %s is not a logged model; not copied", name,
+                        v.version, v.source)
+            continue
+        lm = s.get_logged_model(model_id)
         local = mlflow.artifacts.download_artifacts(artifact_uri=lm.artifact_location,
                                                     dst_path=f"{tmp}/{lm.model_id}")
         new_lm = d.create_logged_model(dexp, name=lm.name, source_run_id=ids[lm.source_run_id],
