@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_data  # noqa: E402
 import bench_inference  # noqa: E402
 import bench_repro  # noqa: E402
+import bench_serve  # noqa: E402
 import bench_tracking  # noqa: E402
 from common import machine  # noqa: E402
 
@@ -26,6 +27,7 @@ def main() -> None:
     bench_repro.main()
     bench_inference.main()
     bench_tracking.main()
+    bench_serve.main()
     print("\nGPU training: not measured by this script on a CPU-only host; run "
           "`KERAS_BACKEND=jax python benchmarks/bench_tracking.py` on a GPU machine.")
 
