@@ -105,3 +105,22 @@ def test_server_never_back_keeps_outputs_then_dvc_repro_delivers_without_retrain
     assert not (root / ".checkpoints" / MODEL).exists()
     status = run(["dvc", "status", f"train@{MODEL}"], root, env).stdout
     assert "up to date" in status, status
+
+
+def test_a_write_repeated_after_a_resume_is_recorded_once(tmp_path: Path) -> None:
+    """An epoch logged just before a kill, but not checkpointed, is trained and logged
+    again on resume: its step must not appear twice (nor a second MLflow model)."""
+    from mnist_mlops.journal import Journal
+
+    j = Journal(tmp_path, "sqlite:///unused.db", "mnist-mlops", "attempt")
+    j.start_run("fold-0", "m/fold-0", {})
+    j.metrics("fold-0", {"loss": 0.5, "epoch_time_s": 1.0}, step=4)
+    j.model("parent", tmp_path / "m.h5", tmp_path / "x.npy")
+    again = Journal(tmp_path, "sqlite:///unused.db", "mnist-mlops", "attempt")  # resumed
+    again.start_run("fold-0", "m/fold-0", {})                  # reopening is recorded
+    again.metrics("fold-0", {"loss": 0.5, "epoch_time_s": 1.3}, step=4)
+    again.metrics("fold-0", {"loss": 0.4, "epoch_time_s": 1.1}, step=5)
+    again.model("parent", tmp_path / "m.h5", tmp_path / "x.npy")
+    kinds = [(op["op"], op.get("step")) for op in Journal(tmp_path, "", "", "").ops]
+    assert kinds == [("start", None), ("metrics", 4), ("model", None), ("start", None),
+                     ("metrics", 5)]

@@ -60,7 +60,12 @@ class Journal:
 
     # -- recording (the training thread) -------------------------------------------------
     def record(self, op: str, key: str, **fields: Any) -> None:
+        """Append one write. Writes other than starting and ending a run are recorded once:
+        work a kill interrupted after it was recorded (but before it was checkpointed) is
+        done again on resume, and must not log twice."""
         entry = {"op": op, "key": key, **fields}
+        if op not in ("start", "end") and any(_same(entry, o) for o in reversed(self.ops)):
+            return
         with self._record_lock:
             with open(self.ops_file, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
@@ -301,6 +306,16 @@ def log_keras_model(run_id: str, h5: Path, example: Path) -> str:
                           f"mlflow=={mlflow.__version__}", "h5py"],
     )
     return info.model_uri
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """The same write: metrics of one run and step (the values of a retrained epoch match,
+    its timing does not), or any other write with the same content."""
+    if a["op"] != b["op"] or a["key"] != b["key"]:
+        return False
+    if a["op"] == "metrics":
+        return a["step"] == b["step"] and set(a["metrics"]) == set(b["metrics"])
+    return {k: v for k, v in a.items() if k != "ts"} == {k: v for k, v in b.items() if k != "ts"}
 
 
 def _read_ops(path: Path) -> list[dict[str, Any]]:

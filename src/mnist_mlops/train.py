@@ -143,10 +143,12 @@ def fit(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray, *, key: s
         if val is not None and logs["val_loss"] < prog.best_loss:
             prog.best_loss, prog.best_epoch, prog.best_logs = logs["val_loss"], e, logs
             prog.best_weights = [np.array(w) for w in model.get_weights()]
-        if ckpt:
-            ckpt.save_progress(key, model, prog)
+        # journal first: a kill between the two retrains this epoch on resume, and the
+        # journal does not record its step twice; the other order could lose the step
         if journal:
             journal.metrics(key, {**logs, "epoch_time_s": seconds}, step=e + 1)
+        if ckpt:
+            ckpt.save_progress(key, model, prog)
         progress.epoch(label, e + 1, epochs, logs, seconds)
     if val is None:
         return FitResult(model, prog.history, seconds=prog.seconds)
@@ -174,8 +176,8 @@ def _tracked_fit(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray, 
         summary.update(best_val_accuracy=r.val_accuracy, best_val_loss=r.val_loss,
                        best_epoch=r.best_epoch)
     journal.metrics(key, summary)
+    journal.end_run(key, "FINISHED")   # before the fit is marked done (see Journal.record)
     ckpt.finish_fit(key, r.model, r.record())
-    journal.end_run(key, "FINISHED")
     return r
 
 
