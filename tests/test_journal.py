@@ -124,3 +124,16 @@ def test_a_write_repeated_after_a_resume_is_recorded_once(tmp_path: Path) -> Non
     kinds = [(op["op"], op.get("step")) for op in Journal(tmp_path, "", "", "").ops]
     assert kinds == [("start", None), ("metrics", 4), ("model", None), ("start", None),
                      ("metrics", 5)]
+
+
+def test_a_write_the_store_refuses_stops_with_one_clear_error(tmp_path: Path) -> None:
+    """Not an outage: retrying cannot help, so delivery stops and says which write failed."""
+    from mnist_mlops.journal import Journal
+    from mnist_mlops.runtime import UserError
+
+    j = Journal(tmp_path / "ckpt", f"sqlite:///{tmp_path}/mlflow.db", "mnist-mlops", "a")
+    j.start_run("parent", "m", {})
+    j.dataset("parent", "mnist-train", "x" * 64, "data", 10)   # MLflow allows 36 characters
+    with pytest.raises(UserError, match="refused a dataset write for run parent"):
+        j.deliver(models=True)
+    assert j.delivered == 1                           # the run was created; nothing skipped

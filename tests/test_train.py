@@ -7,8 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from mnist_mlops.fsio import write_text_atomic
 from mnist_mlops.parse import save_dataset
 from mnist_mlops.preprocess import folds_csv, make_folds
 
-from .conftest import ROOT, free_port, synthetic_digits, tool_env
+from .conftest import ROOT, MlflowServer, Spawned, synthetic_digits, tool_env
 
 pytestmark = pytest.mark.slow   # real training, processes or servers
 
@@ -141,15 +139,6 @@ def test_final_model_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fina
     assert not any("final" in n for n in names)
 
 
-def wait_for(pred, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_sigterm_ends_runs_killed_and_leaves_no_model(tmp_path: Path) -> None:
     write_tiny_project(tmp_path, max_epochs=None, verbose=2)  # one log line per epoch
     raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
@@ -157,29 +146,17 @@ def test_sigterm_ends_runs_killed_and_leaves_no_model(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = tool_env(MLFLOW_TRACKING_URI=uri)
-    proc = subprocess.Popen([sys.executable, "-m", "mnist_mlops.train", "mlp_512x2"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-
-    def read() -> None:
-        for line in proc.stdout:
-            lines.append(line)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    stage = Spawned([sys.executable, "-m", "mnist_mlops.train", "mlp_512x2"], tmp_path, env)
     try:
         # Wait on the child's log, not on its SQLite store: polling a database that is
         # written every few milliseconds can hit "database is locked" over and over.
-        wait_for(lambda: any("epoch 3/500" in line for line in lines), 120,
-                 "two epochs of fold 0")
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        reader.join(timeout=10)
+        stage.wait_for_line("epoch 3/500", 120)
+        stage.proc.send_signal(signal.SIGTERM)
+        rc = stage.wait(timeout=60)
     finally:
-        proc.kill()
-    out = "".join(lines)
-    assert proc.returncode == 130, out[-3000:]
+        stage.kill()
+    out = stage.output
+    assert rc == 130, out[-3000:]
     assert "interrupted" in out
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("mnist-mlops").experiment_id])
@@ -190,38 +167,18 @@ def test_sigterm_ends_runs_killed_and_leaves_no_model(tmp_path: Path) -> None:
     assert not models_dir.exists() or list(models_dir.iterdir()) == []
 
 
-def test_against_a_real_mlflow_server(tmp_path: Path) -> None:
+def test_against_a_real_mlflow_server(tmp_path: Path, mlflow_server: MlflowServer) -> None:
     write_tiny_project(tmp_path)
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
-        cwd=tmp_path, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        import urllib.request
-
-        def healthy() -> bool:
-            try:
-                return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, 90, "mlflow server")
-        proc = subprocess.run([sys.executable, "-m", "mnist_mlops.train", "cnn_32_64_64"],
-                              cwd=tmp_path, env=tool_env(MLFLOW_TRACKING_URI=uri),
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        client = MlflowClient(uri)
-        exp = client.get_experiment_by_name("mnist-mlops")
-        runs = client.search_runs([exp.experiment_id])
-        assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
-        assert any((tmp_path / "artifacts").rglob("*.h5"))
-        assert not (tmp_path / "mlflow.db").exists()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    proc = subprocess.run([sys.executable, "-m", "mnist_mlops.train", "cnn_32_64_64"],
+                          cwd=tmp_path, env=tool_env(MLFLOW_TRACKING_URI=mlflow_server.uri),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("mnist-mlops")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert any((mlflow_server.root / "artifacts").rglob("*.h5"))
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 @pytest.mark.parametrize("flag", ["mixed_precision", "xla"])

@@ -47,7 +47,9 @@ def relocate(db_path: Path, new_root: Path | None = None) -> int:
                         "the copied mlflow.db and mlruns/")
     new_root = (new_root or db_path.parent).resolve()
     changed = 0
-    with file_lock(db_path.with_name(f"{db_path.name}.init.lock")), \
+    from mnist_mlops.tracking import store_lock_path  # (imports MLflow: only when used)
+
+    with file_lock(store_lock_path(f"sqlite:///{db_path}", "init", db_path.parent)), \
             sqlite3.connect(db_path) as db:
         old_root = recorded_root(db)
         if old_root is None or old_root == new_root:

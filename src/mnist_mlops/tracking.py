@@ -95,15 +95,17 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
         return exp.experiment_id
 
 
-def connect(params: MlflowParams, lock_dir: Path = Path(".checkpoints")) -> str:
+def connect(params: MlflowParams) -> str:
     """Point MLflow at the configured store and experiment; return the experiment id.
 
-    Creating a fresh SQLite store is serialised: two stages starting together on a new
-    store would otherwise both try to create its tables."""
+    Creating a fresh SQLite store is serialised (a lock file beside it): two stages
+    starting together on a new store would otherwise both try to create its tables."""
     fast_failing_http()
     uri = params.resolved_tracking_uri()
     mlflow.set_tracking_uri(uri)
-    with store_lock(params, "init", lock_dir):
+    init_lock = file_lock(store_lock_path(uri, "init", Path())) if _sqlite_path(uri) \
+        else contextlib.nullcontext()
+    with init_lock:
         exp_id = ensure_experiment(MlflowClient(), params.experiment, uri)
     mlflow.set_experiment(experiment_id=exp_id)
     log.info("MLflow tracking at %s, experiment %r", uri, params.experiment)

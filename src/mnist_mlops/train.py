@@ -322,7 +322,7 @@ def _run_tags(params: Params, name: str, data_digest: str, device: dict[str, Any
 def _connect(params: Params, name: str, journal: Journal) -> None:
     """Reach the store and end runs a killed attempt left RUNNING; an outage only warns."""
     try:
-        exp_id = tracking.connect(params.mlflow, params.paths.checkpoints)
+        exp_id = tracking.connect(params.mlflow)
         tracking.end_stale_runs(tracking.MlflowClient(), exp_id, f"train@{name}",
                                 keep=set(journal.run_ids.values()))
     except Exception as exc:
