@@ -21,19 +21,21 @@ MODEL = "mlp_512x2"
 
 
 def stage_pids(root: Path) -> list[int]:
-    """Train-stage processes running in `root`."""
-    pids = []
+    """Train-stage Python processes running in `root`: not the shell that launched one
+    (its `-c` string only contains the module name) and not a child it is forking."""
+    found: dict[int, int] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
             cwd = os.readlink(proc / "cwd")
-        except OSError:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if "mnist_mlops.train" in cmd and cwd == str(root):
-            pids.append(int(proc.name))
-    return pids
+        if b"mnist_mlops.train" in argv and cwd == str(root):
+            found[int(proc.name)] = ppid
+    return [pid for pid, ppid in found.items() if ppid not in found]
 
 
 def test_launchers_are_the_shell_and_what_started_it() -> None:
