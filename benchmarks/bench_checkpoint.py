@@ -37,7 +37,7 @@ def overhead(model_name: str, n_train: int = 12000, epochs: int = 9) -> dict[str
     x = data["x_train"][:n_train, ..., None].astype("float32")
     y = data["y_train"][:n_train]
     p = load_params(ROOT / "params.yaml").models[model_name]
-    model = new_model(p, TrainParams(), 0)
+    model = new_model(p, TrainParams(), 0, n_train)
     yt = targets(y, p)
     plain, saved, saves, fits = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp, Checkpoint(Path(tmp), model_name, "bench") as ck:

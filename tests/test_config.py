@@ -23,12 +23,15 @@ def with_change(dotted: str, value: object) -> dict:
     return raw
 
 
-def test_repo_params_load_and_cover_the_six_models() -> None:
+def test_repo_params_load_and_cover_the_six_models_and_the_projects_own() -> None:
     p = load_params(ROOT / "params.yaml")
     assert list(p.models) == ["fc_1024_512", "lenet_28_50", "mlp_512x2", "cnn_32_64_64",
-                              "cnn_28_dense128", "cnn_deep_dropout"]
+                              "cnn_28_dense128", "cnn_deep_dropout", "cnn_bn_aug"]
     assert p.models["cnn_deep_dropout"].batch_size == 512
     assert p.models["cnn_28_dense128"].loss == "sparse"
+    assert {m.final_model(p.train) for n, m in p.models.items() if n != "cnn_bn_aug"} == {
+        p.train.final}                                   # the tutorials follow train.final
+    assert p.models["cnn_bn_aug"].final_model(p.train) == "ensemble"
     assert p.paths.model_file("x") == Path("models/x.h5")
 
 
@@ -36,6 +39,8 @@ def test_repo_params_load_and_cover_the_six_models() -> None:
     ("train.seedd", 1, "train.seedd"),
     ("models.mlp_512x2.hiden_units", [1], "models.mlp_512x2.hiden_units"),
     ("models.mlp_512x2.architecture", "resnet", "unknown architecture 'resnet'"),
+    ("models.mlp_512x2.lr_schedule", "step", "models.mlp_512x2.lr_schedule"),
+    ("models.mlp_512x2.final", "vote", "models.mlp_512x2.final"),
     ("models.mlp_512x2.optimizer", "adamw", "models.mlp_512x2.optimizer is 'adamw'"),
     ("models.mlp_512x2.scaling", "zscore", "models.mlp_512x2.scaling"),
     ("models.mlp_512x2.batch_size", 0, "models.mlp_512x2.batch_size"),

@@ -27,7 +27,41 @@ def test_spec_counts_are_the_documented_ones() -> None:
     assert {k: a.params for k, a in ARCHITECTURES.items()} == {
         "fc_1024_512": 1_333_770, "lenet_28_50": 1_266_288, "mlp_512x2": 669_706,
         "cnn_32_64_64": 93_322, "cnn_28_dense128": 607_394, "cnn_deep_dropout": 370_026,
+        "cnn_bn_aug": 326_826,  # the project's own: not in the tutorials' spec
     }
+
+
+def test_augmentation_acts_in_training_only() -> None:
+    import keras
+    import numpy as np
+
+    model = build_model(PARAMS.models["cnn_bn_aug"])
+    x = np.zeros((4, 28, 28, 1), "float32")
+    x[:, 8:20, 12:16] = 255.0
+    augment = keras.Sequential(model.layers[1:4])      # after the Rescaling layer
+    assert [type(layer).__name__ for layer in augment.layers] == [
+        "RandomRotation", "RandomZoom", "RandomTranslation"]
+    assert np.array_equal(np.asarray(augment(x, training=False)), x)
+    moved = np.asarray(augment(x, training=True))
+    assert not np.allclose(moved, x) and moved.min() >= 0     # blank (0) fill at the border
+    served = model.predict(x, verbose=0)               # how evaluate and serving call it
+    assert np.allclose(served, model.predict(x, verbose=0))
+    assert np.allclose(served, np.asarray(model(x, training=False)), atol=1e-6)
+
+
+def test_cosine_schedule_runs_from_the_rate_to_zero() -> None:
+    from mnist_mlops.models import make_optimizer
+
+    p = PARAMS.models["cnn_bn_aug"]
+    assert p.lr_schedule == "cosine"
+    opt = make_optimizer(p, total_steps=100)
+    assert float(opt.learning_rate) == pytest.approx(p.learning_rate)
+    opt.iterations.assign(50)
+    assert float(opt.learning_rate) == pytest.approx(p.learning_rate / 2, rel=1e-3)
+    opt.iterations.assign(100)
+    assert float(opt.learning_rate) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="total number of steps"):
+        make_optimizer(p)
 
 
 @pytest.mark.parametrize(("scaling", "expected"), [

@@ -29,6 +29,7 @@ Optimizer = Literal["adam", "rmsprop", "sgd"]
 Activation = Literal["relu", "linear", "tanh", "sigmoid", "elu", "gelu"]
 FoldStrategy = Literal["stratified", "contiguous"]
 FinalModel = Literal["refit", "best_fold", "ensemble"]
+LrSchedule = Literal["constant", "cosine"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
     "cnn_32_64_64": ArchitectureSpec(1, False, 93_322),
     "cnn_28_dense128": ArchitectureSpec(1, True, 607_394),
     "cnn_deep_dropout": ArchitectureSpec(1, True, 370_026),
+    "cnn_bn_aug": ArchitectureSpec(1, True, 326_826),  # the project's own (README),
 }
 
 
@@ -178,6 +180,8 @@ class ModelParams:
     hidden_units: tuple[int, ...]
     dropout: float | None = None
     activation: Activation = "relu"
+    lr_schedule: LrSchedule = "constant"   # cosine: from learning_rate down to 0 by the last step
+    final: FinalModel | None = None        # this model's final model; null = train.final
 
     def __post_init__(self) -> None:
         where = f"models.{self.name}"
@@ -203,6 +207,10 @@ class ModelParams:
 
     def effective_epochs(self, train: TrainParams) -> int:
         return min(self.epochs, train.max_epochs) if train.max_epochs else self.epochs
+
+    def final_model(self, train: TrainParams) -> FinalModel:
+        """What ships: the recipe's own choice if it makes one, else `train.final`."""
+        return self.final or train.final
 
 
 @dataclass(frozen=True)

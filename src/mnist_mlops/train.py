@@ -16,6 +16,7 @@ import argparse
 import csv
 import io
 import logging
+import math
 import os
 import shutil
 import sys
@@ -68,15 +69,17 @@ def targets(labels: np.ndarray, p: ModelParams) -> np.ndarray:
         else labels
 
 
-def new_model(p: ModelParams, tp: TrainParams, fit_index: int) -> keras.Model:
+def new_model(p: ModelParams, tp: TrainParams, fit_index: int, n_train: int) -> keras.Model:
     """A compiled model whose initial weights depend only on the seed and the fit's index,
-    so a resumed stage builds exactly what an uninterrupted one would have."""
+    so a resumed stage builds exactly what an uninterrupted one would have. `n_train` sets
+    the length of a learning-rate schedule (steps per epoch x epochs)."""
     import keras
 
     from mnist_mlops.models import build_model, compile_model
 
     keras.utils.set_random_seed(tp.seed + 1000 * fit_index)
-    model = compile_model(build_model(p), p, jit_compile=tp.xla)
+    steps = max(1, math.ceil(n_train / p.batch_size)) * p.effective_epochs(tp)
+    model = compile_model(build_model(p), p, jit_compile=tp.xla, total_steps=steps)
     model.optimizer.build(model.trainable_variables)
     return model
 
@@ -123,7 +126,7 @@ def fit(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray, *, key: s
         label: str, val: tuple[np.ndarray, np.ndarray] | None = None) -> FitResult:
     """Train one model epoch by epoch, checkpointing each; with `val`, keep the weights of
     the epoch with the lowest validation loss. Continues from the checkpoint if any."""
-    model = new_model(p, tp, index)
+    model = new_model(p, tp, index, len(x))
     prog = (ckpt.load_progress(key, model) if ckpt else None) or FitProgress()
     epochs = p.effective_epochs(tp)
     if prog.epochs_done:
@@ -201,7 +204,7 @@ def cross_validate(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray
 def fold_model(p: ModelParams, tp: TrainParams, r: FitResult, ckpt: Checkpoint,
                key: str, index: int) -> keras.Model:
     return r.model if r.model is not None else ckpt.load_done_weights(
-        key, new_model(p, tp, index))
+        key, new_model(p, tp, index, n_train=0))  # only its weights are loaded
 
 
 def final_model(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray,
@@ -209,10 +212,11 @@ def final_model(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray,
                 progress: Progress) -> FitResult:
     """The model that ships: refit on all images, the best fold, or the fold ensemble."""
     keys = [f"fold-{k}" for k in range(len(cv))]
-    if tp.final == "best_fold":
+    final = p.final_model(tp)
+    if final == "best_fold":
         i = min(range(len(cv)), key=lambda j: cv[j].val_loss)
         return FitResult(fold_model(p, tp, cv[i], ckpt, keys[i], i), {})
-    if tp.final == "ensemble":
+    if final == "ensemble":
         from mnist_mlops.models import ensemble
 
         members = [fold_model(p, tp, r, ckpt, keys[i], i) for i, r in enumerate(cv)]
@@ -398,14 +402,14 @@ def _train_tracked(params: Params, name: str, x: np.ndarray, y: np.ndarray,
         **tracking.flat_params(p, "model."), **tracking.flat_params(tp, "train."),
         "model.effective_epochs": p.effective_epochs(tp), "data.n_train_images": len(x),
         "data.folds": n_folds})
-    n_fits = n_folds + (tp.final == "refit")
+    n_fits = n_folds + (p.final_model(tp) == "refit")
     done_epochs = sum(len(f["history"].get("loss", [])) for f in ckpt.state["fits"].values())
     progress = Progress(name, n_fits * p.effective_epochs(tp), done_epochs, tp.verbose)
     cv = cross_validate(p, tp, x, y, folds, ckpt, journal, progress)
     final = final_model(p, tp, x, y, cv, ckpt, journal, progress)
     seconds = sum(r.seconds for r in cv) + (final.seconds if final.history else 0.0)
     summary = {**cv_summary(cv), "train_time_s": seconds,
-               "n_params": int(final.model.count_params()), "final": tp.final}
+               "n_params": int(final.model.count_params()), "final": p.final_model(tp)}
     journal.metrics("parent", {k: v for k, v in summary.items() if isinstance(v, int | float)})
     stage_outputs(name, cv, final, summary, ckpt)
     example = ckpt.dir / "input_example.npy"
