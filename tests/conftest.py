@@ -92,6 +92,7 @@ def make_project(dest: Path, params_override: dict | None = None) -> Path:
         shutil.copy(ROOT / name, dest / name)
     shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__",
                                                                               "*.egg-info"))
+    shutil.copytree(ROOT / "data" / "user-digits", dest / "data" / "user-digits")
     if params_override:
         params = yaml.safe_load((dest / "params.yaml").read_text())
         for dotted, value in params_override.items():
@@ -257,6 +258,7 @@ def synthetic_project(dest: Path, models: tuple[str, ...] = ("mlp_512x2",),
     settings: dict[str, object] = {
         "download.files": files, "download.mirrors": [], "preprocess.folds": 2,
         "train.max_epochs": 2, "train.verbose": 2, "register.floor": 0.0,
+        "realworld.count": 30,
         "models": {m: raw["models"][m] for m in models}, **overrides}
     root = make_project(dest, settings)
     return root, tool_env(MNIST_MIRROR=str(mirror))

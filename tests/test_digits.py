@@ -55,6 +55,41 @@ def test_every_variant_becomes_mnist_like(variant: str) -> None:
     assert len(np.unique(out)) > 20
 
 
+def photo_of(img: Image.Image, paper: float, ink: float, shade: float, grain: float,
+             seed: int = 0) -> Image.Image:
+    """A drawing (dark on white) as if on paper of brightness `paper` with ink `ink`, lit
+    from one side (`shade`: how much darker the far side is) and with paper grain."""
+    a = 1.0 - np.asarray(img, dtype=np.float64) / 255.0          # 1 = stroke
+    h, w = a.shape
+    light = 1.0 - shade * np.linspace(0, 1, w)[None, :]
+    rng = np.random.default_rng(seed)
+    gray = (paper * (1 - a) + ink * a) * light + rng.normal(0, grain, (h, w))
+    return Image.fromarray(np.round(np.clip(gray, 0, 1) * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize(("paper", "ink", "shade", "grain"), [
+    (0.5, 0.15, 0.0, 0.0),     # grey paper: a dark digit, well visible
+    (0.55, 0.25, 0.0, 0.03),   # grey, textured
+    (0.95, 0.3, 0.6, 0.01),    # white paper, one side in shadow (darker than the ink's side)
+    (0.7, 0.3, 0.4, 0.03),     # all of it
+])
+def test_dark_digit_on_grey_textured_unevenly_lit_paper(paper: float, ink: float,
+                                                         shade: float, grain: float) -> None:
+    clean = to_mnist(draw_digit(2))
+    out = to_mnist(photo_of(draw_digit(2), paper, ink, shade, grain))
+    assert out is not None and clean is not None
+    assert out[0].max() == 0 and out[:, 0].max() == 0 and out.max() >= 200
+    corr = max(np.corrcoef(np.roll(out, (dy, dx), (0, 1)).ravel().astype(float),
+                           clean.ravel().astype(float))[0, 1]
+               for dy in (-1, 0, 1) for dx in (-1, 0, 1))   # centring may differ by a pixel
+    assert corr > 0.9, corr
+
+
+def test_grey_textured_paper_without_a_digit_has_none() -> None:
+    blank = Image.new("L", (240, 240), 255)
+    assert to_mnist(photo_of(blank, 0.6, 0.2, 0.4, 0.03)) is None
+
+
 def test_threshold_binarises() -> None:
     out = to_mnist(draw_digit(3), threshold=0.5)
     assert out is not None and len(np.unique(out)) > 2  # resizing still anti-aliases edges

@@ -3,7 +3,7 @@
     mnist-mlops predict IMAGE... [--model M] [--json]   recognise digits in pictures
     mnist-mlops compare [--markdown FILE] [--all]       table of runs from MLflow
     mnist-mlops champion                                show the registry's aliases
-    mnist-mlops promote --version N                     make version N the champion
+    mnist-mlops promote --version N [--force]           make version N the champion
     mnist-mlops rollback                                return to the previous champion
     mnist-mlops serve [--port P] [--model M]            drawing page on 127.0.0.1
     mnist-mlops retrain [--profile quick] [--push]      pull, reproduce, push, commit, report
@@ -79,21 +79,20 @@ def cmd_champion(args: argparse.Namespace, params: Params) -> int:
 
 
 def cmd_promote(args: argparse.Namespace, params: Params) -> int:
-    from mnist_mlops import registry
+    from mnist_mlops.register import promote
 
-    client, name = _client(params), params.mlflow.registered_model
-    previous = registry.set_champion(client, name, str(args.version))
-    print(f"{name}@champion: v{previous or '-'} -> v{args.version}")
+    rec = promote(params, str(args.version), force=args.force)
+    print(f"{rec['registered_model']}@champion: v{rec['previous_champion'] or '-'} -> "
+          f"v{rec['champion']}{' (forced)' if rec['forced'] else ''}: {rec['reason']}")
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace, params: Params) -> int:
-    from mnist_mlops import registry
+    from mnist_mlops.register import rollback
 
-    client, name = _client(params), params.mlflow.registered_model
-    current = registry.alias_version(client, name, registry.CHAMPION)
-    target = registry.rollback(client, name)
-    print(f"{name}@champion: v{current} -> v{target}")
+    rec = rollback(params)
+    print(f"{rec['registered_model']}@champion: v{rec['previous_champion']} -> "
+          f"v{rec['champion']}")
     return 0
 
 
@@ -188,8 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("champion", "show the champion and challenger versions")
     p.set_defaults(func=cmd_champion)
 
-    p = command("promote", "make a registry version the champion")
+    p = command("promote", "make a registry version the champion, if the promotion gate "
+                "agrees (floor, margin, McNemar test, real-world set)")
     p.add_argument("--version", required=True, type=int)
+    p.add_argument("--force", action="store_true",
+                   help="promote even if the gate refuses (recorded on the version)")
     p.set_defaults(func=cmd_promote)
 
     p = command("rollback", "make the previous champion the champion again")

@@ -68,6 +68,8 @@ class Paths:
     eval_reports: Path
     registry: Path
     checkpoints: Path = Path(".checkpoints")
+    realworld: Path = Path("data/realworld")
+    user_digits: Path = Path("data/user-digits")
 
     def model_file(self, name: str) -> Path:
         return self.models / f"{name}.h5"
@@ -157,12 +159,31 @@ class MlflowParams:
 
 @dataclass(frozen=True)
 class RegisterParams:
+    """The promotion gate (gate.py)."""
+
     margin: float = 0.001
     floor: float = 0.9
+    alpha: float = 0.05              # McNemar significance level for an improvement
+    realworld_margin: float = 0.01   # how much worse on the real-world set is tolerated
 
     def __post_init__(self) -> None:
         _check(0 <= self.margin < 1, "register.margin", "must be in [0, 1)")
         _check(0 <= self.floor <= 1, "register.floor", "must be in [0, 1]")
+        _check(0 < self.alpha <= 1, "register.alpha", "must be in (0, 1]")
+        _check(0 <= self.realworld_margin <= 1, "register.realworld_margin",
+               "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class RealworldParams:
+    """The generated real-world-like test set (realworld.py)."""
+
+    count: int = 1000
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        _check(self.count >= NUM_CLASSES and self.count % NUM_CLASSES == 0,
+               "realworld.count", f"must be a positive multiple of {NUM_CLASSES}")
 
 
 @dataclass(frozen=True)
@@ -221,6 +242,7 @@ class Params:
     train: TrainParams
     mlflow: MlflowParams
     register: RegisterParams
+    realworld: RealworldParams = field(default_factory=RealworldParams)
     models: dict[str, ModelParams] = field(default_factory=dict)
 
     def model(self, name: str) -> ModelParams:
@@ -310,6 +332,7 @@ def parse_params(raw: Any) -> Params:
     sections = {
         "paths": Paths, "download": DownloadParams, "preprocess": PreprocessParams,
         "train": TrainParams, "mlflow": MlflowParams, "register": RegisterParams,
+        "realworld": RealworldParams,
     }
     unknown = sorted(set(raw) - set(sections) - {"models"})
     if unknown:

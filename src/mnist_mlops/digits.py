@@ -15,10 +15,14 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from mnist_mlops.config import INPUT_SHAPE
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MAX_PIXELS = 40_000_000        # larger images are refused (decompression-bomb guard)
 MAX_FILE_BYTES = 50 * 2**20
+BACKGROUND_SIDE = 96           # the paper's brightness is estimated at this resolution
+SPECK_MASS = 0.004             # ink this far out (fraction of all) is a speck, not the digit
+GRAINY = 0.01                 # paper noise (robust std) above which strokes are denoised
 INK_FLOOR = 0.1                # ink below this (after background removal) is paper
-MIN_CONTRAST = 0.15            # less contrast than this: no digit on the page
+MIN_CONTRAST = 0.10            # less contrast than this: no digit on the page
 STROKE_PX = 2.2                # typical MNIST stroke width, in 28x28 pixels
 DIGIT_BOX = 20.0               # MNIST fits each digit in 20x20, then centres it in 28x28
 CENTRE = 14.0                  # where MNIST puts the centre of mass (measured on its digits)
@@ -73,15 +77,52 @@ def luminance(img: Image.Image) -> np.ndarray:
 
 
 def ink_map(gray: np.ndarray) -> np.ndarray | None:
-    """Ink in [0, 1] (1 = stroke), whichever way round the picture is; None if blank."""
+    """Ink in [0, 1] (1 = stroke), whichever way round the picture is; None if blank.
+
+    The paper is estimated locally (`background`), not assumed near-white: a dark digit on
+    grey, textured or unevenly lit paper is ink where it is darker than the paper around it.
+    """
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    ink = 1.0 - gray if np.median(border) > 0.5 else gray   # dark on light -> invert
-    background = float(np.median(1.0 - border if np.median(border) > 0.5 else border))
+    paper = float(np.median(border))
+    lo, hi = np.percentile(gray, [0.5, 99.5])
+    dark_ink = paper - lo >= hi - paper
+    bg = background(gray, dark_ink)
+    # relative to the local paper, so that shade darkens paper and ink alike
+    ink = (bg - gray) / np.maximum(bg, 0.05) if dark_ink else (gray - bg) / np.maximum(1 - bg,
+                                                                                    0.05)
+    ink = np.clip(ink, 0.0, 1.0)
+    level = float(np.median(ink))
+    noise = 1.4826 * float(np.median(np.abs(ink - level)))     # robust std of the paper
+    if noise > GRAINY:       # textured paper or a noisy sensor: grain inside the strokes
+        ink = np.asarray(Image.fromarray(np.round(ink * 255).astype(np.uint8)).filter(
+            ImageFilter.MedianFilter(3)), dtype=np.float64) / 255.0
+        level = float(np.median(ink))
+        noise = 1.4826 * float(np.median(np.abs(ink - level)))
+    floor = level + 4.0 * noise
     peak = float(np.percentile(ink, 99.9))
-    if peak - background < MIN_CONTRAST:
+    if peak - floor < MIN_CONTRAST:
         return None
-    ink = np.clip((ink - background) / (peak - background), 0.0, 1.0)
+    ink = np.clip((ink - floor) / (peak - floor), 0.0, 1.0)
     return ink if (ink > 0.5).any() else None
+
+
+def background(gray: np.ndarray, dark_ink: bool) -> np.ndarray:
+    """The paper's (or board's) local brightness: the picture with its strokes closed over
+    by a filter wider than a stroke, then smoothed. It follows grey paper, shadows and
+    uneven light, not the digit. Estimated on a small copy: fast on large photos."""
+    h, w = gray.shape
+    f = min(1.0, BACKGROUND_SIDE / max(h, w))
+    small = np.asarray(Image.fromarray(np.round(gray * 255).astype(np.uint8)).resize(
+        (max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR))
+    size = max(3, round(max(small.shape) / 5)) | 1
+    pad = size
+    # mirrored margins: the filters see paper beyond the edge, not a made-up border
+    padded = Image.fromarray(np.pad(small, pad, mode="reflect"))
+    unink, restore = ((ImageFilter.MaxFilter(size), ImageFilter.MinFilter(size)) if dark_ink
+                      else (ImageFilter.MinFilter(size), ImageFilter.MaxFilter(size)))
+    bg = padded.filter(unink).filter(restore).filter(ImageFilter.GaussianBlur(size / 4))
+    bg = bg.crop((pad, pad, pad + small.shape[1], pad + small.shape[0]))
+    return np.asarray(bg.resize((w, h), Image.BILINEAR), dtype=np.float64) / 255.0
 
 
 def _shift(arr: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -113,6 +154,14 @@ def thicken(img: Image.Image, target_px: float) -> Image.Image:
     return img.filter(ImageFilter.MaxFilter(min(size, 31)))
 
 
+def _extent(ink: np.ndarray, axis: int) -> tuple[int, int]:
+    """First and last row (axis=1) or column (axis=0) of the digit: where its ink mass
+    starts and ends, so that a speck of paper texture far away does not widen the crop."""
+    mass = np.where(ink > INK_FLOOR, ink, 0.0).sum(axis=axis)
+    cum = np.cumsum(mass) / mass.sum()
+    return int(np.searchsorted(cum, SPECK_MASS)), int(np.searchsorted(cum, 1 - SPECK_MASS))
+
+
 def to_mnist(img: Image.Image, threshold: float | None = None) -> np.ndarray | None:
     """28x28 uint8, white digit on black, MNIST-normalised; None when there is no digit."""
     ink = ink_map(luminance(img))
@@ -120,9 +169,8 @@ def to_mnist(img: Image.Image, threshold: float | None = None) -> np.ndarray | N
         return None
     if threshold is not None:
         ink = (ink >= threshold).astype(np.float64)
-    rows = np.flatnonzero((ink > INK_FLOOR).any(axis=1))
-    cols = np.flatnonzero((ink > INK_FLOOR).any(axis=0))
-    crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    (r0, r1), (c0, c1) = (_extent(ink, axis) for axis in (1, 0))
+    crop = ink[r0:r1 + 1, c0:c1 + 1]
     h, w = crop.shape
     scale = DIGIT_BOX / max(h, w)
     crop_img = thicken(Image.fromarray((crop * 255).astype(np.uint8)), STROKE_PX / scale)

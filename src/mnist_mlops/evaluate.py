@@ -18,7 +18,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from mnist_mlops import figures, tracking
+from mnist_mlops import figures, realworld, tracking
 from mnist_mlops.config import INPUT_SHAPE, NUM_CLASSES, Params, load_params
 from mnist_mlops.fsio import write_json_atomic, write_text_atomic
 from mnist_mlops.parse import load_dataset
@@ -71,6 +71,22 @@ def throughput(model: Any, images: np.ndarray, repeats: int = 30) -> dict[str, f
             "latency_ms_p95": 1000 * float(np.percentile(times, 95))}
 
 
+def members(model: Any) -> list[Any]:
+    """The fold models inside an ensemble (train.final / a recipe's `final: ensemble`)."""
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)]
+
+
+def member_metrics(model: Any, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Each fold model's own test accuracy: what one network of the ensemble achieves."""
+    accs = [float((predict_proba(m, x).argmax(axis=1) == y).mean()) for m in members(model)]
+    if not accs:
+        return {}
+    return {"test_accuracy_member_mean": float(np.mean(accs)),
+            "test_accuracy_member_min": min(accs), "test_accuracy_member_max": max(accs)}
+
+
 def predictions_csv(y: np.ndarray, pred: np.ndarray) -> str:
     rows = "\n".join(f"{a},{b}" for a, b in zip(y.tolist(), pred.tolist(), strict=True))
     return "actual,predicted\n" + rows + "\n"
@@ -95,14 +111,21 @@ def evaluate(params: Params, name: str) -> dict[str, Any]:
     figures.digit_grid(x[worst], [f"true {y[i]} → {pred[i]} ({proba[i, pred[i]]:.2f})"
                                   for i in worst], out / "misclassified.png",
                        f"{name}: most confident mistakes")
+    rs = realworld.load(paths.realworld / realworld.PREPARED)
+    rw_pred = realworld.predictions(lambda images: predict_proba(model, images), rs)
+    write_text_atomic(out / "realworld.csv", "file,actual,predicted\n" + "".join(
+        f"{n},{a},{b}\n" for n, a, b in zip(rs.names, rs.y, rw_pred, strict=True)))
     metrics = {"test_accuracy": m["accuracy"], "test_loss": m["loss"],
-               "test_macro_f1": m["macro_f1"], "test_errors": int((pred != y).sum())}
+               "test_macro_f1": m["macro_f1"], "test_errors": int((pred != y).sum()),
+               **member_metrics(model, x, y), **realworld.accuracy(rs, rw_pred)}
     timings = {f"infer_{k}": v for k, v in speed.items()}
     _log_to_mlflow(params, name, {**metrics, **timings}, m["per_class"], out)
     write_json_atomic(out / "speed.json", timings)
     write_json_atomic(paths.metrics_file(name), {**cv_numbers(paths.train_dir(name)), **metrics})
-    log.info("%s: test accuracy %.4f, loss %.4f, %.0f images/s, %.2f ms/image", name,
-             m["accuracy"], m["loss"], speed["images_per_s"], speed["latency_ms_p50"])
+    log.info("%s: test accuracy %.4f, loss %.4f; real-world accuracy %.4f (%d pictures); "
+             "%.0f images/s, %.2f ms/image", name, m["accuracy"], m["loss"],
+             metrics["realworld_accuracy"], len(rs), speed["images_per_s"],
+             speed["latency_ms_p50"])
     return metrics
 
 

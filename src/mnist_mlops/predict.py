@@ -12,11 +12,10 @@ from typing import Any
 import numpy as np
 
 from mnist_mlops.config import INPUT_SHAPE, NUM_CLASSES, Params
-from mnist_mlops.digits import ImageInputError, prepare
+from mnist_mlops.digits import IMAGE_SUFFIXES, ImageInputError, prepare
 from mnist_mlops.runtime import UserError
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def load_keras_model(path: Path) -> Any:

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
+from dataclasses import asdict
 from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_mlops import registry, tracking
+from mnist_mlops import gate, realworld, registry, tracking
 from mnist_mlops.config import Params, load_params
-from mnist_mlops.fsio import write_json_atomic
+from mnist_mlops.parse import load_dataset
+from mnist_mlops.predict import Predictor
 from mnist_mlops.runtime import UserError, run_main
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,8 @@ def ensure_version(client: MlflowClient, params: Params, name: str) -> tuple[str
         "test_accuracy": f"{test['test_accuracy']:.6f}",
         "cv_val_accuracy_mean": f"{cv['cv_val_accuracy_mean']:.6f}",
         "cv_val_accuracy_std": f"{cv['cv_val_accuracy_std']:.6f}",
+        **({"realworld_accuracy": f"{test['realworld_accuracy']:.6f}"}
+           if "realworld_accuracy" in test else {}),
         **{k: v for k, v in run_tags.items() if k in ("data_sha256", "git_commit", "git_dirty")},
     }
     mv = mlflow.register_model(run["model_uri"], reg, tags=tags)
@@ -74,6 +78,55 @@ def register(params: Params) -> dict[str, Any]:
         return _register(params)
 
 
+def evidence(params: Params, version: str, champion: str) -> gate.Evidence:
+    """Both versions' predictions on the same test images and real-world pictures."""
+    paths, reg = params.paths, params.mlflow.registered_model
+    prepared = paths.realworld / realworld.PREPARED
+    for needed, stage in ((paths.dataset, "parse"), (prepared, "realworld")):
+        if not needed.is_file():
+            return gate.Evidence(missing=f"{needed} not found (`dvc repro {stage}` makes it)")
+    data, rs = load_dataset(paths.dataset), realworld.load(prepared)
+    x, y = data["x_test"], data["y_test"].astype(np.int64)
+    right, rw = [], []
+    for v in (version, champion):
+        model = Predictor(f"models:/{reg}/{v}")
+        right.append(model.predict_proba(x).argmax(axis=1) == y)
+        rw.append(realworld.accuracy(rs, realworld.predictions(model.predict_proba, rs))[
+            "realworld_accuracy"])
+    return gate.Evidence(gate.mcnemar(*right), rw[0], rw[1])
+
+
+def judge(client: MlflowClient, params: Params, version: str) -> gate.Decision:
+    """The gate's verdict on making `version` the champion. The paired evidence (which
+    loads both models) is gathered only when floor and margin would let it through."""
+    reg = params.mlflow.registered_model
+    challenger = registry.candidate(client, reg, version)
+    champ_v = registry.alias_version(client, reg, registry.CHAMPION)
+    champion = registry.candidate(client, reg, champ_v) if champ_v else None
+    first = gate.decide(challenger, champion, params.register)
+    if not first.promote or champion is None:
+        return first
+    log.info("%s: pairing v%s with champion v%s on the test and real-world sets", reg,
+             version, champ_v)
+    return gate.decide(challenger, champion, params.register,
+                       evidence(params, version, str(champ_v)))
+
+
+def tag_decision(client: MlflowClient, reg: str, version: str, decision: gate.Decision,
+                 how: str) -> str:
+    """The verdict on the version itself: tags and a line in its description."""
+    verdict = f"{how}: {decision.reason}"
+    tags = {"gate_decision": verdict}
+    if decision.evidence.paired:
+        pt = decision.evidence.paired
+        tags.update(gate_p_value=f"{pt.p_value:.4g}", gate_discordant=f"{pt.better}/{pt.worse}")
+    for k, v in tags.items():
+        client.set_model_version_tag(reg, version, k, v)
+    mv = client.get_model_version(reg, version)
+    client.update_model_version(reg, version, description=f"{mv.description} Gate: {verdict}.")
+    return verdict
+
+
 def _register(params: Params) -> dict[str, Any]:
     client = MlflowClient()
     reg = params.mlflow.registered_model
@@ -86,42 +139,68 @@ def _register(params: Params) -> dict[str, Any]:
     versions = {name: v for name, (v, _) in found.items()}
     new = [registry.candidate(client, reg, v) for v, is_new in found.values() if is_new]
     champ_v = registry.alias_version(client, reg, registry.CHAMPION)
-    record: dict[str, Any] = {
-        "registered_model": reg, "versions": versions,
-        "new_versions": [c.version for c in new], "previous_champion": champ_v,
-        "margin": params.register.margin, "floor": params.register.floor,
-        "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    facts: dict[str, Any] = {
+        "versions": versions, "new_versions": [c.version for c in new],
+        "previous_champion": champ_v, "gate": asdict(params.register)}
     if not new:
         reason = "no new model versions; nothing to decide"
-        record.update(challenger=None, promoted=False, reason=reason, champion=champ_v)
         log.info("%s: %s", reg, reason)
-        return record
+        return registry.write_record(client, reg, params.paths.registry, "register",
+                                     **facts, candidate=None, promoted=False, reason=reason)
     best = max(new, key=lambda c: (c.test_accuracy, -int(c.version)))
     client.set_registered_model_alias(reg, registry.CHALLENGER, best.version)
-    champ = registry.candidate(client, reg, champ_v) if champ_v else None
-    decision = registry.decide(best, champ, margin=params.register.margin,
-                               floor=params.register.floor)
+    decision = judge(client, params, best.version)
     if decision.promote:
         registry.set_champion(client, reg, best.version)
-    verdict = f"{'promoted' if decision.promote else 'refused'}: {decision.reason}"
-    client.set_model_version_tag(reg, best.version, "gate_decision", verdict)
-    mv = client.get_model_version(reg, best.version)
-    client.update_model_version(reg, best.version,
-                                description=f"{mv.description} Gate: {verdict}.")
+    tag_decision(client, reg, best.version, decision,
+                 "promoted" if decision.promote else "refused")
     log.info("%s: challenger v%s (%s); %s: %s", reg, best.version, best.model,
              "promoted" if decision.promote else "champion kept", decision.reason)
-    record.update(
-        challenger={"version": best.version, "model": best.model,
-                    "test_accuracy": best.test_accuracy},
-        promoted=decision.promote, reason=decision.reason,
-        champion=registry.alias_version(client, reg, registry.CHAMPION))
-    return record
+    return registry.write_record(client, reg, params.paths.registry, "register", **facts,
+                                 candidate=best.version, **decision.record())
+
+
+def promote(params: Params, version: str, force: bool = False) -> dict[str, Any]:
+    """`mnist-mlops promote`: the gate's checks apply to a hand promotion too; `force`
+    overrides a refusal, and the version says so."""
+    tracking.setup(params.mlflow)
+    reg = params.mlflow.registered_model
+    with tracking.store_lock(params.mlflow, "register", params.paths.checkpoints), \
+            tracking.outage_as_user_error():
+        client = MlflowClient()
+        registry.require_version(client, reg, version)
+        previous = registry.alias_version(client, reg, registry.CHAMPION)
+        decision = judge(client, params, version)
+        if not decision.promote and not force:
+            raise UserError(f"not promoting v{version}: {decision.reason}. Pass --force to "
+                            "promote it anyway (the version and the record will say so)")
+        registry.set_champion(client, reg, version)
+        how = "promoted by hand" if decision.promote else "forced by hand against the gate"
+        tag_decision(client, reg, version, decision, how)
+        if not decision.promote:
+            log.warning("%s v%s promoted with --force although the gate says: %s", reg,
+                        version, decision.reason)
+        return registry.write_record(client, reg, params.paths.registry, "promote",
+                                     previous_champion=previous, candidate=version,
+                                     forced=not decision.promote, **decision.record())
+
+
+def rollback(params: Params) -> dict[str, Any]:
+    """`mnist-mlops rollback`: the previous champion again, and the record says so."""
+    tracking.setup(params.mlflow)
+    reg = params.mlflow.registered_model
+    with tracking.store_lock(params.mlflow, "register", params.paths.checkpoints), \
+            tracking.outage_as_user_error():
+        client = MlflowClient()
+        previous = registry.alias_version(client, reg, registry.CHAMPION)
+        target = registry.rollback(client, reg)
+        return registry.write_record(client, reg, params.paths.registry, "rollback",
+                                     previous_champion=previous, candidate=target,
+                                     promoted=True, reason=f"rolled back from v{previous}")
 
 
 def main() -> None:
-    params = load_params()
-    write_json_atomic(params.paths.registry, register(params))
+    register(load_params())
 
 
 if __name__ == "__main__":

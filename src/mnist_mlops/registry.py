@@ -8,11 +8,15 @@ Aliases carry the decisions: `challenger` is the best version of the latest pipe
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mnist_mlops.fsio import write_json_atomic
+from mnist_mlops.gate import Candidate
 from mnist_mlops.runtime import UserError
 
 log = logging.getLogger(__name__)
@@ -20,42 +24,37 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "champion_history"
 
 
-@dataclass(frozen=True)
-class Candidate:
-    version: str
-    model: str
-    test_accuracy: float
-
-
-@dataclass(frozen=True)
-class Decision:
-    promote: bool
-    reason: str
-
-
-def decide(challenger: Candidate, champion: Candidate | None, *, margin: float,
-           floor: float) -> Decision:
-    """The promotion gate: beat the champion by `margin` and reach the absolute `floor`."""
-    acc = challenger.test_accuracy
-    if acc < floor:
-        return Decision(False, f"test accuracy {acc:.4f} is below the floor {floor:.4f}")
-    if champion is None:
-        return Decision(True, f"no champion yet; test accuracy {acc:.4f} clears the floor")
-    if champion.version == challenger.version:
-        return Decision(False, f"v{challenger.version} is already the champion")
-    needed = champion.test_accuracy + margin
-    if acc < needed:
-        return Decision(False, f"test accuracy {acc:.4f} does not beat champion v"
-                               f"{champion.version} ({champion.test_accuracy:.4f}) by the "
-                               f"margin {margin:.4f} (needs {needed:.4f})")
-    return Decision(True, f"test accuracy {acc:.4f} beats champion v{champion.version} "
-                          f"({champion.test_accuracy:.4f}) by at least {margin:.4f}")
-
-
 def candidate(client: MlflowClient, name: str, version: str) -> Candidate:
     mv = client.get_model_version(name, version)
     return Candidate(str(mv.version), mv.tags.get("model_name", "?"),
                      float(mv.tags.get("test_accuracy", "nan")))
+
+
+def _describe(client: MlflowClient, name: str, version: str | None) -> dict[str, Any] | None:
+    if version is None:
+        return None
+    mv = client.get_model_version(name, version)
+    return {"version": str(version), "model": mv.tags.get("model_name"),
+            "test_accuracy": float(mv.tags.get("test_accuracy", "nan")),
+            "realworld_accuracy": (float(mv.tags["realworld_accuracy"])
+                                   if "realworld_accuracy" in mv.tags else None)}
+
+
+def write_record(client: MlflowClient, name: str, path: Path, action: str,
+                 **facts: Any) -> dict[str, Any]:
+    """The decision record (reports/registry.json) after `action` (register, promote,
+    rollback). Champion, challenger and history are read back from the registry as it now
+    is, so the record cannot contradict the aliases."""
+    record = {
+        "registered_model": name, "action": action,
+        "decided_at": datetime.now(UTC).isoformat(timespec="seconds"), **facts,
+        "champion": alias_version(client, name, CHAMPION),
+        "champion_model": _describe(client, name, alias_version(client, name, CHAMPION)),
+        "challenger": _describe(client, name, alias_version(client, name, CHALLENGER)),
+        "champion_history": _history(client, name),
+    }
+    write_json_atomic(path, record)
+    return record
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:

@@ -1,33 +1,8 @@
-"""The promotion gate and the compare table as pure functions."""
+"""The compare table as pure functions."""
 
 from __future__ import annotations
 
-import pytest
-
 from mnist_mlops.compare import Row, render_markdown, render_text, table
-from mnist_mlops.registry import Candidate, decide
-
-
-def cand(version: str, acc: float) -> Candidate:
-    return Candidate(version, f"m{version}", acc)
-
-
-@pytest.mark.parametrize(("new", "champ", "promote", "needle"), [
-    (0.95, None, True, "no champion yet"),
-    (0.85, None, False, "below the floor 0.9000"),
-    (0.9805, 0.98, False, "does not beat champion v1 (0.9800) by the margin 0.0010"),
-    (0.9810, 0.98, True, "beats champion v1"),
-    (0.99, 0.995, False, "does not beat"),
-])
-def test_gate(new: float, champ: float | None, promote: bool, needle: str) -> None:
-    d = decide(cand("2", new), cand("1", champ) if champ is not None else None,
-               margin=0.001, floor=0.9)
-    assert d.promote is promote and needle in d.reason
-
-
-def test_gate_never_promotes_the_champion_over_itself() -> None:
-    d = decide(cand("3", 0.99), cand("3", 0.99), margin=0.0, floor=0.0)
-    assert not d.promote and "already the champion" in d.reason
 
 
 def row(model: str, acc: float, **params: str) -> Row:

@@ -1,0 +1,97 @@
+"""The promotion gate as pure functions: floor, margin, McNemar's paired test on
+constructed predictions, and the real-world set."""
+
+from __future__ import annotations
+
+from math import comb
+
+import numpy as np
+import pytest
+
+from mnist_mlops.config import RegisterParams
+from mnist_mlops.gate import Candidate, Evidence, Paired, decide, mcnemar
+
+GATE = RegisterParams(margin=0.001, floor=0.9, alpha=0.05, realworld_margin=0.01)
+
+
+def cand(version: str, acc: float) -> Candidate:
+    return Candidate(version, f"m{version}", acc)
+
+
+def correctness(n: int, both: int, only_new: int, only_old: int) -> tuple[np.ndarray, ...]:
+    """Per-image correctness of a challenger and a champion on n images."""
+    new, old = np.zeros(n, bool), np.zeros(n, bool)
+    new[:both] = old[:both] = True
+    new[both:both + only_new] = True
+    old[both + only_new:both + only_new + only_old] = True
+    rng = np.random.default_rng(0)
+    order = rng.permutation(n)
+    return new[order], old[order]
+
+
+@pytest.mark.parametrize(("new", "champ", "promote", "needle"), [
+    (0.95, None, True, "no champion yet"),
+    (0.85, None, False, "below the floor 0.9000"),
+    (0.9805, 0.98, False, "does not beat champion v1 (0.9800) by the margin 0.0010"),
+    (0.9810, 0.98, True, "beats champion v1"),
+    (0.99, 0.995, False, "does not beat"),
+])
+def test_floor_and_margin(new: float, champ: float | None, promote: bool, needle: str) -> None:
+    d = decide(cand("2", new), cand("1", champ) if champ is not None else None, GATE)
+    assert d.promote is promote and needle in d.reason
+
+
+def test_the_champion_is_never_promoted_over_itself() -> None:
+    d = decide(cand("3", 0.99), cand("3", 0.99), RegisterParams(margin=0.0, floor=0.0))
+    assert not d.promote and "already the champion" in d.reason
+
+
+def test_mcnemar_counts_discordant_images_and_is_exact() -> None:
+    new, old = correctness(10_000, 9_900, 30, 10)
+    p = mcnemar(new, old)
+    assert (p.better, p.worse) == (30, 10)
+    assert p.p_value == pytest.approx(sum(comb(40, k) for k in range(30, 41)) / 2 ** 40)
+    assert p.p_value == pytest.approx(0.0011, abs=1e-4)   # binomial tail, by hand
+    assert mcnemar(old, new).p_value > 0.99                  # the other way round: no
+    assert mcnemar(new, new) == Paired(0, 0, 1.0)            # identical answers: no evidence
+
+
+def test_a_significant_improvement_is_promoted() -> None:
+    new, old = correctness(10_000, 9_900, 30, 10)            # +20 digits, p = 0.001
+    d = decide(cand("2", 0.9930), cand("1", 0.9910), GATE,
+               Evidence(mcnemar(new, old), 0.95, 0.95))
+    assert d.promote and "significant" in d.reason and "p = 0.0011" in d.reason
+    assert d.record()["paired_test"] == {"better": 30, "worse": 10,
+                                         "p_value": pytest.approx(0.0011, abs=1e-4)}
+
+
+def test_an_improvement_within_noise_is_refused() -> None:
+    # +12 digits clears the margin (0.0012 > 0.001) but 42 vs 30 discordant is a coin toss
+    new, old = correctness(10_000, 9_878, 42, 30)
+    d = decide(cand("2", 0.9920), cand("1", 0.9908), GATE, Evidence(mcnemar(new, old)))
+    assert not d.promote
+    assert "not a significant improvement" in d.reason and "42 test digits" in d.reason
+    assert d.record()["paired_test"]["p_value"] > GATE.alpha
+
+
+def test_a_worse_challenger_never_reaches_the_paired_test() -> None:
+    new, old = correctness(10_000, 9_800, 10, 50)
+    d = decide(cand("2", 0.9810), cand("1", 0.9850), GATE, Evidence(mcnemar(new, old)))
+    assert not d.promote and "does not beat" in d.reason
+
+
+def test_worse_on_the_real_world_set_is_refused() -> None:
+    new, old = correctness(10_000, 9_900, 30, 10)
+    d = decide(cand("2", 0.9930), cand("1", 0.9910), GATE,
+               Evidence(mcnemar(new, old), challenger_realworld=0.90,
+                        champion_realworld=0.93))
+    assert not d.promote and "real-world accuracy 0.9000 is worse" in d.reason
+    ok = decide(cand("2", 0.9930), cand("1", 0.9910), GATE,
+                Evidence(mcnemar(new, old), challenger_realworld=0.925,
+                         champion_realworld=0.93))
+    assert ok.promote and "real-world accuracy 0.9250 vs 0.9300" in ok.reason
+
+
+def test_without_a_local_test_set_the_gate_says_what_it_skipped() -> None:
+    d = decide(cand("2", 0.9930), cand("1", 0.9910), GATE, Evidence(missing="no data"))
+    assert d.promote and "paired test not run: no data" in d.reason
