@@ -21,7 +21,8 @@ from .conftest import QUICK, free_port, make_project, run, tool_env
 pytestmark = pytest.mark.slow   # real training, processes or servers
 
 MODELS = ["fc_1024_512", "lenet_28_50", "mlp_512x2", "cnn_32_64_64", "cnn_28_dense128",
-          "cnn_deep_dropout"]
+          "cnn_deep_dropout", "cnn_bn_aug"]
+ENSEMBLES = {"cnn_bn_aug"}     # its recipe ships the fold ensemble (final: ensemble)
 REG = "mnist-digits"
 
 
@@ -63,8 +64,26 @@ def test_outputs_of_every_stage(project: Path) -> None:
         speed = json.loads((project / "reports" / "evaluate" / m / "speed.json").read_text())
         assert speed["infer_images_per_s"] > 0
         assert (project / "reports" / "evaluate" / m / "confusion.png").is_file()
+        assert 0 < metrics["realworld_accuracy"] <= 1
+        assert ("test_accuracy_member_mean" in metrics) is (m in ENSEMBLES)
+    photos = list((project / "data" / "realworld" / "generated").rglob("*.png"))
+    assert len(photos) == 1000
     decision = json.loads((project / "reports" / "registry.json").read_text())
-    assert decision["promoted"] is True and len(decision["new_versions"]) == 6
+    assert decision["promoted"] is True and len(decision["new_versions"]) == len(MODELS)
+    assert_record_matches_aliases(project)
+
+
+def assert_record_matches_aliases(project: Path) -> dict:
+    """reports/registry.json says what the registry says, whichever command ran last."""
+    record = json.loads((project / "reports" / "registry.json").read_text())
+    client = client_for(project)
+    aliases = {k: str(v) for k, v in client.get_registered_model(REG).aliases.items()}
+    assert record["champion"] == aliases.get("champion")
+    assert (record["challenger"] or {}).get("version") == aliases.get("challenger")
+    assert record["champion_model"]["version"] == aliases.get("champion")
+    history = client.get_registered_model(REG).tags["champion_history"].split(",")
+    assert record["champion_history"] == history and history[-1] == aliases["champion"]
+    return record
 
 
 def test_mlflow_has_one_parent_run_per_model_with_nested_folds(project: Path) -> None:
@@ -83,7 +102,8 @@ def test_mlflow_has_one_parent_run_per_model_with_nested_folds(project: Path) ->
         assert "test_accuracy" in p.data.metrics and "cv_val_accuracy_mean" in p.data.metrics
         kids = client.search_runs([exp.experiment_id],
                                   f"tags.mlflow.parentRunId = '{p.info.run_id}'")
-        assert sorted(k.data.tags["role"] for k in kids) == ["final", "fold", "fold"]
+        roles = ["fold", "fold"] + ([] if p.data.tags["model_name"] in ENSEMBLES else ["final"])
+        assert sorted(k.data.tags["role"] for k in kids) == sorted(roles)
 
 
 def test_registry_one_version_per_model_and_one_champion(project: Path) -> None:
@@ -107,8 +127,9 @@ def test_second_repro_does_nothing(project: Path, mnist_mirror: Path) -> None:
     assert "Data and pipelines are up to date" in out
     run(["dvc", "repro", "-f", "-s", "register"], project, env_for(project, mnist_mirror))
     assert len(client_for(project).search_model_versions(f"name='{REG}'")) == before
-    decision = json.loads((project / "reports" / "registry.json").read_text())
+    decision = assert_record_matches_aliases(project)
     assert decision["new_versions"] == [] and decision["promoted"] is False
+    assert decision["challenger"] is not None           # still there, as in the registry
 
 
 def test_param_changes_rerun_only_what_depends_on_them(project: Path, mnist_mirror: Path
@@ -167,16 +188,47 @@ def test_cli_compare_promote_rollback(project: Path) -> None:
     md = (project / "report.md").read_text()
     assert md.startswith("| model |") and md.count("\n") == 2 + len(MODELS)
     client = client_for(project)
-    champ = client.get_model_version_by_alias(REG, "champion").version
-    other = next(str(v.version) for v in client.search_model_versions(f"name='{REG}'")
-                 if str(v.version) != str(champ))
-    run([*cli, "promote", "--version", other], project, env)
-    assert str(client.get_model_version_by_alias(REG, "champion").version) == other
+    champ = str(client.get_model_version_by_alias(REG, "champion").version)
+    worst = min(client.search_model_versions(f"name='{REG}'"),
+                key=lambda v: float(v.tags["test_accuracy"]))
+    worst_v = str(worst.version)
+
+    def champion() -> str:
+        return str(client.get_model_version_by_alias(REG, "champion").version)
+
+    refused = run([*cli, "promote", "--version", worst_v], project, env, check=False)
+    assert refused.returncode == 2 and champion() == champ
+    assert f"not promoting v{worst_v}: test accuracy" in refused.stderr
+    assert re.search("below the floor|does not beat champion", refused.stderr)
+    assert "--force" in refused.stderr
+
+    forced = run([*cli, "promote", "--version", worst_v, "--force"], project, env)
+    assert champion() == worst_v and "(forced)" in forced.stdout
+    record = assert_record_matches_aliases(project)
+    assert record["action"] == "promote" and record["forced"] is True
+    assert client.get_model_version(REG, worst_v).tags["gate_decision"].startswith(
+        "forced by hand against the gate: test accuracy")
+
+    # back to the better model by hand: floor and margin pass, so the gate pairs the two
+    # models on the test images (McNemar) and on the real-world set
+    run([*cli, "promote", "--version", champ], project, env)
+    record = assert_record_matches_aliases(project)
+    assert champion() == champ and record["forced"] is False and record["promoted"] is True
+    paired = record["paired_test"]
+    assert paired["better"] > paired["worse"] and paired["p_value"] < 0.05
+    assert "significant" in record["reason"]
+    assert all(0 < v <= 1 for v in record["realworld_accuracy"].values())
+    tags = client.get_model_version(REG, champ).tags
+    assert tags["gate_discordant"] == f"{paired['better']}/{paired['worse']}"
+
     run([*cli, "rollback"], project, env)
-    assert str(client.get_model_version_by_alias(REG, "champion").version) == str(champ)
+    record = assert_record_matches_aliases(project)
+    assert champion() == worst_v and record["action"] == "rollback"
+    run([*cli, "rollback"], project, env)
+    assert champion() == champ and assert_record_matches_aliases(project)["champion"] == champ
     bad = run([*cli, "promote", "--version", "99"], project, env, check=False)
     assert bad.returncode != 0 and "has no version 99" in bad.stderr
-    assert "existing versions: 1, 2, 3, 4, 5, 6" in bad.stderr
+    assert "existing versions: 1, 2, 3, 4, 5, 6, 7" in bad.stderr
 
 
 def test_mlflow_models_serve_champion(project: Path) -> None:
@@ -223,10 +275,11 @@ def test_worse_model_is_refused_by_the_gate(project: Path, mnist_mirror: Path) -
     decision = json.loads((project / "reports" / "registry.json").read_text())
     assert decision["challenger"]["model"] == "mlp_512x2"
     assert decision["promoted"] is False and "does not beat champion" in decision["reason"]
-    assert len(client.search_model_versions(f"name='{REG}'")) == 7
+    assert len(client.search_model_versions(f"name='{REG}'")) == len(MODELS) + 1
     assert str(client.get_model_version_by_alias(REG, "champion").version) == str(champ)
     assert str(client.get_model_version_by_alias(REG, "challenger").version) == \
         decision["challenger"]["version"]
+    assert_record_matches_aliases(project)
 
 
 def test_plots_show_one_learning_curve_chart_per_model(project: Path) -> None:
@@ -235,8 +288,8 @@ def test_plots_show_one_learning_curve_chart_per_model(project: Path) -> None:
     assert not [k for k in data if "history" in k]            # no chart per fold file
     curves = {k: v for k, v in data.items() if k.endswith("curves.csv")}
     assert len(curves) == len(MODELS)
-    for (chart,) in curves.values():
+    for path, (chart,) in curves.items():
         fits = {row["fit"] for row in chart["content"]["data"]["values"]}
-        assert fits == {"fold 0 (validation)", "fold 1 (validation)",
-                        "final refit (training)"}
+        refit = set() if path.split("/")[-2] in ENSEMBLES else {"final refit (training)"}
+        assert fits == {"fold 0 (validation)", "fold 1 (validation)", *refit}
         assert chart["content"]["encoding"]["color"]["field"] == "fit"

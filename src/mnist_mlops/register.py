@@ -182,6 +182,7 @@ def promote(params: Params, version: str, force: bool = False) -> dict[str, Any]
                         version, decision.reason)
         return registry.write_record(client, reg, params.paths.registry, "promote",
                                      previous_champion=previous, candidate=version,
+                                     gate=asdict(params.register),
                                      forced=not decision.promote, **decision.record())
 
 

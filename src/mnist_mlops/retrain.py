@@ -141,12 +141,7 @@ def report(params: Params, opts: Options, branch: str, commit_sha: str | None,
     lines += ["## Promotion gate", ""]
     try:
         rec = json.loads(params.paths.registry.read_text())
-        ch = rec.get("challenger") or {}
-        lines += [f"- decision: **{'promoted' if rec.get('promoted') else 'champion kept'}** "
-                  f"— {rec.get('reason')}",
-                  f"- champion: v{rec.get('champion')} (previous: v{rec.get('previous_champion')})",
-                  f"- challenger: v{ch.get('version')} {ch.get('model', '')} "
-                  f"(test accuracy {ch.get('test_accuracy', 'n/a')})", ""]
+        lines += gate_lines(rec)
     except (OSError, ValueError):
         lines += ["(no decision record)", ""]
     lines += ["## Comparison", "", _comparison(params), "",
@@ -155,6 +150,31 @@ def report(params: Params, opts: Options, branch: str, commit_sha: str | None,
               "(`reports/evaluate/<model>/confusion.png`) are in the DVC remote "
               "(`dvc pull` on this branch) and attached to the workflow run.", ""]
     return "\n".join(lines)
+
+
+def gate_lines(rec: dict[str, Any]) -> list[str]:
+    """The decision record as Markdown: verdict, both models, and the gate's evidence."""
+    def who(m: dict[str, Any] | None) -> str:
+        if not m:
+            return "none"
+        rw = m.get("realworld_accuracy")
+        return (f"v{m['version']} {m.get('model') or ''} (test accuracy "
+                f"{m['test_accuracy']:.4f}" + (f", real-world {rw:.4f})" if rw else ")"))
+    lines = [f"- decision ({rec.get('action', 'register')}): "
+             f"**{'promoted' if rec.get('promoted') else 'champion kept'}** — {rec.get('reason')}",
+             f"- champion: {who(rec.get('champion_model'))}; previous champion: "
+             f"v{rec.get('previous_champion')}",
+             f"- challenger: {who(rec.get('challenger'))}"]
+    pt = rec.get("paired_test")
+    if pt:
+        lines.append(f"- paired test (McNemar, one-sided): {pt['better']} test digits only the "
+                     f"challenger gets right, {pt['worse']} only the champion; p = "
+                     f"{pt['p_value']:.3g} (alpha {rec.get('gate', {}).get('alpha', '?')})")
+    rw = rec.get("realworld_accuracy") or {}
+    if rw.get("challenger") is not None:
+        lines.append(f"- real-world set: challenger {rw['challenger']:.4f}, champion "
+                     f"{rw['champion']:.4f}")
+    return [*lines, ""]
 
 
 def _comparison(params: Params) -> str:
