@@ -18,6 +18,11 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # $MNIST_MIRROR only; set it yourself to point elsewhere.
 MNIST_MIRROR ?= $(firstword $(wildcard $(abspath $(CURDIR)/../shared/data/mnist)))
 export MNIST_MIRROR
+# An NVIDIA GPU that the driver lists: also install the `gpu` extra (TensorFlow's CUDA
+# libraries), so that training uses it with no extra step. `make setup GPU=` skips it.
+GPU ?= $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo 1)
+COMMA := ,
+EXTRAS := dev$(if $(GPU),$(COMMA)gpu)
 QUICK := -S preprocess.subset=3000 -S preprocess.folds=2 -S train.max_epochs=2
 
 .PHONY: setup run quick test test-fast lint bench ablation reproduce retrain clean
@@ -25,7 +30,8 @@ QUICK := -S preprocess.subset=3000 -S preprocess.folds=2 -S train.max_epochs=2
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[$(EXTRAS)]'
+	@echo "installed .[$(EXTRAS)]$(if $(GPU),: NVIDIA GPU found, TensorFlow with CUDA,)"
 	@[ -d .git ] || git init -q
 	touch $@
 

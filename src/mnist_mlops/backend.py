@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import platform
+import shutil
+import subprocess
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -64,3 +66,29 @@ def device_info() -> dict[str, Any]:
     if info["device"] == "cpu":
         info["device"] = f"cpu:{platform.processor() or platform.machine()}"
     return info
+
+
+def nvidia_gpus() -> list[str]:
+    """The NVIDIA GPUs the driver lists (`nvidia-smi -L`), whatever the framework sees."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.split(":", 1)[1].split("(")[0].strip() for line in out.stdout.splitlines()
+            if line.startswith("GPU ")]
+
+
+def unused_gpu_warning(info: dict[str, Any]) -> str | None:
+    """What to do when the machine has an NVIDIA GPU but training runs on the CPU."""
+    gpus = nvidia_gpus()
+    if not gpus or not str(info["device"]).startswith("cpu"):
+        return None
+    fix = {"tensorflow": "install TensorFlow's CUDA libraries: `pip install -e '.[gpu]'` "
+                         "(`make setup` does this when `nvidia-smi -L` lists a GPU)",
+           "jax": "install JAX for CUDA: `pip install \"jax[cuda12]\"`",
+           "torch": "install a CUDA build of PyTorch (pytorch.org)"}.get(info["backend"], "")
+    return (f"an NVIDIA GPU is present ({', '.join(gpus)}) but {info['backend']} does not "
+            f"see it, so this trains on the CPU: {fix}; then check that the driver supports "
+            "that CUDA version (`nvidia-smi` shows the highest it supports)")

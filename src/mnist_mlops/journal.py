@@ -280,8 +280,8 @@ class Journal:
 def log_keras_model(run_id: str, h5: Path, example: Path) -> str:
     """Log a saved .h5 Keras model to run `run_id` as an MLflow model; return its URI.
 
-    The MLflow model keeps the .h5 format (TensorFlow flavour) and the uint8 signature
-    of raw pixels, which `mlflow.pyfunc` serves and the registry points at."""
+    The MLflow model is mlflow_model.py's python-function model with the .h5 inside and
+    the uint8 signature of raw pixels: the same under every Keras backend (see there why)."""
     import keras
     import mlflow
     import numpy as np
@@ -289,23 +289,35 @@ def log_keras_model(run_id: str, h5: Path, example: Path) -> str:
     from mlflow.types import Schema, TensorSpec
 
     from mnist_mlops.config import INPUT_SHAPE, NUM_CLASSES
+    from mnist_mlops.predict import H5_ARTIFACT, MLFLOW_MODEL_CODE
 
-    if keras.backend.backend() != "tensorflow":
-        log.warning("MLflow tensorflow flavour needs the TensorFlow backend; .h5 artifact only")
-        return ""
-    import tensorflow as tf
-
-    model = keras.saving.load_model(h5, compile=False)
     sig = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *INPUT_SHAPE))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, NUM_CLASSES))]))
-    info = mlflow.tensorflow.log_model(
-        model, name="model", signature=sig, input_example=np.load(example), run_id=run_id,
-        keras_model_kwargs={"save_format": "h5"},
-        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
-                          f"mlflow=={mlflow.__version__}", "h5py"],
-    )
+    # Model.log is pyfunc.log_model with `run_id`: the delivery thread has no active run
+    info = mlflow.models.Model.log(
+        artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
+        python_model=str(MLFLOW_MODEL_CODE),
+        artifacts={H5_ARTIFACT: str(h5)}, signature=sig, input_example=np.load(example),
+        pip_requirements=[f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}",
+                          "h5py", *backend_requirements()])
     return info.model_uri
+
+
+def backend_requirements() -> list[str]:
+    """The Keras backend the model was trained with, pinned, for `mlflow models serve`."""
+    import importlib.metadata
+
+    import keras
+
+    package = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(
+        keras.backend.backend())
+    if package is None:
+        return []
+    try:
+        return [f"{package}=={importlib.metadata.version(package)}"]
+    except importlib.metadata.PackageNotFoundError:
+        return [package]
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:

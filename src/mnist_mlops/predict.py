@@ -16,6 +16,8 @@ from mnist_mlops.digits import IMAGE_SUFFIXES, ImageInputError, prepare
 from mnist_mlops.runtime import UserError
 
 log = logging.getLogger(__name__)
+MLFLOW_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # what each run logs
+H5_ARTIFACT = "keras_model"       # its .h5 inside, loaded here without running its code
 
 
 def load_keras_model(path: Path) -> Any:
@@ -49,6 +51,20 @@ def predict_proba(model: Any, images: np.ndarray, batch_size: int = 1024) -> np.
     return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
 
 
+def pipeline_h5(source: str, flavors: dict[str, Any]) -> Path | None:
+    """The .h5 inside an MLflow model this pipeline logged (mlflow_model.py), downloaded;
+    None for any other model."""
+    import mlflow
+
+    conf = flavors.get("python_function", {})
+    entry = (conf.get("artifacts") or {}).get(H5_ARTIFACT) or {}
+    path = entry.get("path", "")
+    if not path.endswith(".h5") or "tensorflow" in flavors:
+        return None
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+    return local / path
+
+
 class Predictor:
     """One interface over a Keras .h5 file and an MLflow pyfunc model: uint8 in, probs out."""
 
@@ -72,8 +88,12 @@ class Predictor:
                 flavors = mlflow.models.get_model_info(source).flavors
                 if source.startswith("models:/"):
                     self.about.update(registry_version(source))
-                if "tensorflow" in flavors:
+                h5 = pipeline_h5(source, flavors)
+                if h5 is not None:       # this pipeline's model: its .h5, no code run
+                    self._keras = load_keras_model(h5)
+                elif "tensorflow" in flavors:   # models logged by earlier versions
                     self._keras = mlflow.tensorflow.load_model(source)
+                if self._keras is not None:
                     self.about["architecture"] = self.about["architecture"] or self._keras.name
                 elif not trusted:
                     raise UserError(

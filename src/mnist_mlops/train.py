@@ -348,7 +348,9 @@ def train(params: Params, name: str) -> dict[str, Any]:
     y = data["y_train"][idx]
     data_digest = sha256_files([paths.dataset, paths.folds])
     device = backend.device_info()
-    log.info("%s on %s (%s)", name, device["device"], device["backend"])
+    log.info("%s trains on %s (Keras backend %s)", name, device["device"], device["backend"])
+    if (warning := backend.unused_gpu_warning(device)) is not None:
+        log.warning("%s", warning)
     fp = fingerprint(p, tp, data_digest)
     with open_checkpoint(paths.checkpoints, name, fp) as ckpt:
         journal = Journal(ckpt.dir, params.mlflow.resolved_tracking_uri(),

@@ -1,0 +1,59 @@
+"""GPU detection: `make setup` and the train stage's warning, on a machine whose
+`nvidia-smi` lists a GPU. No GPU exists here, so a stand-in `nvidia-smi` script prints
+what the real one prints; everything else is real (make, the Python functions)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mnist_mlops import backend
+
+from .conftest import ROOT
+
+LISTING = "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-5f1c2b9e-0000-0000-0000-000000000000)"
+
+
+@pytest.fixture
+def gpu_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    tool = tmp_path / "bin" / "nvidia-smi"
+    tool.parent.mkdir()
+    tool.write_text(f"#!/bin/sh\n[ \"$1\" = -L ] && echo '{LISTING}'\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tool.parent}{os.pathsep}{os.environ['PATH']}")
+    return tool.parent
+
+
+def test_make_setup_installs_the_gpu_extra_when_a_gpu_is_listed(gpu_machine: Path) -> None:
+    def planned(*args: str) -> str:
+        out = subprocess.run(["make", "-n", "-B", "setup", *args], cwd=ROOT, text=True,
+                             capture_output=True, check=True).stdout
+        return next(line for line in out.splitlines() if "-c requirements.lock" in line)
+
+    assert "'.[dev,gpu]'" in planned()
+    assert "'.[dev]'" in planned("GPU=")                       # opting out
+
+
+def test_without_a_gpu_make_setup_installs_dev_only(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}                # no nvidia-smi
+    out = subprocess.run(["make", "-n", "-B", "setup"], cwd=ROOT, env=env, text=True,
+                         capture_output=True, check=True).stdout
+    assert "'.[dev]'" in out and "gpu" not in out.split("-c requirements.lock")[1]
+
+
+def test_a_gpu_the_framework_cannot_use_is_a_warning_with_the_fix(gpu_machine: Path) -> None:
+    assert backend.nvidia_gpus() == ["NVIDIA H100 80GB HBM3"]
+    warning = backend.unused_gpu_warning({"device": "cpu:x86_64", "backend": "tensorflow"})
+    assert warning is not None and "NVIDIA H100 80GB HBM3" in warning
+    assert "pip install -e '.[gpu]'" in warning and "nvidia-smi" in warning
+    assert "jax[cuda12]" in backend.unused_gpu_warning({"device": "cpu", "backend": "jax"})
+    assert backend.unused_gpu_warning({"device": "gpu:H100", "backend": "tensorflow"}) is None
+
+
+def test_no_gpu_no_warning() -> None:
+    if backend.nvidia_gpus():
+        pytest.skip("this machine has a GPU")
+    assert backend.unused_gpu_warning({"device": "cpu", "backend": "tensorflow"}) is None
