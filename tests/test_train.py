@@ -202,6 +202,33 @@ def test_precision_and_xla_flags_train(tmp_path: Path, monkeypatch: pytest.Monke
     assert params[f"train.{flag}"] == "True"
 
 
+def test_steps_per_execution_leaves_fold_metrics_identical(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several train steps per backend call is the same arithmetic: in deterministic mode
+    every fold's history and best epoch are bit-identical (4 steps per fold epoch, 8 per
+    refit epoch at batch 32: with 3 per call, each epoch ends with a partial group)."""
+    import json
+
+    from mnist_mlops.train import train
+
+    results = {}
+    for spe in (1, 3):
+        root = tmp_path / f"spe{spe}"
+        root.mkdir()
+        write_tiny_project(root, steps_per_execution=spe)
+        monkeypatch.chdir(root)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        train(load_params(), "cnn_28_dense128")
+        histories = sorted((root / "reports" / "train" / "cnn_28_dense128" / "history").glob("*"))
+        cv = root / "reports" / "train" / "cnn_28_dense128" / "cv.json"
+        results[spe] = (json.loads(cv.read_text()),
+                        [h.read_text() for h in histories])
+        params = runs_of("cnn_28_dense128")["parent"][0].data.params
+        assert params["train.steps_per_execution"] == str(spe)
+    (cv1, hist1), (cv3, hist3) = results[1], results[3]
+    assert cv1["folds"] == cv3["folds"] and hist1 == hist3 and len(hist1) == 3
+
+
 def test_stage_log_is_the_projects_own_lines(tmp_path: Path) -> None:
     """No TensorFlow C++ lines or ANSI progress bars; progress per epoch; a closing summary.
     MNIST_MLOPS_VERBOSE=1 brings the library lines back."""

@@ -127,11 +127,13 @@ class TrainParams:
     max_epochs: int | None = None
     mixed_precision: bool = False
     xla: bool = False
+    steps_per_execution: int = 1   # train steps per backend call: same math, less overhead
     verbose: int = 2
 
     def __post_init__(self) -> None:
         if self.max_epochs is not None:
             _check(self.max_epochs >= 1, "train.max_epochs", "must be null or >= 1")
+        _check(self.steps_per_execution >= 1, "train.steps_per_execution", "must be >= 1")
         _check(self.verbose in (0, 1, 2), "train.verbose", "must be 0, 1 or 2")
 
 

@@ -175,11 +175,13 @@ def make_optimizer(p: ModelParams, total_steps: int | None = None
 
 
 def compile_model(model: keras.Model, p: ModelParams, *, jit_compile: bool | str = False,
-                  total_steps: int | None = None) -> keras.Model:
+                  total_steps: int | None = None, steps_per_execution: int = 1
+                  ) -> keras.Model:
     loss = ("categorical_crossentropy" if p.loss == "categorical"
             else "sparse_categorical_crossentropy")
     model.compile(optimizer=make_optimizer(p, total_steps), loss=loss,
-                  metrics=["accuracy"], jit_compile=jit_compile)
+                  metrics=["accuracy"], jit_compile=jit_compile,
+                  steps_per_execution=steps_per_execution)
     return model
 
 

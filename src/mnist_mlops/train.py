@@ -79,7 +79,8 @@ def new_model(p: ModelParams, tp: TrainParams, fit_index: int, n_train: int) -> 
 
     keras.utils.set_random_seed(tp.seed + 1000 * fit_index)
     steps = max(1, math.ceil(n_train / p.batch_size)) * p.effective_epochs(tp)
-    model = compile_model(build_model(p), p, jit_compile=tp.xla, total_steps=steps)
+    model = compile_model(build_model(p), p, jit_compile=tp.xla, total_steps=steps,
+                          steps_per_execution=tp.steps_per_execution)
     model.optimizer.build(model.trainable_variables)
     return model
 
