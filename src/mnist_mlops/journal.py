@@ -289,7 +289,7 @@ def log_keras_model(run_id: str, h5: Path, example: Path) -> str:
     from mlflow.types import Schema, TensorSpec
 
     from mnist_mlops.config import INPUT_SHAPE, NUM_CLASSES
-    from mnist_mlops.predict import H5_ARTIFACT, MLFLOW_MODEL_CODE
+    from mnist_mlops.tracking import H5_ARTIFACT, MLFLOW_MODEL_CODE
 
     sig = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *INPUT_SHAPE))]),

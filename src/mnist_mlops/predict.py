@@ -14,10 +14,9 @@ import numpy as np
 from mnist_mlops.config import INPUT_SHAPE, NUM_CLASSES, Params
 from mnist_mlops.digits import IMAGE_SUFFIXES, ImageInputError, prepare
 from mnist_mlops.runtime import UserError
+from mnist_mlops.tracking import H5_ARTIFACT
 
 log = logging.getLogger(__name__)
-MLFLOW_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # what each run logs
-H5_ARTIFACT = "keras_model"       # its .h5 inside, loaded here without running its code
 
 
 def load_keras_model(path: Path) -> Any:
