@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,52 @@ def test_no_gpu_no_warning() -> None:
     if backend.nvidia_gpus():
         pytest.skip("this machine has a GPU")
     assert backend.unused_gpu_warning({"device": "cpu", "backend": "tensorflow"}) is None
+
+
+@pytest.mark.slow
+def test_quick_pipeline_under_jax_registers_a_champion_pyfunc_serves(tmp_path: Path) -> None:
+    """The whole pipeline with KERAS_BACKEND=jax: train, MLflow model, evaluate, register,
+    then `mlflow.pyfunc` (under TensorFlow, here) and `predict` (under JAX) serve it."""
+    pytest.importorskip("jax")
+    import json
+
+    import mlflow
+    import numpy as np
+
+    from mnist_mlops.parse import load_dataset
+
+    from .conftest import run, synthetic_project
+
+    root, env = synthetic_project(tmp_path / "project", models=("cnn_32_64_64",))
+    env = {**env, "KERAS_BACKEND": "jax"}
+    out = run(["dvc", "repro"], root, env, timeout=900)
+    assert "(Keras backend jax)" in out.stdout + out.stderr
+    record = json.loads((root / "reports" / "registry.json").read_text())
+    assert record["promoted"] is True and record["champion"] == "1"
+
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    version = client.get_model_version_by_alias("mnist-digits", "champion")
+    run_tags = client.get_run(version.run_id).data.tags
+    assert run_tags["backend"] == "jax"
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.pyfunc.load_model("models:/mnist-digits@champion")
+    finally:
+        mlflow.set_tracking_uri(None)
+    data = load_dataset(root / "data" / "interim" / "mnist.npz")
+    x = data["x_test"][:20][..., None]
+    served = np.asarray(model.predict(x))
+    assert served.shape == (20, 10) and np.allclose(served.sum(axis=1), 1, atol=1e-4)
+    metrics = json.loads((root / "metrics" / "cnn_32_64_64.json").read_text())
+    assert (served.argmax(axis=1) == data["y_test"][:20]).mean() >= min(
+        1.0, metrics["test_accuracy"]) - 0.35               # the model evaluate scored
+
+    from PIL import Image
+
+    Image.fromarray(255 - data["x_test"][0]).resize((140, 140)).save(root / "digit.png")
+    cli = str(Path(sys.executable).parent / "mnist-mlops")
+    answer = json.loads(run([cli, "predict", "digit.png", "--json"], root,
+                            {**env, "MLFLOW_TRACKING_URI": uri}).stdout)
+    assert answer[0]["error"] is None and answer[0]["digit"] in range(10)
+    assert answer[0]["model"]["version"] == "1"          # the champion, read as Keras
