@@ -30,6 +30,60 @@ def configure(*, seed: int, deterministic: bool, mixed_precision: bool) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
 
 
+def data_parallel(batch_size: int) -> int:
+    """Split every batch across all devices when the JAX backend sees several (Keras
+    distribution API, `DataParallel`): the global batch stays the recipe's batch. Returns
+    the number of devices in use (1: no distribution). Other backends: one device."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        if len(_framework_gpus()) > 1:
+            log.warning("several GPUs, but data-parallel training needs the JAX backend "
+                        "(KERAS_BACKEND=jax, `pip install -e '.[jax]'`); using one")
+        return 1
+    import jax
+
+    devices = jax.devices()
+    if len(devices) < 2:
+        return 1
+    if batch_size % len(devices):
+        log.warning("batch size %d does not split over %d devices: training on one",
+                    batch_size, len(devices))
+        return 1
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    log.info("data parallel over %d %s devices: %d images per device per step",
+             len(devices), devices[0].platform, batch_size // len(devices))
+    return len(devices)
+
+
+def replicas() -> int:
+    """How many devices share each batch (see `data_parallel`)."""
+    import keras
+
+    dist = keras.distribution.distribution()
+    return int(dist.device_mesh.devices.size) if dist is not None else 1
+
+
+def evenly_split(n: int, batch_size: int, devices: int) -> int:
+    """How many of `n` images to use so that the last, partial batch also splits evenly
+    over the devices (at most devices - 1 are left out; 0 on one device)."""
+    return n - (n % batch_size) % devices
+
+
+def _framework_gpus() -> list[Any]:
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.config.list_physical_devices("GPU")
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return list(range(torch.cuda.device_count()))
+    return []
+
+
 def device_info() -> dict[str, Any]:
     """Backend, library versions and the accelerator (if any), for logging with each run."""
     import keras

@@ -128,6 +128,7 @@ class TrainParams:
     mixed_precision: bool = False
     xla: bool = False
     steps_per_execution: int = 1   # train steps per backend call: same math, less overhead
+    data_parallel: bool = True     # several accelerators (JAX backend): split every batch
     verbose: int = 2
 
     def __post_init__(self) -> None:

@@ -133,9 +133,13 @@ def fit(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray, *, key: s
     if prog.epochs_done:
         log.info("%s %s: resuming after epoch %d/%d", p.name, label, prog.epochs_done, epochs)
     yt = targets(y, p)
-    val_data = None if val is None else (val[0], targets(val[1], p))
+    devices = backend.replicas()      # data parallel: the last batch must split evenly too
+    val_data = None if val is None else tuple(
+        a[:backend.evenly_split(len(val[0]), p.batch_size, devices)]
+        for a in (val[0], targets(val[1], p)))
     for e in range(prog.epochs_done, epochs):
-        order = epoch_order(tp.seed, index, e, len(x))
+        order = epoch_order(tp.seed, index, e, len(x))[
+            :backend.evenly_split(len(x), p.batch_size, devices)]
         t0 = time.perf_counter()
         h = model.fit(x[order], yt[order], batch_size=p.batch_size, epochs=e + 1,
                       initial_epoch=e, validation_data=val_data, shuffle=False, verbose=0)
@@ -348,7 +352,9 @@ def train(params: Params, name: str) -> dict[str, Any]:
     x = data["x_train"][idx][..., None].astype("float32")
     y = data["y_train"][idx]
     data_digest = sha256_files([paths.dataset, paths.folds])
-    device = backend.device_info()
+    device = {**backend.device_info(),
+              "data_parallel_devices": backend.data_parallel(p.batch_size)
+              if tp.data_parallel else 1}
     log.info("%s trains on %s (Keras backend %s)", name, device["device"], device["backend"])
     if (warning := backend.unused_gpu_warning(device)) is not None:
         log.warning("%s", warning)
