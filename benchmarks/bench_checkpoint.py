@@ -31,7 +31,7 @@ from common import ROOT, header, median, mnist
 def overhead(model_name: str, n_train: int = 12000, epochs: int = 9) -> dict[str, float]:
     from mnist_mlops.checkpoint import Checkpoint, FitProgress
     from mnist_mlops.config import TrainParams, load_params
-    from mnist_mlops.train import epoch_order, new_model, targets
+    from mnist_mlops.models import epoch_order, new_model, targets
 
     data = mnist()
     x = data["x_train"][:n_train, ..., None].astype("float32")

@@ -1,4 +1,5 @@
-"""The six documented architectures (../shared/spec/architectures.md), layer for layer.
+"""The six documented architectures (../shared/spec/architectures.md), layer for layer, the
+project's own `cnn_bn_aug`, and how a fit's model and epochs are made from a recipe.
 
 Each model takes raw 0-255 pixels shaped (28, 28, 1): its tutorial's input scaling is a
 Rescaling layer inside the model, so the saved .h5 file is all serving needs. What params
@@ -9,13 +10,15 @@ JAX or PyTorch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers as L
 
-from mnist_mlops.config import INPUT_SHAPE, NUM_CLASSES, ModelParams
+from mnist_mlops.config import INPUT_SHAPE, NUM_CLASSES, ModelParams, TrainParams
 
 
 def _fc_1024_512(p: ModelParams) -> list[Any]:
@@ -192,3 +195,26 @@ def ensemble(members: list[keras.Model], name: str) -> keras.Model:
         m.name = f"{name}_fold{i}"
     out = L.Average(name="mean_softmax")([m(inp) for m in members])
     return keras.Model(inp, out, name=f"{name}_ensemble")
+
+
+def targets(labels: np.ndarray, p: ModelParams) -> np.ndarray:
+    """Integer labels for sparse loss, one-hot for categorical."""
+    return keras.utils.to_categorical(labels, NUM_CLASSES) if p.loss == "categorical" \
+        else labels
+
+
+def new_model(p: ModelParams, tp: TrainParams, fit_index: int, n_train: int) -> keras.Model:
+    """A compiled model whose initial weights depend only on the seed and the fit's index,
+    so a resumed stage builds exactly what an uninterrupted one would have. `n_train` sets
+    the length of a learning-rate schedule (steps per epoch x epochs)."""
+    keras.utils.set_random_seed(tp.seed + 1000 * fit_index)
+    steps = max(1, math.ceil(n_train / p.batch_size)) * p.effective_epochs(tp)
+    model = compile_model(build_model(p), p, jit_compile=tp.xla, total_steps=steps,
+                          steps_per_execution=tp.steps_per_execution)
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def epoch_order(seed: int, fit_index: int, epoch: int, n: int) -> np.ndarray:
+    """The shuffle of one epoch: a function of its number, not of the epochs before it."""
+    return np.random.default_rng([seed, fit_index, epoch]).permutation(n)

@@ -16,7 +16,6 @@ import argparse
 import csv
 import io
 import logging
-import math
 import os
 import shutil
 import sys
@@ -29,7 +28,7 @@ import numpy as np
 
 from mnist_mlops import backend, figures, tracking
 from mnist_mlops.checkpoint import Checkpoint, FitProgress, fingerprint, open_checkpoint
-from mnist_mlops.config import NUM_CLASSES, ModelParams, Params, TrainParams, load_params
+from mnist_mlops.config import ModelParams, Params, TrainParams, load_params
 from mnist_mlops.fsio import atomic_path, sha256_files, write_json_atomic, write_text_atomic
 from mnist_mlops.journal import Journal, short_reason
 from mnist_mlops.parse import load_dataset
@@ -59,35 +58,6 @@ class FitResult:
         return {"history": self.history, "best_epoch": self.best_epoch,
                 "val_accuracy": self.val_accuracy, "val_loss": self.val_loss,
                 "seconds": self.seconds}
-
-
-def targets(labels: np.ndarray, p: ModelParams) -> np.ndarray:
-    """Integer labels for sparse loss, one-hot for categorical."""
-    import keras
-
-    return keras.utils.to_categorical(labels, NUM_CLASSES) if p.loss == "categorical" \
-        else labels
-
-
-def new_model(p: ModelParams, tp: TrainParams, fit_index: int, n_train: int) -> keras.Model:
-    """A compiled model whose initial weights depend only on the seed and the fit's index,
-    so a resumed stage builds exactly what an uninterrupted one would have. `n_train` sets
-    the length of a learning-rate schedule (steps per epoch x epochs)."""
-    import keras
-
-    from mnist_mlops.models import build_model, compile_model
-
-    keras.utils.set_random_seed(tp.seed + 1000 * fit_index)
-    steps = max(1, math.ceil(n_train / p.batch_size)) * p.effective_epochs(tp)
-    model = compile_model(build_model(p), p, jit_compile=tp.xla, total_steps=steps,
-                          steps_per_execution=tp.steps_per_execution)
-    model.optimizer.build(model.trainable_variables)
-    return model
-
-
-def epoch_order(seed: int, fit_index: int, epoch: int, n: int) -> np.ndarray:
-    """The shuffle of one epoch: a function of its number, not of the epochs before it."""
-    return np.random.default_rng([seed, fit_index, epoch]).permutation(n)
 
 
 class Progress:
@@ -127,6 +97,8 @@ def fit(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray, *, key: s
         label: str, val: tuple[np.ndarray, np.ndarray] | None = None) -> FitResult:
     """Train one model epoch by epoch, checkpointing each; with `val`, keep the weights of
     the epoch with the lowest validation loss. Continues from the checkpoint if any."""
+    from mnist_mlops.models import epoch_order, new_model, targets
+
     model = new_model(p, tp, index, len(x))
     prog = (ckpt.load_progress(key, model) if ckpt else None) or FitProgress()
     epochs = p.effective_epochs(tp)
@@ -208,6 +180,8 @@ def cross_validate(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray
 
 def fold_model(p: ModelParams, tp: TrainParams, r: FitResult, ckpt: Checkpoint,
                key: str, index: int) -> keras.Model:
+    from mnist_mlops.models import new_model
+
     return r.model if r.model is not None else ckpt.load_done_weights(
         key, new_model(p, tp, index, n_train=0))  # only its weights are loaded
 

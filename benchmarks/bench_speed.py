@@ -1,0 +1,166 @@
+"""Training speed per model against the hardware's limit, on whatever device Keras uses.
+
+For each recipe (params.yaml `models:`): steady-epoch images/s of a plain `model.fit`
+(one call, Keras's own shuffling, steps_per_execution=1) and of the pipeline's loop
+(train.fit: one `fit` per epoch for bit-exact resume, `train.steps_per_execution`), the
+training FLOPs per image from the layer shapes (3x the forward pass), the fraction of the
+device's measured peak, and the projected training time of a full `dvc repro` (K folds of
+the recipe's epochs, with validation, plus the refit unless the recipe ships an ensemble).
+
+Needs only Keras, NumPy, PyYAML and a backend (no MLflow, DVC or TensorFlow), so it runs
+on an accelerator host as well:
+
+    python benchmarks/bench_speed.py                          # TensorFlow (default backend)
+    KERAS_BACKEND=jax python benchmarks/bench_speed.py        # JAX: CPU, or the GPU if any
+    python benchmarks/bench_speed.py --models lenet_28_50 --images 6000 --epochs 3
+
+Random pixels stand in for MNIST (speed does not depend on the values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))           # the package, installed or not
+
+
+def layer_flops(model) -> float:  # noqa: ANN001 (a Keras model)
+    """Forward-pass FLOPs per image: 2 x multiply-adds of every Conv2D and Dense layer."""
+    import keras
+
+    total = 0.0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):                 # an ensemble's members
+            total += layer_flops(layer)
+        elif isinstance(layer, keras.layers.Conv2D):
+            kh, kw = layer.kernel_size
+            _, h, w, c_out = layer.output.shape
+            c_in = layer.input.shape[-1]
+            total += 2.0 * h * w * c_out * kh * kw * c_in
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2.0 * layer.input.shape[-1] * layer.units
+    return total
+
+
+def peak_flops(seconds: float = 3.0) -> tuple[float, str]:
+    """The device's measured float32 matrix-multiply rate (FLOP/s) and what was measured."""
+    import keras
+    from keras import ops
+
+    n = 2048
+    a = ops.convert_to_tensor(np.random.default_rng(0).random((n, n), dtype=np.float32))
+    np.asarray(ops.matmul(a, a))                          # warm-up / compile
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        c = ops.matmul(a, a)
+        reps += 1
+    np.asarray(c)
+    dt = time.perf_counter() - t0
+    return 2.0 * n ** 3 * reps / dt, f"{keras.backend.backend()} float32 matmul {n}x{n}"
+
+
+def device_name() -> str:
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        d = jax.devices()[0]
+        return f"{d.platform}:{getattr(d, 'device_kind', d)} x{len(jax.devices())}"
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            return "gpu:" + tf.config.experimental.get_device_details(gpus[0]).get(
+                "device_name", gpus[0].name)
+    return f"cpu:{platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+def steady(times: list[float]) -> float:
+    """Median of the epochs after the first (which compiles)."""
+    rest = sorted(times[1:]) or times
+    return rest[len(rest) // 2]
+
+
+def measure(p, tp, n: int, epochs: int) -> dict[str, float]:  # noqa: ANN001
+    import keras
+
+    from mnist_mlops.models import build_model, compile_model, epoch_order, new_model, targets
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n, 28, 28, 1)).astype("float32")
+    y = targets(rng.integers(0, 10, n), p)
+
+    keras.utils.set_random_seed(0)
+    plain = compile_model(build_model(p), p, total_steps=math.ceil(n / p.batch_size) * epochs)
+    plain_times = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        plain.fit(x, y, batch_size=p.batch_size, epochs=1, shuffle=True, verbose=0)
+        plain_times.append(time.perf_counter() - t0)
+
+    model = new_model(p, tp, 0, n)
+    loop_times = []
+    for e in range(epochs):
+        order = epoch_order(tp.seed, 0, e, n)
+        t0 = time.perf_counter()
+        model.fit(x[order], y[order], batch_size=p.batch_size, epochs=e + 1, initial_epoch=e,
+                  shuffle=False, verbose=0)
+        loop_times.append(time.perf_counter() - t0)
+    return {"plain": n / steady(plain_times), "loop": n / steady(loop_times),
+            "flops": 3.0 * layer_flops(model)}
+
+
+def projected_s(p, tp, folds: int, images_per_s: float, n_train: int = 60000) -> float:  # noqa: ANN001
+    """Training time of `dvc repro train@<model>` at this speed (evaluation ~1/3 of a step)."""
+    epochs = p.effective_epochs(tp)
+    per_fold = n_train * (folds - 1) / folds + n_train / folds / 3
+    refit = 0 if p.final_model(tp) == "ensemble" else n_train
+    return epochs * (folds * per_fold + refit) / images_per_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="*", help="default: every model in params.yaml")
+    ap.add_argument("--images", type=int, default=12000, help="images per epoch")
+    ap.add_argument("--epochs", type=int, default=4, help="epochs per measurement")
+    args = ap.parse_args()
+
+    import keras
+
+    from mnist_mlops.config import load_params
+
+    params = load_params(ROOT / "params.yaml")
+    tp = params.train
+    peak, what = peak_flops()
+    print(f"device {device_name()}, Keras {keras.__version__} on {keras.backend.backend()}, "
+          f"steps_per_execution {tp.steps_per_execution}; peak {peak / 1e9:.0f} GFLOP/s "
+          f"({what}); {args.images} images x {args.epochs} epochs, median of the steady ones")
+    print("| model | batch | train MFLOP/image | plain fit img/s | pipeline img/s | "
+          "pipeline GFLOP/s | of peak | projected `dvc repro` training |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    total = 0.0
+    for name in args.models or list(params.models):
+        p = params.models[name]
+        r = measure(p, tp, args.images, args.epochs)
+        rate = r["loop"] * r["flops"]
+        proj = projected_s(p, tp, params.preprocess.folds, r["loop"])
+        total += proj
+        print(f"| {name} | {p.batch_size} | {r['flops'] / 1e6:.1f} | {r['plain']:,.0f} | "
+              f"{r['loop']:,.0f} | {rate / 1e9:.1f} | {rate / peak:.0%} | "
+              f"{proj / 60:.1f} min |", flush=True)
+    print(f"\nprojected training time of the whole `dvc repro`: {total / 60:.0f} min")
+
+
+if __name__ == "__main__":
+    main()
