@@ -95,3 +95,10 @@ def test_worse_on_the_real_world_set_is_refused() -> None:
 def test_without_a_local_test_set_the_gate_says_what_it_skipped() -> None:
     d = decide(cand("2", 0.9930), cand("1", 0.9910), GATE, Evidence(missing="no data"))
     assert d.promote and "paired test not run: no data" in d.reason
+
+
+def test_a_version_without_a_recorded_accuracy_is_never_promoted() -> None:
+    nan = float("nan")
+    assert not decide(cand("2", nan), None, GATE).promote
+    d = decide(cand("2", 0.995), cand("1", nan), GATE, Evidence(missing="no data"))
+    assert not d.promote and "does not beat" in d.reason

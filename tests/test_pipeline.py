@@ -112,8 +112,11 @@ def test_registry_one_version_per_model_and_one_champion(project: Path) -> None:
     assert sorted(v.tags["model_name"] for v in versions) == sorted(MODELS)
     aliases = client.get_registered_model(REG).aliases  # one version per alias, by design
     assert set(aliases) == {"champion", "challenger"}
-    best = max(versions, key=lambda v: float(v.tags["test_accuracy"]))
+    # the challenger is chosen by CV accuracy; the test set then judges it
+    best = max(versions, key=lambda v: float(v.tags["cv_val_accuracy_mean"]))
     assert str(aliases["champion"]) == str(best.version) == str(aliases["challenger"])
+    others = [v for v in versions if str(v.version) != str(best.version)]
+    assert all(v.tags["gate_decision"].startswith("not the challenger") for v in others)
     for v in versions:
         assert {"architecture", "test_accuracy", "cv_val_accuracy_mean", "cv_val_accuracy_std",
                 "data_sha256", "git_commit"} <= set(v.tags)
@@ -206,6 +209,7 @@ def test_cli_compare_promote_rollback(project: Path) -> None:
     assert champion() == worst_v and "(forced)" in forced.stdout
     record = assert_record_matches_aliases(project)
     assert record["action"] == "promote" and record["forced"] is True
+    assert record["promoted"] is True and record["gate_passed"] is False
     assert client.get_model_version(REG, worst_v).tags["gate_decision"].startswith(
         "forced by hand against the gate: test accuracy")
 
@@ -221,6 +225,8 @@ def test_cli_compare_promote_rollback(project: Path) -> None:
     tags = client.get_model_version(REG, champ).tags
     assert tags["gate_discordant"] == f"{paired['better']}/{paired['worse']}"
 
+    again = run([*cli, "promote", "--version", champ], project, env, check=False)
+    assert again.returncode == 2 and "already" in again.stderr
     run([*cli, "rollback"], project, env)
     record = assert_record_matches_aliases(project)
     assert champion() == worst_v and record["action"] == "rollback"

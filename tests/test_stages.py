@@ -15,7 +15,8 @@ PACKAGE = ROOT / "src" / "mnist_mlops"
 
 def package_imports(module: str) -> set[str]:
     """The package's modules that `module` imports, transitively (function-level imports
-    included: they run too)."""
+    included: they run too), and those it ships by path (`with_name("x.py")`, such as the
+    MLflow model's loader file)."""
     seen: set[str] = set()
     todo = [module]
     while todo:
@@ -30,6 +31,9 @@ def package_imports(module: str) -> set[str]:
                     todo += [a.name for a in node.names]
                 elif node.module.startswith("mnist_mlops."):
                     todo.append(node.module.split(".")[1])
+            elif (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "with_name"
+                  and node.args and isinstance(node.args[0], ast.Constant)):
+                todo.append(str(node.args[0].value).removesuffix(".py"))  # a file it ships
             elif isinstance(node, ast.Import):
                 todo += [a.name.split(".")[1] for a in node.names
                          if a.name.startswith("mnist_mlops.")]

@@ -36,6 +36,7 @@ def data_parallel(batch_size: int) -> int:
     the number of devices in use (1: no distribution). Other backends: one device."""
     import keras
 
+    keras.distribution.set_distribution(None)     # nothing left over from an earlier call
     if keras.backend.backend() != "jax":
         if len(_framework_gpus()) > 1:
             log.warning("several GPUs, but data-parallel training needs the JAX backend "

@@ -12,6 +12,7 @@ predictions.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from math import comb
@@ -27,6 +28,7 @@ class Candidate:
     version: str
     model: str
     test_accuracy: float
+    cv_accuracy: float = float("nan")   # how the challenger is chosen among new versions
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ def decide(challenger: Candidate, champion: Candidate | None, gate: RegisterPara
     why. Without paired evidence (no local test set) only floor and margin apply."""
     ev = evidence or Evidence()
     acc = challenger.test_accuracy
+    if not math.isfinite(acc):
+        return Decision(False, f"v{challenger.version} has no recorded test accuracy", ev)
     if acc < gate.floor:
         return Decision(False, f"test accuracy {acc:.4f} is below the floor {gate.floor:.4f}",
                         ev)
@@ -92,7 +96,7 @@ def decide(challenger: Candidate, champion: Candidate | None, gate: RegisterPara
         return Decision(False, f"v{challenger.version} is already the champion", ev)
     versus = f"champion v{champion.version} ({champion.test_accuracy:.4f})"
     needed = champion.test_accuracy + gate.margin
-    if acc < needed:
+    if not acc >= needed:         # also refuses against a champion with no recorded accuracy
         return Decision(False, f"test accuracy {acc:.4f} does not beat {versus} by the margin "
                                f"{gate.margin:.4f} (needs {needed:.4f})", ev)
     reasons = [f"test accuracy {acc:.4f} beats {versus} by at least {gate.margin:.4f}"]

@@ -22,6 +22,13 @@ class KerasH5Model(PythonModel):
     """uint8 (n, 28, 28, 1) raw pixels in, float32 (n, 10) class probabilities out."""
 
     def load_context(self, context):  # noqa: ANN001, ANN201 (MLflow reads the hints)
+        import os
+
+        # the backend it was trained with (and pinned in requirements.txt), unless the
+        # environment chooses one: a fresh serving environment may have only that one
+        backend = (context.model_config or {}).get("keras_backend")
+        if backend:
+            os.environ.setdefault("KERAS_BACKEND", backend)
         import keras
 
         (h5,) = context.artifacts.values()          # the one artifact: the .h5

@@ -60,8 +60,11 @@ def pipeline_h5(source: str, flavors: dict[str, Any]) -> Path | None:
     path = entry.get("path", "")
     if not path.endswith(".h5") or "tensorflow" in flavors:
         return None
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
-    return local / path
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source)).resolve()
+    h5 = (local / path).resolve()
+    if not h5.is_relative_to(local):
+        raise UserError(f"{source}: its MLmodel points outside the model ({path}); refused")
+    return h5
 
 
 class Predictor:

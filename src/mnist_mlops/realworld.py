@@ -114,8 +114,9 @@ def labelled_files(folder: Path) -> list[tuple[Path, int]]:
     except a picture outside a digit folder, which is a mistake worth stopping for."""
     files = []
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
+        hidden = any(part.startswith((".", "__")) for part in path.relative_to(folder).parts)
+        if hidden or not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue      # also macOS's ._name and __MACOSX/ companions
         label = path.relative_to(folder).parts[0]
         if len(path.relative_to(folder).parts) != 2 or label not in map(str, range(10)):
             raise UserError(f"{path}: labelled pictures go in {folder}/<digit>/ (0-9), e.g. "
@@ -198,10 +199,15 @@ def build(params: Params) -> RealworldSet:
 
 
 def main() -> None:
-    params = load_params()
     import shutil
 
-    shutil.rmtree(params.paths.realworld, ignore_errors=True)   # no stale pictures
+    params = load_params()
+    out, paths = params.paths.realworld.resolve(), params.paths
+    for keep in (paths.user_digits, paths.dataset, paths.raw):
+        if keep.resolve() == out or keep.resolve().is_relative_to(out):
+            raise UserError(f"paths.realworld ({paths.realworld}) holds {keep}: it is rebuilt "
+                            "from scratch, so point it at a folder of its own")
+    shutil.rmtree(out, ignore_errors=True)   # no stale pictures
     build(params)
 
 

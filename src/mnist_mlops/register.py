@@ -137,7 +137,10 @@ def _register(params: Params) -> dict[str, Any]:
                                        "mnist-mlops pipeline; @champion serves.")
     found = {name: ensure_version(client, params, name) for name in params.models}
     versions = {name: v for name, (v, _) in found.items()}
-    new = [registry.candidate(client, reg, v) for v, is_new in found.values() if is_new]
+    # every version not yet judged, not only those registered now: a register that died
+    # after registering (an outage, a kill) has its versions judged by the next one
+    new = [registry.candidate(client, reg, v) for v in versions.values()
+           if "gate_decision" not in client.get_model_version(reg, v).tags]
     champ_v = registry.alias_version(client, reg, registry.CHAMPION)
     facts: dict[str, Any] = {
         "versions": versions, "new_versions": [c.version for c in new],
@@ -147,17 +150,28 @@ def _register(params: Params) -> dict[str, Any]:
         log.info("%s: %s", reg, reason)
         return registry.write_record(client, reg, params.paths.registry, "register",
                                      **facts, candidate=None, promoted=False, reason=reason)
-    best = max(new, key=lambda c: (c.test_accuracy, -int(c.version)))
-    client.set_registered_model_alias(reg, registry.CHALLENGER, best.version)
+    # chosen by cross-validation, so the test set judges it without having picked it
+    def rank(c: gate.Candidate) -> tuple[float, float, int]:
+        finite = [v if v == v else -1.0 for v in (c.cv_accuracy, c.test_accuracy)]  # NaN last
+        return finite[0], finite[1], -int(c.version)
+
+    best = max(new, key=rank)
     decision = judge(client, params, best.version)
+    client.set_registered_model_alias(reg, registry.CHALLENGER, best.version)
     if decision.promote:
         registry.set_champion(client, reg, best.version)
     tag_decision(client, reg, best.version, decision,
                  "promoted" if decision.promote else "refused")
+    for c in new:
+        if c.version != best.version:     # judged too: not the best new version by CV
+            client.set_model_version_tag(reg, c.version, "gate_decision",
+                                         f"not the challenger: v{best.version} ({best.model}) "
+                                         "had the best CV accuracy of this run")
     log.info("%s: challenger v%s (%s); %s: %s", reg, best.version, best.model,
              "promoted" if decision.promote else "champion kept", decision.reason)
     return registry.write_record(client, reg, params.paths.registry, "register", **facts,
-                                 candidate=best.version, **decision.record())
+                                 candidate=best.version, gate_passed=decision.promote,
+                                 **decision.record())
 
 
 def promote(params: Params, version: str, force: bool = False) -> dict[str, Any]:
@@ -170,6 +184,8 @@ def promote(params: Params, version: str, force: bool = False) -> dict[str, Any]
         client = MlflowClient()
         registry.require_version(client, reg, version)
         previous = registry.alias_version(client, reg, registry.CHAMPION)
+        if previous == version:
+            raise UserError(f"v{version} is already {reg}@champion; nothing to do")
         decision = judge(client, params, version)
         if not decision.promote and not force:
             raise UserError(f"not promoting v{version}: {decision.reason}. Pass --force to "
@@ -183,7 +199,8 @@ def promote(params: Params, version: str, force: bool = False) -> dict[str, Any]
         return registry.write_record(client, reg, params.paths.registry, "promote",
                                      previous_champion=previous, candidate=version,
                                      gate=asdict(params.register),
-                                     forced=not decision.promote, **decision.record())
+                                     **{**decision.record(), "promoted": True},
+                                     gate_passed=decision.promote, forced=not decision.promote)
 
 
 def rollback(params: Params) -> dict[str, Any]:

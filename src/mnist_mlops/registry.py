@@ -27,7 +27,8 @@ HISTORY_TAG = "champion_history"
 def candidate(client: MlflowClient, name: str, version: str) -> Candidate:
     mv = client.get_model_version(name, version)
     return Candidate(str(mv.version), mv.tags.get("model_name", "?"),
-                     float(mv.tags.get("test_accuracy", "nan")))
+                     float(mv.tags.get("test_accuracy", "nan")),
+                     float(mv.tags.get("cv_val_accuracy_mean", "nan")))
 
 
 def _describe(client: MlflowClient, name: str, version: str | None) -> dict[str, Any] | None:
