@@ -13,6 +13,7 @@ on an accelerator host as well:
     python benchmarks/bench_speed.py                          # TensorFlow (default backend)
     KERAS_BACKEND=jax python benchmarks/bench_speed.py        # JAX: CPU, or the GPU if any
     python benchmarks/bench_speed.py --models lenet_28_50 --images 6000 --epochs 3
+    python benchmarks/bench_speed.py --steps-per-execution 16
 
 Random pixels stand in for MNIST (speed does not depend on the values).
 """
@@ -134,6 +135,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", help="default: every model in params.yaml")
     ap.add_argument("--images", type=int, default=12000, help="images per epoch")
     ap.add_argument("--epochs", type=int, default=4, help="epochs per measurement")
+    ap.add_argument("--steps-per-execution", type=int,
+                    help="override train.steps_per_execution for the pipeline's loop")
     args = ap.parse_args()
 
     import keras
@@ -142,6 +145,10 @@ def main() -> None:
 
     params = load_params(ROOT / "params.yaml")
     tp = params.train
+    if args.steps_per_execution:
+        import dataclasses
+
+        tp = dataclasses.replace(tp, steps_per_execution=args.steps_per_execution)
     peak, what = peak_flops()
     print(f"device {device_name()}, Keras {keras.__version__} on {keras.backend.backend()}, "
           f"steps_per_execution {tp.steps_per_execution}; peak {peak / 1e9:.0f} GFLOP/s "
