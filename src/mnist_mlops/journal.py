@@ -297,8 +297,8 @@ def log_keras_model(run_id: str, h5: Path, example: Path) -> str:
     # Model.log is pyfunc.log_model with `run_id`: the delivery thread has no active run
     info = mlflow.models.Model.log(
         artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
-        python_model=str(MLFLOW_MODEL_CODE),
-        artifacts={H5_ARTIFACT: str(h5)}, signature=sig, input_example=np.load(example),
+        python_model=str(MLFLOW_MODEL_CODE), artifacts={H5_ARTIFACT: str(h5)},
+        signature=sig, input_example=np.load(example),
         model_config={"keras_backend": keras.backend.backend()},
         pip_requirements=[f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}",
                           "h5py", *backend_requirements()])

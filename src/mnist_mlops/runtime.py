@@ -19,6 +19,7 @@ import re
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,10 @@ VERBOSE_ENV = "MNIST_MLOPS_VERBOSE"   # 1: keep every library's log lines (debug
 NATIVE_NOISE = re.compile(
     rb"^(?:[IWEF]\d{4} [\d:.]+\s+\d+ [\w./-]+:\d+\]|WARNING: All log messages before "
     rb"absl::InitializeLog|To enable the following instructions:)")
+# MLflow's advice to add type hints to the logged model's predict(), which takes tensors
+QUIET_WARNINGS = re.compile(r"type hints to the `predict` method")
 NOISY_LOGGERS = ("absl", "tensorflow", "h5py", "urllib3.connectionpool", "mlflow.models",
-                 "mlflow.tensorflow", "mlflow.utils.environment")
+                 "mlflow.tensorflow", "mlflow.utils.environment", "mlflow.pyfunc")
 
 
 class UserError(Exception):
@@ -59,7 +62,21 @@ def configure_logging(level: int = logging.INFO) -> None:
     # retry of an unreachable tracking server) hides the pipeline's own lines.
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # MLflow's artifact progress bars: raw ANSI codes in a log
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    warnings.showwarning = _show_useful_warnings
     quiet_native_stderr()
+
+
+_show_warning = warnings.showwarning
+
+
+def _show_useful_warnings(message: Warning | str, category: type[Warning], filename: str,
+                          lineno: int, file: Any = None, line: str | None = None) -> None:
+    """Every warning but QUIET_WARNINGS. (MLflow turns its warnings on with "always"
+    filters of its own, so a filter here would not hold.)"""
+    if not QUIET_WARNINGS.search(str(message)):
+        _show_warning(message, category, filename, lineno, file, line)
 
 
 _pump: threading.Thread | None = None
