@@ -27,14 +27,21 @@ def test_queued_experiments_run_in_parallel_on_the_project_store(tmp_path: Path)
     for lr in ("0.002", "0.0005"):
         run(["dvc", "exp", "run", "--queue", "-S", f"models.{MODEL}.learning_rate={lr}"],
             root, env)
-    run(["dvc", "queue", "start", "-j", "2"], root, env)
-    deadline = time.monotonic() + 900
-    while True:
-        status = run(["dvc", "queue", "status"], root, env).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(5)
+    # the queue's workers outlive `dvc queue start`: not on our pipes, or capturing its
+    # output would wait for them; stopped at the end whatever happens
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=root, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    try:
+        deadline = time.monotonic() + 900
+        while True:
+            status = run(["dvc", "queue", "status"], root, env).stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(5)
+    finally:
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=root, env=env, timeout=120,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert status.count("Success") == 2, status + run(["dvc", "queue", "logs", "-h"], root,
                                                       env, check=False).stdout
 

@@ -23,11 +23,14 @@ class KerasH5Model(PythonModel):
 
     def load_context(self, context):  # noqa: ANN001, ANN201 (MLflow reads the hints)
         import os
+        import sys
 
         # the backend it was trained with (and pinned in requirements.txt), unless the
-        # environment chooses one: a fresh serving environment may have only that one
+        # environment chooses one: a fresh serving environment may have only that one.
+        # Only before Keras is imported: a process that already runs Keras keeps its own
+        # backend, and its environment (inherited by its children) is left alone.
         backend = (context.model_config or {}).get("keras_backend")
-        if backend:
+        if backend and "keras" not in sys.modules:
             os.environ.setdefault("KERAS_BACKEND", backend)
         import keras
 
