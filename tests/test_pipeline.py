@@ -56,18 +56,21 @@ def test_outputs_of_every_stage(project: Path) -> None:
         "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"])
     folds = (project / "data" / "processed" / "folds.csv").read_text().splitlines()
     assert len(folds) == 1 + 1000
+    accuracies = []
     for m in MODELS:
         assert (project / "models" / f"{m}.h5").is_file()
         metrics = json.loads((project / "metrics" / f"{m}.json").read_text())
-        # BatchNorm's moving averages (cnn_bn_aug) need more than a quick run's few steps
-        low = 0.0 if m in ENSEMBLES else 0.1
-        assert low < metrics["test_accuracy"] <= 1 and low < metrics["cv_val_accuracy_mean"] <= 1
+        # one quick epoch is a single step for some recipes (batch 512) and too few for
+        # BatchNorm's moving averages (cnn_bn_aug): those may stay at chance level
+        assert 0 < metrics["test_accuracy"] <= 1 and 0 < metrics["cv_val_accuracy_mean"] <= 1
+        accuracies.append(metrics["test_accuracy"])
         assert not any(k.startswith("infer_") for k in metrics)   # timings kept out of diffs
         speed = json.loads((project / "reports" / "evaluate" / m / "speed.json").read_text())
         assert speed["infer_images_per_s"] > 0
         assert (project / "reports" / "evaluate" / m / "confusion.png").is_file()
         assert 0 < metrics["realworld_accuracy"] <= 1
         assert ("test_accuracy_member_mean" in metrics) is (m in ENSEMBLES)
+    assert max(accuracies) > 0.5                     # the quick profile does learn
     photos = list((project / "data" / "realworld" / "generated").rglob("*.png"))
     assert len(photos) == 1000
     decision = json.loads((project / "reports" / "registry.json").read_text())
