@@ -21,6 +21,7 @@ Random pixels stand in for MNIST (speed does not depend on the values).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import platform
@@ -137,21 +138,26 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4, help="epochs per measurement")
     ap.add_argument("--steps-per-execution", type=int,
                     help="override train.steps_per_execution for the pipeline's loop")
+    ap.add_argument("--xla", choices=["auto", "true", "false"],
+                    help="override train.xla (compile the train step) for the pipeline's loop")
     args = ap.parse_args()
 
     import keras
 
+    from mnist_mlops.backend import jit_compile
     from mnist_mlops.config import load_params
 
     params = load_params(ROOT / "params.yaml")
     tp = params.train
     if args.steps_per_execution:
-        import dataclasses
-
         tp = dataclasses.replace(tp, steps_per_execution=args.steps_per_execution)
+    if args.xla:
+        tp = dataclasses.replace(tp, xla=args.xla if args.xla == "auto" else args.xla == "true")
     peak, what = peak_flops()
     print(f"device {device_name()}, Keras {keras.__version__} on {keras.backend.backend()}, "
-          f"steps_per_execution {tp.steps_per_execution}; peak {peak / 1e9:.0f} GFLOP/s "
+          f"steps_per_execution {tp.steps_per_execution}, "
+          f"xla {tp.xla} ({'on' if jit_compile(tp.xla, tp.deterministic) else 'off'}); "
+          f"peak {peak / 1e9:.0f} GFLOP/s "
           f"({what}); {args.images} images x {args.epochs} epochs, median of the steady ones")
     print("| model | batch | train MFLOP/image | plain fit img/s | pipeline img/s | "
           "pipeline GFLOP/s | of peak | projected `dvc repro` training |")

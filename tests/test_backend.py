@@ -60,6 +60,26 @@ def test_no_gpu_no_warning() -> None:
     assert backend.unused_gpu_warning({"device": "cpu", "backend": "tensorflow"}) is None
 
 
+JIT_AUTO = "from mnist_mlops import backend; print(backend.jit_compile('auto'))"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("keras_backend", "compiled"), [("jax", "True"),
+                                                         ("tensorflow", "False")])
+def test_xla_auto_compiles_the_train_step_under_jax_only(keras_backend: str,
+                                                         compiled: str) -> None:
+    """Uncompiled, a JAX train step runs op by op from Python (several times slower); the
+    TensorFlow default stays the tested graph mode."""
+    if keras_backend == "jax":
+        pytest.importorskip("jax")
+    from .conftest import tool_env
+
+    out = subprocess.run([sys.executable, "-c", JIT_AUTO], capture_output=True, text=True,
+                         env=tool_env(KERAS_BACKEND=keras_backend), timeout=120, check=True)
+    assert out.stdout.strip() == compiled
+    assert backend.jit_compile(True) is True and backend.jit_compile(False) is False
+
+
 @pytest.mark.slow
 def test_quick_pipeline_under_jax_registers_a_champion_pyfunc_serves(tmp_path: Path) -> None:
     """The whole pipeline with KERAS_BACKEND=jax: train, MLflow model, evaluate, register,
@@ -77,7 +97,7 @@ def test_quick_pipeline_under_jax_registers_a_champion_pyfunc_serves(tmp_path: P
     root, env = synthetic_project(tmp_path / "project", models=("cnn_32_64_64",))
     env = {**env, "KERAS_BACKEND": "jax"}
     out = run(["dvc", "repro"], root, env, timeout=900)
-    assert "(Keras backend jax)" in out.stdout + out.stderr
+    assert "(Keras backend jax, XLA on)" in out.stdout + out.stderr
     record = json.loads((root / "reports" / "registry.json").read_text())
     assert record["promoted"] is True and record["champion"] == "1"
 

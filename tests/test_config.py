@@ -52,6 +52,8 @@ def test_repo_params_load_and_cover_the_six_models_and_the_projects_own() -> Non
     ("preprocess.folds", 1, "preprocess.folds"),
     ("train.final", "average", "train.final"),
     ("train.deterministic", "yes", "must be true or false"),
+    ("train.xla", "on", "train.xla is 'on'; expected one of 'auto', True, False"),
+    ("train.xla", 1, "train.xla is 1"),               # YAML 1 is not true
     ("download.files", {"x.gz": "abc"}, "download.files.x.gz"),
     ("bogus", 1, "unknown top-level key 'bogus'"),
 ])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import subprocess
@@ -188,11 +189,13 @@ def test_against_a_real_mlflow_server(tmp_path: Path, mlflow_server: MlflowServe
 @pytest.mark.parametrize("flag", ["mixed_precision", "xla"])
 def test_precision_and_xla_flags_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        flag: str) -> None:
+    """Each flag really takes effect: XLA under TensorFlow needs non-deterministic ops."""
     import keras
 
     from mnist_mlops.train import train
 
-    write_tiny_project(tmp_path, **{flag: True, "final": "best_fold"})
+    write_tiny_project(tmp_path, **{flag: True, "final": "best_fold"},
+                       **({"deterministic": False} if flag == "xla" else {}))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     try:
@@ -202,8 +205,23 @@ def test_precision_and_xla_flags_train(tmp_path: Path, monkeypatch: pytest.Monke
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert summary["cv_val_accuracy_mean"] > 0.3
-    params = runs_of("cnn_28_dense128")["parent"][0].data.params
-    assert params[f"train.{flag}"] == "True"
+    parent = runs_of("cnn_28_dense128")["parent"][0].data
+    assert parent.params[f"train.{flag}"] == "True"
+    assert parent.tags["jit_compile"] == str(flag == "xla")
+    params = load_params()
+    from mnist_mlops.models import new_model
+
+    model = new_model(params.model("cnn_28_dense128"), params.train, 0, 240)
+    assert model.jit_compile is (flag == "xla")       # Keras did not turn it off
+
+
+def test_xla_with_deterministic_tensorflow_ops_says_it_stays_off(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from mnist_mlops import backend
+
+    with caplog.at_level(logging.WARNING):
+        assert backend.jit_compile(True, deterministic=True) is False
+    assert "set train.deterministic: false" in caplog.text
 
 
 def test_steps_per_execution_leaves_fold_metrics_identical(

@@ -6,6 +6,7 @@ confined to this module and happen only when a function here is called.
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import shutil
@@ -23,11 +24,41 @@ def configure(*, seed: int, deterministic: bool, mixed_precision: bool) -> None:
     # example, go to logging instead, which a stage keeps quiet (runtime.configure_logging).
     keras.config.disable_interactive_logging()
     keras.utils.set_random_seed(seed)
-    if deterministic and keras.backend.backend() == "tensorflow":
+    if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        tf.config.experimental.enable_op_determinism()
+        if deterministic:
+            tf.config.experimental.enable_op_determinism()
+        else:      # process-wide: undo an earlier call (tests, notebooks); no public API
+            from tensorflow.python.framework import config as tf_config
+
+            getattr(tf_config, "disable_op_determinism", lambda: None)()
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    """Say it once per process, not once per fit."""
+    log.warning("%s", message)
+
+
+def jit_compile(setting: bool | str, deterministic: bool = False) -> bool:
+    """`train.xla` made concrete. "auto" compiles under JAX, where an uncompiled step runs
+    op by op from Python (2-5x slower on the CPU here), and not under TensorFlow or PyTorch,
+    whose graph and eager modes are the tested default. TensorFlow's deterministic ops
+    exclude XLA (Keras turns it off: not every op has a deterministic XLA kernel), so
+    `true` there needs `train.deterministic: false`."""
+    import keras
+
+    name = keras.backend.backend()
+    if setting == "auto":
+        return name == "jax"
+    if setting and deterministic and name == "tensorflow":
+        _warn_once("train.xla: true has no effect under TensorFlow with "
+                   "train.deterministic: true (deterministic ops exclude XLA); set "
+                   "train.deterministic: false to compile the train step")
+        return False
+    return bool(setting)
 
 
 def data_parallel(batch_size: int) -> int:

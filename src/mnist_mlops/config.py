@@ -30,6 +30,7 @@ Activation = Literal["relu", "linear", "tanh", "sigmoid", "elu", "gelu"]
 FoldStrategy = Literal["stratified", "contiguous"]
 FinalModel = Literal["refit", "best_fold", "ensemble"]
 LrSchedule = Literal["constant", "cosine"]
+JitCompile = Literal["auto", True, False]
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class TrainParams:
     final: FinalModel = "refit"
     max_epochs: int | None = None
     mixed_precision: bool = False
-    xla: bool = False
+    xla: JitCompile = "auto"      # compile train steps: "auto" = Keras's choice per backend
     steps_per_execution: int = 1   # train steps per backend call: same math, less overhead
     data_parallel: bool = True     # several accelerators (JAX backend): split every batch
     verbose: int = 2
@@ -266,7 +267,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is Literal:
-        if value not in args:
+        if not any(type(value) is type(a) and value == a for a in args):   # 1 is not True
             allowed = ", ".join(repr(a) for a in args)
             raise ConfigError(f"params: {key} is {value!r}; expected one of {allowed}")
         return value

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 from keras import layers as L
 
+from mnist_mlops import backend
 from mnist_mlops.config import INPUT_SHAPE, NUM_CLASSES, ModelParams, TrainParams
 
 
@@ -177,7 +178,7 @@ def make_optimizer(p: ModelParams, total_steps: int | None = None
     return classes[p.optimizer](learning_rate=lr)
 
 
-def compile_model(model: keras.Model, p: ModelParams, *, jit_compile: bool | str = False,
+def compile_model(model: keras.Model, p: ModelParams, *, jit_compile: bool | str = "auto",
                   total_steps: int | None = None, steps_per_execution: int = 1
                   ) -> keras.Model:
     loss = ("categorical_crossentropy" if p.loss == "categorical"
@@ -209,8 +210,9 @@ def new_model(p: ModelParams, tp: TrainParams, fit_index: int, n_train: int) -> 
     the length of a learning-rate schedule (steps per epoch x epochs)."""
     keras.utils.set_random_seed(tp.seed + 1000 * fit_index)
     steps = max(1, math.ceil(n_train / p.batch_size)) * p.effective_epochs(tp)
-    model = compile_model(build_model(p), p, jit_compile=tp.xla, total_steps=steps,
-                          steps_per_execution=tp.steps_per_execution)
+    model = compile_model(build_model(p), p,
+                          jit_compile=backend.jit_compile(tp.xla, tp.deterministic),
+                          total_steps=steps, steps_per_execution=tp.steps_per_execution)
     model.optimizer.build(model.trainable_variables)
     return model
 

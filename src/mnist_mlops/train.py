@@ -328,8 +328,10 @@ def train(params: Params, name: str) -> dict[str, Any]:
     data_digest = sha256_files([paths.dataset, paths.folds])
     device = {**backend.device_info(),
               "data_parallel_devices": backend.data_parallel(p.batch_size)
-              if tp.data_parallel else 1}
-    log.info("%s trains on %s (Keras backend %s)", name, device["device"], device["backend"])
+              if tp.data_parallel else 1,
+              "jit_compile": backend.jit_compile(tp.xla, tp.deterministic)}
+    log.info("%s trains on %s (Keras backend %s, XLA %s)", name, device["device"],
+             device["backend"], "on" if device["jit_compile"] else "off")
     if (warning := backend.unused_gpu_warning(device)) is not None:
         log.warning("%s", warning)
     fp = fingerprint(p, tp, data_digest)
