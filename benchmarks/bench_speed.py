@@ -1,7 +1,7 @@
 """Training speed per model against the hardware's limit, on whatever device Keras uses.
 
 For each recipe (params.yaml `models:`): steady-epoch images/s of a plain `model.fit`
-(one call, Keras's own shuffling, steps_per_execution=1) and of the pipeline's loop
+(one call per epoch, Keras's own shuffling and defaults) and of the pipeline's loop
 (train.fit: one `fit` per epoch for bit-exact resume, `train.steps_per_execution`), the
 training FLOPs per image from the layer shapes (3x the forward pass), the fraction of the
 device's measured peak, and the projected training time of a full `dvc repro` (K folds of
@@ -14,6 +14,7 @@ on an accelerator host as well:
     KERAS_BACKEND=jax python benchmarks/bench_speed.py        # JAX: CPU, or the GPU if any
     python benchmarks/bench_speed.py --models lenet_28_50 --images 6000 --epochs 3
     python benchmarks/bench_speed.py --steps-per-execution 16
+    python benchmarks/bench_speed.py --versus-steps-per-execution 32   # paired comparison
 
 Random pixels stand in for MNIST (speed does not depend on the values).
 """
@@ -27,6 +28,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,21 +55,24 @@ def layer_flops(model) -> float:  # noqa: ANN001 (a Keras model)
     return total
 
 
-def peak_flops(seconds: float = 3.0) -> tuple[float, str]:
-    """The device's measured float32 matrix-multiply rate (FLOP/s) and what was measured."""
+def peak_flops(seconds: float = 4.0, window: float = 0.25) -> tuple[float, str]:
+    """The device's float32 matrix-multiply rate (FLOP/s): the best of short windows, so a
+    moment of other load on a shared machine does not lower the limit."""
     import keras
     from keras import ops
 
     n = 2048
     a = ops.convert_to_tensor(np.random.default_rng(0).random((n, n), dtype=np.float32))
     np.asarray(ops.matmul(a, a))                          # warm-up / compile
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        c = ops.matmul(a, a)
-        reps += 1
-    np.asarray(c)
-    dt = time.perf_counter() - t0
-    return 2.0 * n ** 3 * reps / dt, f"{keras.backend.backend()} float32 matmul {n}x{n}"
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < window:
+            c = ops.matmul(a, a)
+            reps += 1
+            np.asarray(c[0, 0])                           # wait for the result (async)
+        best = max(best, 2.0 * n ** 3 * reps / (time.perf_counter() - t0))
+    return best, f"{keras.backend.backend()} float32 matmul {n}x{n}, best 0.25 s"
 
 
 def device_name() -> str:
@@ -94,33 +99,53 @@ def steady(times: list[float]) -> float:
     return rest[len(rest) // 2]
 
 
-def measure(p, tp, n: int, epochs: int) -> dict[str, float]:  # noqa: ANN001
-    import keras
-
+def measure(p, tp, n: int, epochs: int, versus: int | None = None  # noqa: ANN001
+            ) -> dict[str, float]:
+    """Images/s of each contender, their epochs alternating so that a change in the
+    machine's load hits all of them: the plain fit, the pipeline's loop, and with `versus`
+    the loop at that many steps per execution."""
+    from mnist_mlops.backend import configure
     from mnist_mlops.models import build_model, compile_model, epoch_order, new_model, targets
+
+    def setup(pipeline: bool) -> None:
+        """Keras's defaults for the plain fit; the stage's settings (deterministic ops
+        under TensorFlow, precision) for its loop."""
+        configure(seed=0, deterministic=pipeline and tp.deterministic,
+                  mixed_precision=pipeline and tp.mixed_precision)
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (n, 28, 28, 1)).astype("float32")
     y = targets(rng.integers(0, 10, n), p)
 
-    keras.utils.set_random_seed(0)
+    setup(pipeline=False)
     plain = compile_model(build_model(p), p, total_steps=math.ceil(n / p.batch_size) * epochs)
-    plain_times = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        plain.fit(x, y, batch_size=p.batch_size, epochs=1, shuffle=True, verbose=0)
-        plain_times.append(time.perf_counter() - t0)
 
-    model = new_model(p, tp, 0, n)
-    loop_times = []
+    def plain_epoch(e: int) -> None:
+        setup(pipeline=False)
+        plain.fit(x, y, batch_size=p.batch_size, epochs=1, shuffle=True, verbose=0)
+
+    def loop(train_params) -> Callable[[int], None]:  # noqa: ANN001
+        setup(pipeline=True)
+        model = new_model(p, train_params, 0, n)
+
+        def epoch(e: int) -> None:             # train.fit's call, without validation
+            setup(pipeline=True)
+            order = epoch_order(tp.seed, 0, e, n)
+            model.fit(x[order], y[order], batch_size=p.batch_size, epochs=e + 1,
+                      initial_epoch=e, shuffle=False, verbose=0)
+        return epoch
+
+    contenders = {"plain": plain_epoch, "loop": loop(tp)}
+    if versus:
+        contenders["versus"] = loop(dataclasses.replace(tp, steps_per_execution=versus))
+    times: dict[str, list[float]] = {k: [] for k in contenders}
     for e in range(epochs):
-        order = epoch_order(tp.seed, 0, e, n)
-        t0 = time.perf_counter()
-        model.fit(x[order], y[order], batch_size=p.batch_size, epochs=e + 1, initial_epoch=e,
-                  shuffle=False, verbose=0)
-        loop_times.append(time.perf_counter() - t0)
-    return {"plain": n / steady(plain_times), "loop": n / steady(loop_times),
-            "flops": 3.0 * layer_flops(model)}
+        for k, run_epoch in contenders.items():
+            t0 = time.perf_counter()
+            run_epoch(e)
+            times[k].append(time.perf_counter() - t0)
+    return {**{k: n / steady(t) for k, t in times.items()},
+            "flops": 3.0 * layer_flops(plain)}
 
 
 def projected_s(p, tp, folds: int, images_per_s: float, n_train: int = 60000) -> float:  # noqa: ANN001
@@ -138,6 +163,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4, help="epochs per measurement")
     ap.add_argument("--steps-per-execution", type=int,
                     help="override train.steps_per_execution for the pipeline's loop")
+    ap.add_argument("--versus-steps-per-execution", type=int, metavar="N",
+                    help="also time the loop at N steps per execution, epochs interleaved")
     ap.add_argument("--xla", choices=["auto", "true", "false"],
                     help="override train.xla (compile the train step) for the pipeline's loop")
     args = ap.parse_args()
@@ -159,18 +186,21 @@ def main() -> None:
           f"xla {tp.xla} ({'on' if jit_compile(tp.xla, tp.deterministic) else 'off'}); "
           f"peak {peak / 1e9:.0f} GFLOP/s "
           f"({what}); {args.images} images x {args.epochs} epochs, median of the steady ones")
-    print("| model | batch | train MFLOP/image | plain fit img/s | pipeline img/s | "
-          "pipeline GFLOP/s | of peak | projected `dvc repro` training |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    versus = args.versus_steps_per_execution
+    extra = f" pipeline img/s at {versus} steps/execution |" if versus else ""
+    print("| model | batch | train MFLOP/image | plain fit img/s | pipeline img/s |" + extra
+          + " pipeline GFLOP/s | of peak | projected `dvc repro` training |")
+    print("|---|---:|---:|---:|---:|" + ("---:|" if versus else "") + "---:|---:|---:|")
     total = 0.0
     for name in args.models or list(params.models):
         p = params.models[name]
-        r = measure(p, tp, args.images, args.epochs)
+        r = measure(p, tp, args.images, args.epochs, versus)
         rate = r["loop"] * r["flops"]
         proj = projected_s(p, tp, params.preprocess.folds, r["loop"])
         total += proj
+        cell = f" {r['versus']:,.0f} ({r['versus'] / r['loop']:.2f}x) |" if versus else ""
         print(f"| {name} | {p.batch_size} | {r['flops'] / 1e6:.1f} | {r['plain']:,.0f} | "
-              f"{r['loop']:,.0f} | {rate / 1e9:.1f} | {rate / peak:.0%} | "
+              f"{r['loop']:,.0f} |{cell} {rate / 1e9:.1f} | {rate / peak:.0%} | "
               f"{proj / 60:.1f} min |", flush=True)
     print(f"\nprojected training time of the whole `dvc repro`: {total / 60:.0f} min")
 

@@ -140,13 +140,17 @@ def test_final_model_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fina
     assert not any("final" in n for n in names)
 
 
-def test_sigterm_ends_runs_killed_and_leaves_no_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("keras_backend", ["tensorflow", "jax"])
+def test_sigterm_ends_runs_killed_and_leaves_no_model(tmp_path: Path,
+                                                      keras_backend: str) -> None:
+    if keras_backend == "jax":
+        pytest.importorskip("jax")
     write_tiny_project(tmp_path, max_epochs=None, verbose=2)  # one log line per epoch
     raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
     raw["models"]["mlp_512x2"]["epochs"] = 500
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = tool_env(MLFLOW_TRACKING_URI=uri)
+    env = tool_env(MLFLOW_TRACKING_URI=uri, KERAS_BACKEND=keras_backend)
     stage = Spawned([sys.executable, "-m", "mnist_mlops.train", "mlp_512x2"], tmp_path, env)
     try:
         # Wait on the child's log, not on its SQLite store: polling a database that is
