@@ -128,7 +128,7 @@ class TrainParams:
     max_epochs: int | None = None
     mixed_precision: bool = False
     xla: JitCompile = "auto"      # compile train steps: "auto" = Keras's choice per backend
-    steps_per_execution: int = 1   # train steps per backend call: same math, less overhead
+    steps_per_execution: int = 32  # train steps per backend call: same math, less overhead
     data_parallel: bool = True     # several accelerators (JAX backend): split every batch
     verbose: int = 2
 
