@@ -82,7 +82,8 @@ def device_name() -> str:
         import jax
 
         d = jax.devices()[0]
-        return f"{d.platform}:{getattr(d, 'device_kind', d)} x{len(jax.devices())}"
+        if d.platform != "cpu":
+            return f"{d.platform}:{getattr(d, 'device_kind', d)} x{len(jax.devices())}"
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
