@@ -81,10 +81,13 @@ def test_xla_auto_compiles_the_train_step_under_jax_only(keras_backend: str,
 
 
 @pytest.mark.slow
-def test_quick_pipeline_under_jax_registers_a_champion_pyfunc_serves(tmp_path: Path) -> None:
-    """The whole pipeline with KERAS_BACKEND=jax: train, MLflow model, evaluate, register,
-    then `mlflow.pyfunc` (under TensorFlow, here) and `predict` (under JAX) serve it."""
-    pytest.importorskip("jax")
+@pytest.mark.parametrize("keras_backend", ["jax", "torch"])
+def test_quick_pipeline_under_another_backend_registers_a_champion_pyfunc_serves(
+        tmp_path: Path, keras_backend: str) -> None:
+    """The whole pipeline with KERAS_BACKEND=jax (and torch where PyTorch is installed; not
+    in CI): train, MLflow model, evaluate, register, then `mlflow.pyfunc` (under
+    TensorFlow, here) and `predict` (under the same backend) serve it."""
+    pytest.importorskip(keras_backend)
     import json
 
     import mlflow
@@ -95,9 +98,10 @@ def test_quick_pipeline_under_jax_registers_a_champion_pyfunc_serves(tmp_path: P
     from .conftest import run, synthetic_project
 
     root, env = synthetic_project(tmp_path / "project", models=("cnn_32_64_64",))
-    env = {**env, "KERAS_BACKEND": "jax"}
+    env = {**env, "KERAS_BACKEND": keras_backend}
     out = run(["dvc", "repro"], root, env, timeout=900)
-    assert "(Keras backend jax, XLA on)" in out.stdout + out.stderr
+    xla = "on" if keras_backend == "jax" else "off"
+    assert f"(Keras backend {keras_backend}, XLA {xla})" in out.stdout + out.stderr
     record = json.loads((root / "reports" / "registry.json").read_text())
     assert record["promoted"] is True and record["champion"] == "1"
 
@@ -105,7 +109,7 @@ def test_quick_pipeline_under_jax_registers_a_champion_pyfunc_serves(tmp_path: P
     client = mlflow.MlflowClient(uri)
     version = client.get_model_version_by_alias("mnist-digits", "champion")
     run_tags = client.get_run(version.run_id).data.tags
-    assert run_tags["backend"] == "jax"
+    assert run_tags["backend"] == keras_backend
     mlflow.set_tracking_uri(uri)
     try:
         model = mlflow.pyfunc.load_model("models:/mnist-digits@champion")

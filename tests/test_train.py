@@ -140,11 +140,10 @@ def test_final_model_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fina
     assert not any("final" in n for n in names)
 
 
-@pytest.mark.parametrize("keras_backend", ["tensorflow", "jax"])
+@pytest.mark.parametrize("keras_backend", ["tensorflow", "jax", "torch"])
 def test_sigterm_ends_runs_killed_and_leaves_no_model(tmp_path: Path,
                                                       keras_backend: str) -> None:
-    if keras_backend == "jax":
-        pytest.importorskip("jax")
+    pytest.importorskip(keras_backend)          # torch: where installed (not in CI)
     write_tiny_project(tmp_path, max_epochs=None, verbose=2)  # one log line per epoch
     raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
     raw["models"]["mlp_512x2"]["epochs"] = 500

@@ -61,6 +61,18 @@ def jit_compile(setting: bool | str, deterministic: bool = False) -> bool:
     return bool(setting)
 
 
+def steps_per_execution(setting: int) -> int:
+    """`train.steps_per_execution` where the backend allows it: Keras's PyTorch trainer
+    runs one step per call only. The math is the same either way, so 1 there."""
+    import keras
+
+    if setting > 1 and keras.backend.backend() == "torch":
+        _warn_once(f"train.steps_per_execution: {setting} is not supported by Keras's "
+                   "PyTorch backend: one step per call")
+        return 1
+    return setting
+
+
 def data_parallel(batch_size: int) -> int:
     """Split every batch across all devices when the JAX backend sees several (Keras
     distribution API, `DataParallel`): the global batch stays the recipe's batch. Returns

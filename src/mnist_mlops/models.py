@@ -212,7 +212,8 @@ def new_model(p: ModelParams, tp: TrainParams, fit_index: int, n_train: int) -> 
     steps = max(1, math.ceil(n_train / p.batch_size)) * p.effective_epochs(tp)
     model = compile_model(build_model(p), p,
                           jit_compile=backend.jit_compile(tp.xla, tp.deterministic),
-                          total_steps=steps, steps_per_execution=tp.steps_per_execution)
+                          total_steps=steps,
+                          steps_per_execution=backend.steps_per_execution(tp.steps_per_execution))
     model.optimizer.build(model.trainable_variables)
     return model
 

@@ -114,11 +114,13 @@ class Predictor:
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         x = np.asarray(images, dtype=np.uint8).reshape(-1, *INPUT_SHAPE)
         if self._keras is not None:
+            import keras
+
             xf = x.astype("float32")
             # A direct call skips predict()'s per-call data pipeline: ~10x faster for a few
             # images (the drawing page, one file); predict() batches large inputs.
-            out = (self._keras(xf, training=False) if len(x) <= 64
-                   else self._keras.predict(xf, batch_size=256, verbose=0))
+            out = (keras.ops.convert_to_numpy(self._keras(xf, training=False))  # any backend
+                   if len(x) <= 64 else self._keras.predict(xf, batch_size=256, verbose=0))
         else:
             out = self._pyfunc.predict(x)
         return np.asarray(out, dtype=np.float64).reshape(len(x), NUM_CLASSES)
