@@ -63,14 +63,14 @@ def peak_flops(seconds: float = 4.0, window: float = 0.25) -> tuple[float, str]:
 
     n = 2048
     a = ops.convert_to_tensor(np.random.default_rng(0).random((n, n), dtype=np.float32))
-    np.asarray(ops.matmul(a, a))                          # warm-up / compile
+    ops.convert_to_numpy(ops.matmul(a, a))                # warm-up / compile
     best, end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < end:
         reps, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < window:
             c = ops.matmul(a, a)
             reps += 1
-            np.asarray(c[0, 0])                           # wait for the result (async)
+            ops.convert_to_numpy(c[0, 0])                 # wait for the result (async)
         best = max(best, 2.0 * n ** 3 * reps / (time.perf_counter() - t0))
     return best, f"{keras.backend.backend()} float32 matmul {n}x{n}, best 0.25 s"
 
@@ -91,6 +91,11 @@ def device_name() -> str:
         if gpus:
             return "gpu:" + tf.config.experimental.get_device_details(gpus[0]).get(
                 "device_name", gpus[0].name)
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return f"gpu:{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
     return f"cpu:{platform.processor() or platform.machine()} x{os.cpu_count()}"
 
 
@@ -184,7 +189,8 @@ def main() -> None:
     peak, what = peak_flops()
     print(f"device {device_name()}, Keras {keras.__version__} on {keras.backend.backend()}, "
           f"steps_per_execution {tp.steps_per_execution}, "
-          f"xla {tp.xla} ({'on' if jit_compile(tp.xla, tp.deterministic) else 'off'}); "
+          f"xla {tp.xla} ({'on' if jit_compile(tp.xla, tp.deterministic) else 'off'}, "
+          "except where a model has a layer Keras cannot compile); "
           f"peak {peak / 1e9:.0f} GFLOP/s "
           f"({what}); {args.images} images x {args.epochs} epochs, median of the steady ones")
     versus = args.versus_steps_per_execution

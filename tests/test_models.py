@@ -41,12 +41,31 @@ def test_augmentation_acts_in_training_only() -> None:
     augment = keras.Sequential(model.layers[1:4])      # after the Rescaling layer
     assert [type(layer).__name__ for layer in augment.layers] == [
         "RandomRotation", "RandomZoom", "RandomTranslation"]
-    assert np.array_equal(np.asarray(augment(x, training=False)), x)
-    moved = np.asarray(augment(x, training=True))
+    numpy = keras.ops.convert_to_numpy                # any backend's tensor
+    assert np.array_equal(numpy(augment(x, training=False)), x)
+    moved = numpy(augment(x, training=True))
     assert not np.allclose(moved, x) and moved.min() >= 0     # blank (0) fill at the border
     served = model.predict(x, verbose=0)               # how evaluate and serving call it
     assert np.allclose(served, model.predict(x, verbose=0))
-    assert np.allclose(served, np.asarray(model(x, training=False)), atol=1e-6)
+    assert np.allclose(served, numpy(model(x, training=False)), atol=1e-6)
+
+
+def test_only_the_augmenting_model_has_layers_keras_cannot_compile() -> None:
+    """Keras runs a step uncompiled if one layer cannot be compiled: the stage must say so
+    rather than report the `train.xla` it was asked for."""
+    import dataclasses
+
+    from mnist_mlops.models import step_compiled, uncompilable_layers
+
+    for name, p in PARAMS.models.items():
+        assert uncompilable_layers(p) == (
+            ["RandomRotation", "RandomTranslation", "RandomZoom"] if name == "cnn_bn_aug"
+            else []), name
+    tp = dataclasses.replace(PARAMS.train, xla=True, deterministic=False)
+    assert step_compiled(PARAMS.models["lenet_28_50"], tp) is True
+    assert step_compiled(PARAMS.models["cnn_bn_aug"], tp) is False
+    off = dataclasses.replace(tp, xla=False)
+    assert step_compiled(PARAMS.models["lenet_28_50"], off) is False
 
 
 def test_cosine_schedule_runs_from_the_rate_to_zero() -> None:

@@ -127,7 +127,7 @@ class TrainParams:
     final: FinalModel = "refit"
     max_epochs: int | None = None
     mixed_precision: bool = False
-    xla: JitCompile = "auto"      # compile train steps: "auto" = Keras's choice per backend
+    xla: JitCompile = "auto"      # compile train steps: "auto" = JAX only (backend.py)
     steps_per_execution: int = 32  # train steps per backend call: same math, less overhead
     data_parallel: bool = True     # several accelerators (JAX backend): split every batch
     verbose: int = 2

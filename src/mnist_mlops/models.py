@@ -204,14 +204,33 @@ def targets(labels: np.ndarray, p: ModelParams) -> np.ndarray:
         else labels
 
 
+def _layers(model: keras.Model) -> list[Any]:
+    """Every layer, those of nested models (an ensemble's members) included."""
+    return [sub for layer in model.layers
+            for sub in [layer, *(_layers(layer) if isinstance(layer, keras.Model) else [])]]
+
+
+def uncompilable_layers(p: ModelParams) -> list[str]:
+    """Layers of `p` that Keras cannot compile into a train step (its random image
+    transforms): where there is one, Keras runs the whole step uncompiled."""
+    return sorted({type(layer).__name__ for layer in _layers(build_model(p))
+                   if not layer.supports_jit})
+
+
+def step_compiled(p: ModelParams, tp: TrainParams) -> bool:
+    """Whether `p`'s train step is compiled (XLA): `train.xla` as the backend resolves it
+    (backend.jit_compile), unless a layer cannot be."""
+    return backend.jit_compile(tp.xla, tp.deterministic) and not uncompilable_layers(p)
+
+
 def new_model(p: ModelParams, tp: TrainParams, fit_index: int, n_train: int) -> keras.Model:
     """A compiled model whose initial weights depend only on the seed and the fit's index,
     so a resumed stage builds exactly what an uninterrupted one would have. `n_train` sets
     the length of a learning-rate schedule (steps per epoch x epochs)."""
+    compiled = step_compiled(p, tp)        # builds a model: before the seed is set
     keras.utils.set_random_seed(tp.seed + 1000 * fit_index)
     steps = max(1, math.ceil(n_train / p.batch_size)) * p.effective_epochs(tp)
-    model = compile_model(build_model(p), p,
-                          jit_compile=backend.jit_compile(tp.xla, tp.deterministic),
+    model = compile_model(build_model(p), p, jit_compile=compiled,
                           total_steps=steps,
                           steps_per_execution=backend.steps_per_execution(tp.steps_per_execution))
     model.optimizer.build(model.trainable_variables)

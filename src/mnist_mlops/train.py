@@ -318,6 +318,8 @@ def _connect(params: Params, name: str, journal: Journal) -> None:
 
 def train(params: Params, name: str) -> dict[str, Any]:
     """Cross-validate and train model `name`; write its outputs and log everything."""
+    from mnist_mlops.models import step_compiled, uncompilable_layers
+
     p, tp, paths = params.model(name), params.train, params.paths
     backend.configure(seed=tp.seed, deterministic=tp.deterministic,
                       mixed_precision=tp.mixed_precision)
@@ -329,9 +331,12 @@ def train(params: Params, name: str) -> dict[str, Any]:
     device = {**backend.device_info(),
               "data_parallel_devices": backend.data_parallel(p.batch_size)
               if tp.data_parallel else 1,
-              "jit_compile": backend.jit_compile(tp.xla, tp.deterministic)}
-    log.info("%s trains on %s (Keras backend %s, XLA %s)", name, device["device"],
-             device["backend"], "on" if device["jit_compile"] else "off")
+              "jit_compile": step_compiled(p, tp)}
+    log.info("%s trains on %s (Keras backend %s, %s train step)", name, device["device"],
+             device["backend"], "compiled" if device["jit_compile"] else "uncompiled")
+    if backend.jit_compile(tp.xla, tp.deterministic) and not device["jit_compile"]:
+        log.info("%s: Keras cannot compile %s, so its train step runs uncompiled", name,
+                 ", ".join(uncompilable_layers(p)))
     if (warning := backend.unused_gpu_warning(device)) is not None:
         log.warning("%s", warning)
     fp = fingerprint(p, tp, data_digest)
