@@ -190,3 +190,32 @@ def test_data_parallel_training_on_two_virtual_cpu_devices(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"devices": 2, "replicas": 2, "epochs": 2, "finite": True}
+
+
+ONLY_KERAS = """
+import runpy, sys
+class Absent:   # an accelerator host: Keras and a backend, none of the pipeline's tools
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"mlflow", "dvc", "tensorflow", "torch", "sklearn", "PIL"}:
+            raise ImportError(f"{name} is not installed here")
+sys.meta_path.insert(0, Absent())
+sys.argv = ["bench_speed.py", "--models", "mlp_512x2", "--images", "512", "--epochs", "2"]
+runpy.run_path(%r, run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_speed_benchmark_runs_where_only_keras_and_jax_are_installed() -> None:
+    """What a GPU host may have: the benchmark must not reach MLflow, DVC or TensorFlow."""
+    pytest.importorskip("jax")
+    from .conftest import ROOT, tool_env
+
+    script = ONLY_KERAS % str(ROOT / "benchmarks" / "bench_speed.py")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=tool_env(KERAS_BACKEND="jax"), cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| mlp_512x2 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "128" and float(cells[2]) == 4.0        # batch, MFLOP per image
+    assert float(cells[3].replace(",", "")) > 0 and float(cells[4].replace(",", "")) > 0
+    assert "on jax" in out.stdout
