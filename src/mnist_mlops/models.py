@@ -210,29 +210,27 @@ def _layers(model: keras.Model) -> list[Any]:
             for sub in [layer, *(_layers(layer) if isinstance(layer, keras.Model) else [])]]
 
 
-def uncompilable_layers(p: ModelParams) -> list[str]:
-    """Layers of `p` that Keras cannot compile into a train step (its random image
-    transforms): where there is one, Keras runs the whole step uncompiled."""
-    return sorted({type(layer).__name__ for layer in _layers(build_model(p))
-                   if not layer.supports_jit})
+def uncompilable_layers(model: keras.Model) -> list[str]:
+    """Layers that Keras cannot compile into a train step (its random image transforms):
+    where there is one, Keras runs the whole step uncompiled."""
+    return sorted({type(layer).__name__ for layer in _layers(model) if not layer.supports_jit})
 
 
-def step_compiled(p: ModelParams, tp: TrainParams) -> bool:
-    """Whether `p`'s train step is compiled (XLA): `train.xla` as the backend resolves it
-    (backend.jit_compile), unless a layer cannot be."""
-    return backend.jit_compile(tp.xla, tp.deterministic) and not uncompilable_layers(p)
+def step_compiled(model: keras.Model, tp: TrainParams) -> bool:
+    """Whether `model`'s train step is compiled (XLA): `train.xla` as the backend resolves
+    it (backend.jit_compile), unless a layer cannot be."""
+    return backend.jit_compile(tp.xla, tp.deterministic) and not uncompilable_layers(model)
 
 
 def new_model(p: ModelParams, tp: TrainParams, fit_index: int, n_train: int) -> keras.Model:
     """A compiled model whose initial weights depend only on the seed and the fit's index,
     so a resumed stage builds exactly what an uninterrupted one would have. `n_train` sets
     the length of a learning-rate schedule (steps per epoch x epochs)."""
-    compiled = step_compiled(p, tp)        # builds a model: before the seed is set
     keras.utils.set_random_seed(tp.seed + 1000 * fit_index)
     steps = max(1, math.ceil(n_train / p.batch_size)) * p.effective_epochs(tp)
-    model = compile_model(build_model(p), p, jit_compile=compiled,
-                          total_steps=steps,
-                          steps_per_execution=backend.steps_per_execution(tp.steps_per_execution))
+    model = build_model(p)
+    compile_model(model, p, jit_compile=step_compiled(model, tp), total_steps=steps,
+                  steps_per_execution=backend.steps_per_execution(tp.steps_per_execution))
     model.optimizer.build(model.trainable_variables)
     return model
 

@@ -318,7 +318,7 @@ def _connect(params: Params, name: str, journal: Journal) -> None:
 
 def train(params: Params, name: str) -> dict[str, Any]:
     """Cross-validate and train model `name`; write its outputs and log everything."""
-    from mnist_mlops.models import step_compiled, uncompilable_layers
+    from mnist_mlops.models import build_model, step_compiled, uncompilable_layers
 
     p, tp, paths = params.model(name), params.train, params.paths
     backend.configure(seed=tp.seed, deterministic=tp.deterministic,
@@ -328,15 +328,16 @@ def train(params: Params, name: str) -> dict[str, Any]:
     x = data["x_train"][idx][..., None].astype("float32")
     y = data["y_train"][idx]
     data_digest = sha256_files([paths.dataset, paths.folds])
+    architecture = build_model(p)      # what Keras can compile (the fits build their own)
     device = {**backend.device_info(),
               "data_parallel_devices": backend.data_parallel(p.batch_size)
               if tp.data_parallel else 1,
-              "jit_compile": step_compiled(p, tp)}
+              "jit_compile": step_compiled(architecture, tp)}
     log.info("%s trains on %s (Keras backend %s, %s train step)", name, device["device"],
              device["backend"], "compiled" if device["jit_compile"] else "uncompiled")
     if backend.jit_compile(tp.xla, tp.deterministic) and not device["jit_compile"]:
         log.info("%s: Keras cannot compile %s, so its train step runs uncompiled", name,
-                 ", ".join(uncompilable_layers(p)))
+                 ", ".join(uncompilable_layers(architecture)))
     if (warning := backend.unused_gpu_warning(device)) is not None:
         log.warning("%s", warning)
     fp = fingerprint(p, tp, data_digest)
