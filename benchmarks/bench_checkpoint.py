@@ -3,7 +3,7 @@
 1. Overhead: the train stage's epoch loop with and without the per-epoch checkpoint
    (every model and optimizer variable, the best weights and the history, written
    atomically), interleaved epoch by epoch in the same run, on 12,000 real MNIST images.
-2. Work lost to a kill: `python -m mnist_mlops.train` SIGKILLed at seeded random moments,
+2. Work lost to a kill: `python -m mnist_mlops.training.train` SIGKILLed at seeded random moments,
    then run again; counts the epochs the second process trains beyond what was left, and
    the seconds of training since the last checkpoint (all a kill can lose).
 
@@ -29,9 +29,9 @@ from common import ROOT, header, median, mnist
 
 
 def overhead(model_name: str, n_train: int = 12000, epochs: int = 9) -> dict[str, float]:
-    from mnist_mlops.checkpoint import Checkpoint, FitProgress
-    from mnist_mlops.config import TrainParams, load_params
-    from mnist_mlops.models import epoch_order, new_model, targets
+    from mnist_mlops.core.config import TrainParams, load_params
+    from mnist_mlops.training.checkpoint import Checkpoint, FitProgress
+    from mnist_mlops.training.models import epoch_order, new_model, targets
 
     data = mnist()
     x = data["x_train"][:n_train, ..., None].astype("float32")
@@ -70,10 +70,10 @@ def overhead(model_name: str, n_train: int = 12000, epochs: int = 9) -> dict[str
 
 
 def _project(tmp: Path, model: str, epochs: int, n: int) -> Path:
-    from mnist_mlops.config import load_params
-    from mnist_mlops.fsio import write_text_atomic
-    from mnist_mlops.parse import save_dataset
-    from mnist_mlops.preprocess import folds_csv, make_folds
+    from mnist_mlops.core.config import load_params
+    from mnist_mlops.core.fsio import write_text_atomic
+    from mnist_mlops.data.parse import save_dataset
+    from mnist_mlops.data.preprocess import folds_csv, make_folds
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["preprocess"].update(folds=2, subset=n)
@@ -101,7 +101,7 @@ def lost_to_kill(model: str = "cnn_32_64_64", epochs: int = 4, n: int = 6000,
         with tempfile.TemporaryDirectory() as tmp:
             root = _project(Path(tmp), model, epochs, n)
             env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
-            cmd = [sys.executable, "-m", "mnist_mlops.train", model]
+            cmd = [sys.executable, "-m", "mnist_mlops.training.train", model]
             first = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
             stamps: list[float] = []

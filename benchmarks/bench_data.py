@@ -12,20 +12,20 @@ from common import header, mirror
 
 STAGE_CODE = {
     "download": """
-from mnist_mlops.config import load_params
-from mnist_mlops.download import download_all
+from mnist_mlops.core.config import load_params
+from mnist_mlops.data.download import download_all
 p = load_params(PARAMS)
 download_all(dict(p.download.files), OUT / 'raw', [MIRROR])
 """,
     "parse": """
-from mnist_mlops.parse import parse_dataset, save_dataset
+from mnist_mlops.data.parse import parse_dataset, save_dataset
 save_dataset(parse_dataset(OUT / 'raw'), OUT / 'mnist.npz')
 """,
     "preprocess": """
-from mnist_mlops.config import load_params
-from mnist_mlops.fsio import write_text_atomic
-from mnist_mlops.parse import load_dataset
-from mnist_mlops.preprocess import folds_csv, make_folds
+from mnist_mlops.core.config import load_params
+from mnist_mlops.core.fsio import write_text_atomic
+from mnist_mlops.data.parse import load_dataset
+from mnist_mlops.data.preprocess import folds_csv, make_folds
 p = load_params(PARAMS)
 y = load_dataset(OUT / 'mnist.npz')['y_train']
 idx, folds = make_folds(y, p.preprocess)

@@ -15,9 +15,9 @@ from common import header, mnist
 def main() -> dict[str, dict[str, float]]:
     from PIL import Image
 
-    from mnist_mlops.config import load_params
-    from mnist_mlops.evaluate import throughput
-    from mnist_mlops.models import build_model
+    from mnist_mlops.core.config import load_params
+    from mnist_mlops.evaluation.evaluate import throughput
+    from mnist_mlops.training.models import build_model
 
     header("inference on CPU (batch 256 over the 10,000 test images; one image)")
     x = mnist()["x_test"]
@@ -52,8 +52,8 @@ def serve_latency(model: Path, png: Path, n: int = 30) -> float:
     import threading
     import urllib.request
 
-    from mnist_mlops.predict import Predictor
-    from mnist_mlops.serve import make_server
+    from mnist_mlops.serving.predict import Predictor
+    from mnist_mlops.serving.serve import make_server
 
     server = make_server(Predictor(str(model)), "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()

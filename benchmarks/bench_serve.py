@@ -34,8 +34,8 @@ REQUESTS = 200
 
 
 def model_file(folder: Path) -> Path:
-    from mnist_mlops.config import load_params
-    from mnist_mlops.models import build_model
+    from mnist_mlops.core.config import load_params
+    from mnist_mlops.training.models import build_model
 
     path = folder / "cnn_32_64_64.h5"
     build_model(load_params(ROOT / "params.yaml").models["cnn_32_64_64"]).save(path)

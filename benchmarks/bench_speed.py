@@ -110,8 +110,14 @@ def measure(p, tp, n: int, epochs: int, versus: int | None = None  # noqa: ANN00
     """Images/s of each contender, their epochs alternating so that a change in the
     machine's load hits all of them: the plain fit, the pipeline's loop, and with `versus`
     the loop at that many steps per execution."""
-    from mnist_mlops.backend import configure
-    from mnist_mlops.models import build_model, compile_model, epoch_order, new_model, targets
+    from mnist_mlops.training.backend import configure
+    from mnist_mlops.training.models import (
+        build_model,
+        compile_model,
+        epoch_order,
+        new_model,
+        targets,
+    )
 
     def setup(pipeline: bool) -> None:
         """Keras's defaults for the plain fit; the stage's settings (deterministic ops
@@ -177,8 +183,8 @@ def main() -> None:
 
     import keras
 
-    from mnist_mlops.backend import jit_compile
-    from mnist_mlops.config import load_params
+    from mnist_mlops.core.config import load_params
+    from mnist_mlops.training.backend import jit_compile
 
     params = load_params(ROOT / "params.yaml")
     tp = params.train

@@ -35,11 +35,11 @@ class EpochTimer:
 def main(n_train: int = 12000, epochs: int = 4, rounds: int = 2) -> dict[str, float]:
     import keras
 
-    from mnist_mlops.checkpoint import Checkpoint
-    from mnist_mlops.config import TrainParams, load_params
-    from mnist_mlops.journal import Journal
-    from mnist_mlops.models import build_model, compile_model
-    from mnist_mlops.train import Progress, fit, targets
+    from mnist_mlops.core.config import TrainParams, load_params
+    from mnist_mlops.tracking.journal import Journal
+    from mnist_mlops.training.checkpoint import Checkpoint
+    from mnist_mlops.training.models import build_model, compile_model
+    from mnist_mlops.training.train import Progress, fit, targets
 
     header("tracking overhead (pipeline fit vs plain model.fit)")
     data = mnist()

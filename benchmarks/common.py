@@ -22,7 +22,7 @@ def mirror() -> Path:
 
 
 def mnist() -> dict[str, np.ndarray]:
-    from mnist_mlops.parse import parse_dataset
+    from mnist_mlops.data.parse import parse_dataset
 
     return parse_dataset(mirror())
 

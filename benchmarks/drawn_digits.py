@@ -22,8 +22,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
-    from mnist_mlops.config import load_params
-    from mnist_mlops.predict import load_predictor, predict_files
+    from mnist_mlops.core.config import load_params
+    from mnist_mlops.serving.predict import load_predictor, predict_files
 
     predictor = load_predictor(args.model, load_params())
     header(f"drawn digits with {predictor.source}")

@@ -35,12 +35,12 @@ def main() -> None:
     args = ap.parse_args()
     from mlflow.tracking import MlflowClient
 
-    from mnist_mlops import tracking
-    from mnist_mlops.compare import fetch_rows
-    from mnist_mlops.config import load_params
+    from mnist_mlops.core.config import load_params
+    from mnist_mlops.evaluation.compare import fetch_rows
+    from mnist_mlops.tracking import mlflow_io
 
     params = load_params()
-    tracking.setup(params.mlflow)
+    mlflow_io.setup(params.mlflow)
     client = MlflowClient()
     rows = {r.model: r for r in fetch_rows(client, params.mlflow.experiment)}
     lines = [

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mnist_mlops.idx import write_idx
+from mnist_mlops.data.idx import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -119,7 +119,7 @@ QUICK = {"preprocess.subset": 1000, "preprocess.folds": 2, "train.max_epochs": 1
 
 @pytest.fixture(scope="session")
 def mnist(mnist_mirror: Path) -> dict[str, np.ndarray]:
-    from mnist_mlops.parse import parse_dataset
+    from mnist_mlops.data.parse import parse_dataset
 
     return parse_dataset(mnist_mirror)
 
@@ -129,8 +129,8 @@ def model_file(mnist: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFa
     """cnn_32_64_64 trained briefly on real MNIST (about 98% test accuracy), as .h5."""
     import keras
 
-    from mnist_mlops.config import load_params
-    from mnist_mlops.models import build_model, compile_model
+    from mnist_mlops.core.config import load_params
+    from mnist_mlops.training.models import build_model, compile_model
 
     keras.utils.set_random_seed(0)
     p = load_params(ROOT / "params.yaml").models["cnn_32_64_64"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_mlops import backend
+from mnist_mlops.training import backend
 
 from .conftest import ROOT
 
@@ -93,7 +93,7 @@ def test_quick_pipeline_under_another_backend_registers_a_champion_pyfunc_serves
     import mlflow
     import numpy as np
 
-    from mnist_mlops.parse import load_dataset
+    from mnist_mlops.data.parse import load_dataset
 
     from .conftest import run, synthetic_project
 
@@ -149,9 +149,9 @@ def test_evenly_split_leaves_out_fewer_images_than_devices(n: int, batch: int, d
 DATA_PARALLEL_FIT = """
 import json, sys
 import numpy as np
-from mnist_mlops import backend
-from mnist_mlops.config import load_params
-from mnist_mlops.train import Progress, fit
+from mnist_mlops.training import backend
+from mnist_mlops.core.config import load_params
+from mnist_mlops.training.train import Progress, fit
 params = load_params(sys.argv[1])
 p, tp = params.models["cnn_28_dense128"], params.train
 backend.configure(seed=tp.seed, deterministic=tp.deterministic, mixed_precision=False)

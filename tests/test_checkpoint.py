@@ -13,8 +13,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from mnist_mlops.checkpoint import Checkpoint, fingerprint
-from mnist_mlops.config import load_params
+from mnist_mlops.core.config import load_params
+from mnist_mlops.training.checkpoint import Checkpoint, fingerprint
 
 from .conftest import ROOT, Spawned, tool_env
 from .test_train import write_tiny_project
@@ -33,14 +33,14 @@ def tiny(root: Path) -> Path:
 
 
 def train_cmd(root: Path) -> tuple[list[str], dict[str, str]]:
-    return ([sys.executable, "-m", "mnist_mlops.train", MODEL],
+    return ([sys.executable, "-m", "mnist_mlops.training.train", MODEL],
             tool_env(MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db"))
 
 
 def model_outputs(root: Path) -> dict[str, list]:
     import keras
 
-    from mnist_mlops.parse import load_dataset
+    from mnist_mlops.data.parse import load_dataset
 
     model = keras.saving.load_model(root / "models" / f"{MODEL}.h5", compile=False)
     x = load_dataset(root / "data" / "interim" / "mnist.npz")["x_test"][..., None]
@@ -129,7 +129,7 @@ def test_checkpoint_of_another_configuration_is_discarded(tmp_path: Path,
 
 
 def test_one_configuration_trains_in_one_process_at_a_time(tmp_path: Path) -> None:
-    from mnist_mlops.runtime import UserError
+    from mnist_mlops.core.runtime import UserError
 
     with Checkpoint(tmp_path, MODEL, "abc"), pytest.raises(UserError, match="another process"):
         Checkpoint(tmp_path, MODEL, "abc").__enter__()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mnist_mlops.compare import Row, render_markdown, render_text, table
+from mnist_mlops.evaluation.compare import Row, render_markdown, render_text, table
 
 
 def row(model: str, acc: float, **params: str) -> Row:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_mlops.config import ConfigError, load_params, parse_params
+from mnist_mlops.core.config import ConfigError, load_params, parse_params
 
 from .conftest import ROOT
 

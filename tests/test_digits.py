@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_mlops.digits import ImageInputError, open_image, prepare, to_mnist
+from mnist_mlops.data.digits import ImageInputError, open_image, prepare, to_mnist
 
 from .drawing import draw_digit
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_mlops.download import DownloadError, download_all, gunzip_sha256, mirror_list
+from mnist_mlops.data.download import DownloadError, download_all, gunzip_sha256, mirror_list
 
 from .conftest import MNIST_FILES
 
@@ -158,7 +158,8 @@ def test_unsupported_scheme_is_reported(files: dict[str, str], tmp_path: Path) -
 
 
 def test_stage_exits_nonzero_with_the_reasons(synthetic_mirror: Path, tmp_path: Path) -> None:
-    """`python -m mnist_mlops.download` as DVC runs it: one clear error, exit 1, no partials."""
+    """`python -m mnist_mlops.data.download` as DVC runs it: one clear error, exit 1,
+    no partial files."""
     import subprocess
     import sys
 
@@ -171,7 +172,7 @@ def test_stage_exits_nonzero_with_the_reasons(synthetic_mirror: Path, tmp_path: 
     raw["download"]["files"] = {n: gunzip_sha256(synthetic_mirror / n) for n in MNIST_FILES}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     (synthetic_mirror / MNIST_FILES[0]).write_bytes(b"\x1f\x8b broken")
-    proc = subprocess.run([sys.executable, "-m", "mnist_mlops.download"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "mnist_mlops.data.download"], cwd=tmp_path,
                           env=tool_env(MNIST_MIRROR=str(synthetic_mirror)), capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 1

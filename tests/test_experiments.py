@@ -62,8 +62,8 @@ def test_queued_experiments_run_in_parallel_on_the_project_store(tmp_path: Path)
 
 def test_concurrent_store_creation(tmp_path: Path) -> None:
     """Four processes open one fresh SQLite store at the same moment."""
-    code = ("import sys; from mnist_mlops.config import MlflowParams; "
-            "from mnist_mlops.tracking import connect; "
+    code = ("import sys; from mnist_mlops.core.config import MlflowParams; "
+            "from mnist_mlops.tracking.mlflow_io import connect; "
             "print(connect(MlflowParams(tracking_uri=sys.argv[1])))")
     uri = f"sqlite:///{tmp_path}/fresh.db"
     procs = [subprocess.Popen([sys.executable, "-c", code, uri], cwd=tmp_path,
@@ -80,7 +80,7 @@ def test_two_trainings_logging_at_once(tmp_path: Path) -> None:
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         projects.append(write_tiny_project(tmp_path / name))
-    procs = [subprocess.Popen([sys.executable, "-m", "mnist_mlops.train", MODEL], cwd=p,
+    procs = [subprocess.Popen([sys.executable, "-m", "mnist_mlops.training.train", MODEL], cwd=p,
                               env=tool_env(MLFLOW_TRACKING_URI=uri), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for p in projects]
     outs = [p.communicate(timeout=600)[0] for p in procs]
@@ -98,7 +98,7 @@ def test_racing_register_stages(tmp_path: Path) -> None:
     """Three `register` processes at once: one version per run, one champion, one history."""
     root, env = synthetic_project(tmp_path / "project")
     run(["dvc", "repro", f"evaluate@{MODEL}"], root, env)
-    procs = [subprocess.Popen([sys.executable, "-m", "mnist_mlops.register"], cwd=root,
+    procs = [subprocess.Popen([sys.executable, "-m", "mnist_mlops.registry.register"], cwd=root,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for _ in range(3)]
     outs = [p.communicate(timeout=300)[0] for p in procs]

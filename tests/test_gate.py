@@ -8,8 +8,8 @@ from math import comb
 import numpy as np
 import pytest
 
-from mnist_mlops.config import RegisterParams
-from mnist_mlops.gate import Candidate, Evidence, Paired, decide, mcnemar
+from mnist_mlops.core.config import RegisterParams
+from mnist_mlops.registry.gate import Candidate, Evidence, Paired, decide, mcnemar
 
 GATE = RegisterParams(margin=0.001, floor=0.9, alpha=0.05, realworld_margin=0.01)
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mnist_mlops.idx import DTYPES, IDXError, encode_idx, parse_idx, read_idx, write_idx
+from mnist_mlops.data.idx import DTYPES, IDXError, encode_idx, parse_idx, read_idx, write_idx
 
 
 @pytest.mark.parametrize("dtype", [d.newbyteorder("=") for d in DTYPES.values()])

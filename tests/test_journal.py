@@ -50,7 +50,7 @@ def test_server_killed_mid_fold_and_restarted_loses_nothing(tmp_path: Path,
     raw["models"][MODEL]["epochs"] = epochs
     raw["mlflow"]["outage_wait_s"] = 180
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
-    stage = Spawned([sys.executable, "-m", "mnist_mlops.train", MODEL], root,
+    stage = Spawned([sys.executable, "-m", "mnist_mlops.training.train", MODEL], root,
                     tool_env(MLFLOW_TRACKING_URI=mlflow_server.uri))
     try:
         stage.wait_for_line("fold 1/2 epoch 3/")
@@ -110,7 +110,7 @@ def test_server_never_back_keeps_outputs_then_dvc_repro_delivers_without_retrain
 def test_a_write_repeated_after_a_resume_is_recorded_once(tmp_path: Path) -> None:
     """An epoch logged just before a kill, but not checkpointed, is trained and logged
     again on resume: its step must not appear twice (nor a second MLflow model)."""
-    from mnist_mlops.journal import Journal
+    from mnist_mlops.tracking.journal import Journal
 
     j = Journal(tmp_path, "sqlite:///unused.db", "mnist-mlops", "attempt")
     j.start_run("fold-0", "m/fold-0", {})
@@ -128,8 +128,8 @@ def test_a_write_repeated_after_a_resume_is_recorded_once(tmp_path: Path) -> Non
 
 def test_a_write_the_store_refuses_stops_with_one_clear_error(tmp_path: Path) -> None:
     """Not an outage: retrying cannot help, so delivery stops and says which write failed."""
-    from mnist_mlops.journal import Journal
-    from mnist_mlops.runtime import UserError
+    from mnist_mlops.core.runtime import UserError
+    from mnist_mlops.tracking.journal import Journal
 
     j = Journal(tmp_path / "ckpt", f"sqlite:///{tmp_path}/mlflow.db", "mnist-mlops", "a")
     j.start_run("parent", "m", {})

@@ -24,9 +24,9 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, np.ndarr
     import keras
     import mlflow
 
-    from mnist_mlops.config import load_params
-    from mnist_mlops.journal import log_keras_model
-    from mnist_mlops.models import build_model
+    from mnist_mlops.core.config import load_params
+    from mnist_mlops.tracking.journal import log_keras_model
+    from mnist_mlops.training.models import build_model
 
     tmp = tmp_path_factory.mktemp("mlflow_model")
     keras.utils.set_random_seed(0)
@@ -59,7 +59,7 @@ def test_one_python_function_model_with_the_h5_and_a_uint8_signature(logged: tup
 def test_pyfunc_and_predictor_give_the_models_answers(logged: tuple) -> None:
     import mlflow
 
-    from mnist_mlops.predict import Predictor
+    from mnist_mlops.serving.predict import Predictor
 
     uri, model_uri, x = logged
     expected = np.load(Path(uri.removeprefix("sqlite:///")).parent / "expected.npy")

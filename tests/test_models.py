@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from mnist_mlops.config import ARCHITECTURES, load_params
-from mnist_mlops.models import build_model, compile_model, ensemble
+from mnist_mlops.core.config import ARCHITECTURES, load_params
+from mnist_mlops.training.models import build_model, compile_model, ensemble
 
 from .conftest import ROOT
 
@@ -55,7 +55,7 @@ def test_only_the_augmenting_model_has_layers_keras_cannot_compile() -> None:
     rather than report the `train.xla` it was asked for."""
     import dataclasses
 
-    from mnist_mlops.models import step_compiled, uncompilable_layers
+    from mnist_mlops.training.models import step_compiled, uncompilable_layers
 
     for name, p in PARAMS.models.items():
         assert uncompilable_layers(build_model(p)) == (
@@ -69,7 +69,7 @@ def test_only_the_augmenting_model_has_layers_keras_cannot_compile() -> None:
 
 
 def test_cosine_schedule_runs_from_the_rate_to_zero() -> None:
-    from mnist_mlops.models import make_optimizer
+    from mnist_mlops.training.models import make_optimizer
 
     p = PARAMS.models["cnn_bn_aug"]
     assert p.lr_schedule == "cosine"

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_mlops.idx import write_idx
-from mnist_mlops.parse import ParseError, load_dataset, parse_dataset, save_dataset
+from mnist_mlops.data.idx import write_idx
+from mnist_mlops.data.parse import ParseError, load_dataset, parse_dataset, save_dataset
 
 from .conftest import MNIST_FILES
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_mlops.digits import to_mnist
-from mnist_mlops.predict import Predictor, predict_files
+from mnist_mlops.data.digits import to_mnist
+from mnist_mlops.serving.predict import Predictor, predict_files
 
 from .conftest import ROOT, run, tool_env
 from .drawing import draw_digit, drawn_set
@@ -46,8 +46,8 @@ def test_large_rerendered_mnist_digits(mnist: dict, model_file: Path, tmp_path: 
 
 def test_photographed_digits_on_grey_textured_unevenly_lit_paper(
         mnist: dict, model_file: Path, tmp_path: Path) -> None:
-    from mnist_mlops.config import RealworldParams
-    from mnist_mlops.realworld import generate
+    from mnist_mlops.core.config import RealworldParams
+    from mnist_mlops.data.realworld import generate
 
     files = generate(mnist["x_test"], mnist["y_test"], RealworldParams(count=200, seed=11),
                      tmp_path)
@@ -91,7 +91,7 @@ def test_cli_predict_mixed_folder(model_file: Path, tmp_path: Path) -> None:
 
 def test_unknown_mlflow_model_is_a_clear_error(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from mnist_mlops.runtime import UserError
+    from mnist_mlops.core.runtime import UserError
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(UserError, match="cannot load model 'models:/nope@champion'"):

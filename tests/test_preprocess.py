@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_mlops.config import PreprocessParams
-from mnist_mlops.fsio import write_text_atomic
-from mnist_mlops.preprocess import folds_csv, load_folds, make_folds
-from mnist_mlops.runtime import UserError
+from mnist_mlops.core.config import PreprocessParams
+from mnist_mlops.core.fsio import write_text_atomic
+from mnist_mlops.core.runtime import UserError
+from mnist_mlops.data.preprocess import folds_csv, load_folds, make_folds
 
 
 def labels(n: int = 1000, seed: int = 0) -> np.ndarray:

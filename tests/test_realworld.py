@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_mlops import realworld
-from mnist_mlops.config import RealworldParams
-from mnist_mlops.runtime import UserError
+from mnist_mlops.core.config import RealworldParams
+from mnist_mlops.core.runtime import UserError
+from mnist_mlops.data import realworld
 
 from .conftest import synthetic_digits
 from .drawing import draw_digit

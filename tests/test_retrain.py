@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mnist_mlops.retrain import apply_overrides
+from mnist_mlops.jobs.retrain import apply_overrides
 
 from .conftest import ROOT, run, synthetic_digits, synthetic_project
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mnist_mlops.runtime import launchers
+from mnist_mlops.core.runtime import launchers
 
 from .conftest import Spawned, run, synthetic_project, wait_for
 
@@ -33,13 +33,13 @@ def stage_pids(root: Path) -> list[int]:
             ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if b"mnist_mlops.train" in argv and cwd == str(root):
+        if b"mnist_mlops.training.train" in argv and cwd == str(root):
             found[int(proc.name)] = ppid
     return [pid for pid, ppid in found.items() if ppid not in found]
 
 
 def test_launchers_are_the_shell_and_what_started_it() -> None:
-    code = "from mnist_mlops.runtime import launchers; print(launchers())"
+    code = "from mnist_mlops.core.runtime import launchers; print(launchers())"
     shell = subprocess.Popen(["sh", "-c", f"{sys.executable} -c '{code}'; true"],
                              stdout=subprocess.PIPE, text=True)
     out, _ = shell.communicate(timeout=60)

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mnist_mlops.predict import Predictor
-from mnist_mlops.serve import make_server
+from mnist_mlops.serving.predict import Predictor
+from mnist_mlops.serving.serve import make_server
 
 from .drawing import draw_digit
 

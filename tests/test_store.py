@@ -24,7 +24,7 @@ def test_copied_project_store_opens_with_its_artifacts(tmp_path: Path) -> None:
     original = tmp_path / "original"
     original.mkdir()
     write_tiny_project(original)
-    run([sys.executable, "-m", "mnist_mlops.train", MODEL], original)   # default store
+    run([sys.executable, "-m", "mnist_mlops.training.train", MODEL], original)   # default store
     copy = tmp_path / "elsewhere" / "project"
     shutil.copytree(original, copy)
     shutil.rmtree(original)                       # the old paths now lead nowhere

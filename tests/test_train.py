@@ -15,10 +15,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from mnist_mlops.config import Params, load_params
-from mnist_mlops.fsio import write_text_atomic
-from mnist_mlops.parse import save_dataset
-from mnist_mlops.preprocess import folds_csv, make_folds
+from mnist_mlops.core.config import Params, load_params
+from mnist_mlops.core.fsio import write_text_atomic
+from mnist_mlops.data.parse import save_dataset
+from mnist_mlops.data.preprocess import folds_csv, make_folds
 
 from .conftest import ROOT, MlflowServer, Spawned, synthetic_digits, tool_env
 
@@ -59,7 +59,7 @@ def runs_of(model: str) -> dict[str, list]:
 
 
 def test_train_writes_outputs_and_tracks_everything(project: Params) -> None:
-    from mnist_mlops.train import train
+    from mnist_mlops.training.train import train
 
     summary = train(project, "mlp_512x2")
     paths = project.paths
@@ -101,8 +101,8 @@ def test_train_writes_outputs_and_tracks_everything(project: Params) -> None:
 def test_logged_mlflow_model_serves_raw_uint8(project: Params) -> None:
     import mlflow
 
-    from mnist_mlops.parse import load_dataset
-    from mnist_mlops.train import train
+    from mnist_mlops.data.parse import load_dataset
+    from mnist_mlops.training.train import train
 
     train(project, "cnn_28_dense128")
     uri = json.loads((project.paths.train_dir("cnn_28_dense128") / "run.json").read_text())
@@ -115,7 +115,7 @@ def test_logged_mlflow_model_serves_raw_uint8(project: Params) -> None:
 
 
 def test_same_seed_same_fold_metrics(project: Params) -> None:
-    from mnist_mlops.train import train
+    from mnist_mlops.training.train import train
 
     a = train(project, "cnn_32_64_64")["folds"]
     b = train(project, "cnn_32_64_64")["folds"]
@@ -126,7 +126,7 @@ def test_same_seed_same_fold_metrics(project: Params) -> None:
 def test_final_model_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, final: str) -> None:
     import keras
 
-    from mnist_mlops.train import train
+    from mnist_mlops.training.train import train
 
     write_tiny_project(tmp_path, final=final)
     monkeypatch.chdir(tmp_path)
@@ -150,7 +150,8 @@ def test_sigterm_ends_runs_killed_and_leaves_no_model(tmp_path: Path,
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = tool_env(MLFLOW_TRACKING_URI=uri, KERAS_BACKEND=keras_backend)
-    stage = Spawned([sys.executable, "-m", "mnist_mlops.train", "mlp_512x2"], tmp_path, env)
+    stage = Spawned([sys.executable, "-m", "mnist_mlops.training.train", "mlp_512x2"],
+                    tmp_path, env)
     try:
         # Wait on the child's log, not on its SQLite store: polling a database that is
         # written every few milliseconds can hit "database is locked" over and over.
@@ -177,7 +178,7 @@ def test_sigterm_ends_runs_killed_and_leaves_no_model(tmp_path: Path,
 
 def test_against_a_real_mlflow_server(tmp_path: Path, mlflow_server: MlflowServer) -> None:
     write_tiny_project(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "mnist_mlops.train", "cnn_32_64_64"],
+    proc = subprocess.run([sys.executable, "-m", "mnist_mlops.training.train", "cnn_32_64_64"],
                           cwd=tmp_path, env=tool_env(MLFLOW_TRACKING_URI=mlflow_server.uri),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -195,7 +196,7 @@ def test_precision_and_xla_flags_train(tmp_path: Path, monkeypatch: pytest.Monke
     """Each flag really takes effect: XLA under TensorFlow needs non-deterministic ops."""
     import keras
 
-    from mnist_mlops.train import train
+    from mnist_mlops.training.train import train
 
     write_tiny_project(tmp_path, **{flag: True, "final": "best_fold"},
                        **({"deterministic": False} if flag == "xla" else {}))
@@ -212,7 +213,7 @@ def test_precision_and_xla_flags_train(tmp_path: Path, monkeypatch: pytest.Monke
     assert parent.params[f"train.{flag}"] == "True"
     assert parent.tags["jit_compile"] == str(flag == "xla")
     params = load_params()
-    from mnist_mlops.models import new_model
+    from mnist_mlops.training.models import new_model
 
     model = new_model(params.model("cnn_28_dense128"), params.train, 0, 240)
     assert model.jit_compile is (flag == "xla")       # Keras did not turn it off
@@ -222,7 +223,7 @@ def test_xla_with_deterministic_tensorflow_ops_says_it_stays_off(
         caplog: pytest.LogCaptureFixture) -> None:
     import keras
 
-    from mnist_mlops import backend
+    from mnist_mlops.training import backend
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("TensorFlow's deterministic ops")
@@ -240,7 +241,7 @@ def test_steps_per_execution_leaves_fold_metrics_identical(
     default 32 runs each epoch as one partial group)."""
     import json
 
-    from mnist_mlops.train import train
+    from mnist_mlops.training.train import train
 
     results = {}
     for spe in (1, 3, 32):
@@ -267,7 +268,7 @@ def test_stage_log_is_the_projects_own_lines(tmp_path: Path) -> None:
     MNIST_MLOPS_VERBOSE=1 brings the library lines back."""
     write_tiny_project(tmp_path, verbose=2)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cmd = [sys.executable, "-m", "mnist_mlops.train", "mlp_512x2"]
+    cmd = [sys.executable, "-m", "mnist_mlops.training.train", "mlp_512x2"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=tool_env(MLFLOW_TRACKING_URI=uri),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -19,8 +19,8 @@ import logging
 import sys
 from pathlib import Path
 
-from mnist_mlops.config import Params, load_params
-from mnist_mlops.runtime import UserError, configure_logging
+from mnist_mlops.core.config import Params, load_params
+from mnist_mlops.core.runtime import UserError, configure_logging
 
 log = logging.getLogger("mnist_mlops")
 
@@ -28,14 +28,14 @@ log = logging.getLogger("mnist_mlops")
 def _client(params: Params):  # -> MlflowClient (import kept lazy for fast --help)
     from mlflow.tracking import MlflowClient
 
-    from mnist_mlops import tracking
+    from mnist_mlops.tracking import mlflow_io
 
-    tracking.setup(params.mlflow)
+    mlflow_io.setup(params.mlflow)
     return MlflowClient()
 
 
 def cmd_predict(args: argparse.Namespace, params: Params) -> int:
-    from mnist_mlops.predict import expand_inputs, load_predictor, predict_files
+    from mnist_mlops.serving.predict import expand_inputs, load_predictor, predict_files
 
     files = expand_inputs(args.images)
     if not files:
@@ -51,13 +51,13 @@ def cmd_predict(args: argparse.Namespace, params: Params) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, params: Params) -> int:
-    from mnist_mlops.compare import fetch_table, render_markdown, render_text
+    from mnist_mlops.evaluation.compare import fetch_table, render_markdown, render_text
 
     header, body = fetch_table(_client(params), args.experiment or params.mlflow.experiment,
                                all_runs=args.all, model=args.model)
     print(render_text(header, body), end="")
     if args.markdown:
-        from mnist_mlops.fsio import write_text_atomic
+        from mnist_mlops.core.fsio import write_text_atomic
 
         write_text_atomic(args.markdown, render_markdown(header, body))
         log.info("wrote %s", args.markdown)
@@ -65,21 +65,21 @@ def cmd_compare(args: argparse.Namespace, params: Params) -> int:
 
 
 def cmd_champion(args: argparse.Namespace, params: Params) -> int:
-    from mnist_mlops import registry
+    from mnist_mlops.registry import aliases
 
     client, name = _client(params), params.mlflow.registered_model
-    for alias in (registry.CHAMPION, registry.CHALLENGER):
-        v = registry.alias_version(client, name, alias)
+    for alias in (aliases.CHAMPION, aliases.CHALLENGER):
+        v = aliases.alias_version(client, name, alias)
         if v is None:
             print(f"{name}@{alias}: none")
         else:
-            c = registry.candidate(client, name, v)
+            c = aliases.candidate(client, name, v)
             print(f"{name}@{alias}: v{v} ({c.model}, test accuracy {c.test_accuracy:.4f})")
     return 0
 
 
 def cmd_promote(args: argparse.Namespace, params: Params) -> int:
-    from mnist_mlops.register import promote
+    from mnist_mlops.registry.register import promote
 
     rec = promote(params, str(args.version), force=args.force)
     print(f"{rec['registered_model']}@champion: v{rec['previous_champion'] or '-'} -> "
@@ -88,7 +88,7 @@ def cmd_promote(args: argparse.Namespace, params: Params) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace, params: Params) -> int:
-    from mnist_mlops.register import rollback
+    from mnist_mlops.registry.register import rollback
 
     rec = rollback(params)
     print(f"{rec['registered_model']}@champion: v{rec['previous_champion']} -> "
@@ -97,8 +97,8 @@ def cmd_rollback(args: argparse.Namespace, params: Params) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, params: Params) -> int:
-    from mnist_mlops.predict import load_predictor
-    from mnist_mlops.serve import make_server
+    from mnist_mlops.serving.predict import load_predictor
+    from mnist_mlops.serving.serve import make_server
 
     predictor = load_predictor(args.model, params, args.trust_model)
     server = make_server(predictor, args.host, args.port)
@@ -114,7 +114,7 @@ def cmd_serve(args: argparse.Namespace, params: Params) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace, params: Params) -> int:
-    from mnist_mlops.retrain import Options, retrain
+    from mnist_mlops.jobs.retrain import Options, retrain
 
     opts = Options(profile=args.profile, remote=args.remote, branch=args.branch,
                    base=args.base, push=args.push, report=args.report)
@@ -123,7 +123,7 @@ def cmd_retrain(args: argparse.Namespace, params: Params) -> int:
 
 
 def cmd_relocate_store(args: argparse.Namespace, params: Params) -> int:
-    from mnist_mlops.store import relocate
+    from mnist_mlops.tracking.store import relocate
 
     uri = params.mlflow.resolved_tracking_uri()
     if not uri.startswith("sqlite:///"):
@@ -144,7 +144,7 @@ def _version() -> str:
 
 
 def cmd_copy_store(args: argparse.Namespace, params: Params) -> int:
-    from mnist_mlops.store import copy_store
+    from mnist_mlops.tracking.store import copy_store
 
     src = params.mlflow.resolved_tracking_uri()
     n = copy_store(src, args.to, params.mlflow.experiment, params.mlflow.registered_model)

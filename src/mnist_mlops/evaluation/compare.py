@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
-from mnist_mlops.runtime import UserError
+from mnist_mlops.core.runtime import UserError
 
 HIDDEN_PARAMS = {"model.name", "model.architecture"}
 

@@ -18,8 +18,8 @@ import keras
 import numpy as np
 from keras import layers as L
 
-from mnist_mlops import backend
-from mnist_mlops.config import INPUT_SHAPE, NUM_CLASSES, ModelParams, TrainParams
+from mnist_mlops.core.config import INPUT_SHAPE, NUM_CLASSES, ModelParams, TrainParams
+from mnist_mlops.training import backend
 
 
 def _fc_1024_512(p: ModelParams) -> list[Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_mlops.fsio import atomic_path
+from mnist_mlops.core.fsio import atomic_path
 
 
 def _pyplot() -> Any:

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from mnist_mlops.config import PreprocessParams, load_params
-from mnist_mlops.fsio import write_text_atomic
-from mnist_mlops.parse import load_dataset
-from mnist_mlops.runtime import UserError, run_main
+from mnist_mlops.core.config import PreprocessParams, load_params
+from mnist_mlops.core.fsio import write_text_atomic
+from mnist_mlops.core.runtime import UserError, run_main
+from mnist_mlops.data.parse import load_dataset
 
 log = logging.getLogger(__name__)
 HEADER = ("index", "label", "fold")

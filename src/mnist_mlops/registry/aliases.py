@@ -15,9 +15,9 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_mlops.fsio import write_json_atomic
-from mnist_mlops.gate import Candidate
-from mnist_mlops.runtime import UserError
+from mnist_mlops.core.fsio import write_json_atomic
+from mnist_mlops.core.runtime import UserError
+from mnist_mlops.registry.gate import Candidate
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"

@@ -23,9 +23,9 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_mlops.config import MlflowParams
-from mnist_mlops.fsio import file_lock, project_root
-from mnist_mlops.runtime import UserError
+from mnist_mlops.core.config import MlflowParams
+from mnist_mlops.core.fsio import file_lock, project_root
+from mnist_mlops.core.runtime import UserError
 
 log = logging.getLogger(__name__)
 MLFLOW_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # the model each run logs

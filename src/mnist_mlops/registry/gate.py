@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_mlops.config import RegisterParams
+from mnist_mlops.core.config import RegisterParams
 
 
 @dataclass(frozen=True)

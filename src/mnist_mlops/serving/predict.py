@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from mnist_mlops.config import INPUT_SHAPE, NUM_CLASSES, Params
-from mnist_mlops.digits import IMAGE_SUFFIXES, ImageInputError, prepare
-from mnist_mlops.runtime import UserError
-from mnist_mlops.tracking import H5_ARTIFACT
+from mnist_mlops.core.config import INPUT_SHAPE, NUM_CLASSES, Params
+from mnist_mlops.core.runtime import UserError
+from mnist_mlops.data.digits import IMAGE_SUFFIXES, ImageInputError, prepare
+from mnist_mlops.tracking.mlflow_io import H5_ARTIFACT
 
 log = logging.getLogger(__name__)
 
@@ -194,15 +194,15 @@ def load_predictor(model: str | None, params: Params, trusted: bool = False) -> 
     """`model` (a .h5 file or MLflow URI), or by default the registry's champion, resolved
     against the configured MLflow store; without a store that knows the champion (a fresh
     clone after `dvc pull`), the champion named by the decision record, from its .h5 file."""
-    from mnist_mlops import tracking
+    from mnist_mlops.tracking import mlflow_io
 
     if model:
         if model.startswith("models:/"):
-            tracking.setup(params.mlflow)
+            mlflow_io.setup(params.mlflow)
         return Predictor(model, trusted=trusted)
     uri = f"models:/{params.mlflow.registered_model}@champion"
     try:
-        tracking.setup(params.mlflow)
+        mlflow_io.setup(params.mlflow)
         return Predictor(uri)
     except Exception as exc:
         local = recorded_champion_file(params)

@@ -16,8 +16,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from mnist_mlops.fsio import file_lock
-from mnist_mlops.runtime import UserError
+from mnist_mlops.core.fsio import file_lock
+from mnist_mlops.core.runtime import UserError
 
 log = logging.getLogger(__name__)
 # (table, column) pairs that hold artifact locations, as plain paths or file:// URIs.
@@ -47,7 +47,7 @@ def relocate(db_path: Path, new_root: Path | None = None) -> int:
                         "the copied mlflow.db and mlruns/")
     new_root = (new_root or db_path.parent).resolve()
     changed = 0
-    from mnist_mlops.tracking import store_lock_path  # (imports MLflow: only when used)
+    from mnist_mlops.tracking.mlflow_io import store_lock_path  # (imports MLflow: only when used)
 
     with file_lock(store_lock_path(f"sqlite:///{db_path}", "init", db_path.parent)), \
             sqlite3.connect(db_path) as db:
@@ -91,13 +91,13 @@ def copy_store(src: str, dst: str, experiment: str, registered_model: str) -> di
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from mnist_mlops import tracking
+    from mnist_mlops.tracking import mlflow_io
 
     s, d = MlflowClient(src), MlflowClient(dst)
     sexp = s.get_experiment_by_name(experiment)
     if sexp is None:
         raise UserError(f"experiment {experiment!r} not found in {src}")
-    dexp = tracking.ensure_experiment(d, experiment, dst)
+    dexp = mlflow_io.ensure_experiment(d, experiment, dst)
     ids = {r.data.tags[COPIED_FROM]: r.info.run_id
            for r in d.search_runs([dexp], max_results=50000) if COPIED_FROM in r.data.tags}
     runs = s.search_runs([sexp.experiment_id], max_results=50000,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_mlops.fsio import atomic_path
+from mnist_mlops.core.fsio import atomic_path
 
 # IDX dtype codes (0x0A is unassigned in the format).
 DTYPES: dict[int, np.dtype] = {

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_mlops.config import load_params
-from mnist_mlops.fsio import atomic_path
-from mnist_mlops.idx import IDXError, read_idx
-from mnist_mlops.runtime import UserError, run_main
+from mnist_mlops.core.config import load_params
+from mnist_mlops.core.fsio import atomic_path
+from mnist_mlops.core.runtime import UserError, run_main
+from mnist_mlops.data.idx import IDXError, read_idx
 
 log = logging.getLogger(__name__)
 

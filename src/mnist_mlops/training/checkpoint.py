@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from mnist_mlops.config import ModelParams, TrainParams
-from mnist_mlops.fsio import atomic_path, project_root, write_json_atomic
-from mnist_mlops.runtime import UserError
+from mnist_mlops.core.config import ModelParams, TrainParams
+from mnist_mlops.core.fsio import atomic_path, project_root, write_json_atomic
+from mnist_mlops.core.runtime import UserError
 
 log = logging.getLogger(__name__)
 # Train params that change only the log, not the trained model.

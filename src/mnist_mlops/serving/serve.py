@@ -17,8 +17,8 @@ from importlib import resources
 
 from PIL import Image, UnidentifiedImageError
 
-from mnist_mlops.digits import MAX_PIXELS, to_mnist
-from mnist_mlops.predict import Predictor
+from mnist_mlops.data.digits import MAX_PIXELS, to_mnist
+from mnist_mlops.serving.predict import Predictor
 
 log = logging.getLogger(__name__)
 MAX_BODY = 5 * 2**20
@@ -36,7 +36,7 @@ class _Server(ThreadingHTTPServer):
 
 def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,
                 max_pending: int = MAX_PENDING) -> ThreadingHTTPServer:
-    page = resources.files("mnist_mlops").joinpath("web/index.html").read_bytes()
+    page = resources.files("mnist_mlops.serving").joinpath("web/index.html").read_bytes()
     lock = threading.Lock()  # one prediction at a time: Keras models are not thread-safe
     pending = threading.BoundedSemaphore(max_pending)
 

@@ -16,11 +16,13 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_mlops import gate, realworld, registry, tracking
-from mnist_mlops.config import Params, load_params
-from mnist_mlops.parse import load_dataset
-from mnist_mlops.predict import Predictor
-from mnist_mlops.runtime import UserError, run_main
+from mnist_mlops.core.config import Params, load_params
+from mnist_mlops.core.runtime import UserError, run_main
+from mnist_mlops.data import realworld
+from mnist_mlops.data.parse import load_dataset
+from mnist_mlops.registry import aliases, gate
+from mnist_mlops.serving.predict import Predictor
+from mnist_mlops.tracking import mlflow_io
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ def ensure_version(client: MlflowClient, params: Params, name: str) -> tuple[str
     run = _read(paths.run_file(name))
     if not run.get("model_uri"):
         raise UserError(f"{name}: its run logged no MLflow model (non-TensorFlow backend?)")
-    run_tags = tracking.require_run(run["run_id"], name).data.tags
+    run_tags = mlflow_io.require_run(run["run_id"], name).data.tags
     existing = client.search_model_versions(f"name='{reg}' and run_id='{run['run_id']}'")
     if existing:
         return str(existing[0].version), False
@@ -72,9 +74,9 @@ def register(params: Params) -> dict[str, Any]:
 
     Held under a lock on the store: two `register` stages at once (parallel experiments)
     would otherwise both register the same run and both promote."""
-    tracking.setup(params.mlflow)
-    with tracking.store_lock(params.mlflow, "register", params.paths.checkpoints), \
-            tracking.outage_as_user_error():
+    mlflow_io.setup(params.mlflow)
+    with mlflow_io.store_lock(params.mlflow, "register", params.paths.checkpoints), \
+            mlflow_io.outage_as_user_error():
         return _register(params)
 
 
@@ -100,9 +102,9 @@ def judge(client: MlflowClient, params: Params, version: str) -> gate.Decision:
     """The gate's verdict on making `version` the champion. The paired evidence (which
     loads both models) is gathered only when floor and margin would let it through."""
     reg = params.mlflow.registered_model
-    challenger = registry.candidate(client, reg, version)
-    champ_v = registry.alias_version(client, reg, registry.CHAMPION)
-    champion = registry.candidate(client, reg, champ_v) if champ_v else None
+    challenger = aliases.candidate(client, reg, version)
+    champ_v = aliases.alias_version(client, reg, aliases.CHAMPION)
+    champion = aliases.candidate(client, reg, champ_v) if champ_v else None
     first = gate.decide(challenger, champion, params.register)
     if not first.promote or champion is None:
         return first
@@ -139,16 +141,16 @@ def _register(params: Params) -> dict[str, Any]:
     versions = {name: v for name, (v, _) in found.items()}
     # every version not yet judged, not only those registered now: a register that died
     # after registering (an outage, a kill) has its versions judged by the next one
-    new = [registry.candidate(client, reg, v) for v in versions.values()
+    new = [aliases.candidate(client, reg, v) for v in versions.values()
            if "gate_decision" not in client.get_model_version(reg, v).tags]
-    champ_v = registry.alias_version(client, reg, registry.CHAMPION)
+    champ_v = aliases.alias_version(client, reg, aliases.CHAMPION)
     facts: dict[str, Any] = {
         "versions": versions, "new_versions": [c.version for c in new],
         "previous_champion": champ_v, "gate": asdict(params.register)}
     if not new:
         reason = "no new model versions; nothing to decide"
         log.info("%s: %s", reg, reason)
-        return registry.write_record(client, reg, params.paths.registry, "register",
+        return aliases.write_record(client, reg, params.paths.registry, "register",
                                      **facts, candidate=None, promoted=False, reason=reason)
     # chosen by cross-validation, so the test set judges it without having picked it
     def rank(c: gate.Candidate) -> tuple[float, float, int]:
@@ -157,9 +159,9 @@ def _register(params: Params) -> dict[str, Any]:
 
     best = max(new, key=rank)
     decision = judge(client, params, best.version)
-    client.set_registered_model_alias(reg, registry.CHALLENGER, best.version)
+    client.set_registered_model_alias(reg, aliases.CHALLENGER, best.version)
     if decision.promote:
-        registry.set_champion(client, reg, best.version)
+        aliases.set_champion(client, reg, best.version)
     tag_decision(client, reg, best.version, decision,
                  "promoted" if decision.promote else "refused")
     for c in new:
@@ -169,7 +171,7 @@ def _register(params: Params) -> dict[str, Any]:
                                          "had the best CV accuracy of this run")
     log.info("%s: challenger v%s (%s); %s: %s", reg, best.version, best.model,
              "promoted" if decision.promote else "champion kept", decision.reason)
-    return registry.write_record(client, reg, params.paths.registry, "register", **facts,
+    return aliases.write_record(client, reg, params.paths.registry, "register", **facts,
                                  candidate=best.version, gate_passed=decision.promote,
                                  **decision.record())
 
@@ -177,26 +179,26 @@ def _register(params: Params) -> dict[str, Any]:
 def promote(params: Params, version: str, force: bool = False) -> dict[str, Any]:
     """`mnist-mlops promote`: the gate's checks apply to a hand promotion too; `force`
     overrides a refusal, and the version says so."""
-    tracking.setup(params.mlflow)
+    mlflow_io.setup(params.mlflow)
     reg = params.mlflow.registered_model
-    with tracking.store_lock(params.mlflow, "register", params.paths.checkpoints), \
-            tracking.outage_as_user_error():
+    with mlflow_io.store_lock(params.mlflow, "register", params.paths.checkpoints), \
+            mlflow_io.outage_as_user_error():
         client = MlflowClient()
-        registry.require_version(client, reg, version)
-        previous = registry.alias_version(client, reg, registry.CHAMPION)
+        aliases.require_version(client, reg, version)
+        previous = aliases.alias_version(client, reg, aliases.CHAMPION)
         if previous == version:
             raise UserError(f"v{version} is already {reg}@champion; nothing to do")
         decision = judge(client, params, version)
         if not decision.promote and not force:
             raise UserError(f"not promoting v{version}: {decision.reason}. Pass --force to "
                             "promote it anyway (the version and the record will say so)")
-        registry.set_champion(client, reg, version)
+        aliases.set_champion(client, reg, version)
         how = "promoted by hand" if decision.promote else "forced by hand against the gate"
         tag_decision(client, reg, version, decision, how)
         if not decision.promote:
             log.warning("%s v%s promoted with --force although the gate says: %s", reg,
                         version, decision.reason)
-        return registry.write_record(client, reg, params.paths.registry, "promote",
+        return aliases.write_record(client, reg, params.paths.registry, "promote",
                                      previous_champion=previous, candidate=version,
                                      gate=asdict(params.register),
                                      **{**decision.record(), "promoted": True},
@@ -205,14 +207,14 @@ def promote(params: Params, version: str, force: bool = False) -> dict[str, Any]
 
 def rollback(params: Params) -> dict[str, Any]:
     """`mnist-mlops rollback`: the previous champion again, and the record says so."""
-    tracking.setup(params.mlflow)
+    mlflow_io.setup(params.mlflow)
     reg = params.mlflow.registered_model
-    with tracking.store_lock(params.mlflow, "register", params.paths.checkpoints), \
-            tracking.outage_as_user_error():
+    with mlflow_io.store_lock(params.mlflow, "register", params.paths.checkpoints), \
+            mlflow_io.outage_as_user_error():
         client = MlflowClient()
-        previous = registry.alias_version(client, reg, registry.CHAMPION)
-        target = registry.rollback(client, reg)
-        return registry.write_record(client, reg, params.paths.registry, "rollback",
+        previous = aliases.alias_version(client, reg, aliases.CHAMPION)
+        target = aliases.rollback(client, reg)
+        return aliases.write_record(client, reg, params.paths.registry, "rollback",
                                      previous_champion=previous, candidate=target,
                                      promoted=True, reason=f"rolled back from v{previous}")
 

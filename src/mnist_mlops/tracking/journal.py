@@ -24,9 +24,9 @@ from typing import Any
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from mnist_mlops import tracking
-from mnist_mlops.fsio import write_json_atomic, write_text_atomic
-from mnist_mlops.runtime import UserError
+from mnist_mlops.core.fsio import write_json_atomic, write_text_atomic
+from mnist_mlops.core.runtime import UserError
+from mnist_mlops.tracking import mlflow_io
 
 log = logging.getLogger(__name__)
 DELIVERY_INTERVAL_S = 2.0
@@ -192,7 +192,7 @@ class Journal:
                     self.delivered += 1
                     self._save_state()
             except Exception as exc:
-                if not tracking.is_outage(exc):
+                if not mlflow_io.is_outage(exc):
                     raise self._refused(exc) from exc
                 if self.outage is None:
                     log.warning("tracking store %s unreachable: training goes on; MLflow "
@@ -220,7 +220,7 @@ class Journal:
         if self._client is None:
             self._client = MlflowClient(self.uri)
         if self.experiment_id is None:
-            self.experiment_id = tracking.ensure_experiment(self._client, self.experiment,
+            self.experiment_id = mlflow_io.ensure_experiment(self._client, self.experiment,
                                                             self.uri)
         return self._client
 
@@ -263,9 +263,9 @@ class Journal:
         run_id = self.run_ids.get(key)
         if run_id is None:
             found = client.search_runs([self.experiment_id],
-                                       f"tags.`{tracking.RUN_KEY_TAG}` = '{run_key}'")
+                                       f"tags.`{mlflow_io.RUN_KEY_TAG}` = '{run_key}'")
             run_id = found[0].info.run_id if found else None
-        tags = {**op["tags"], **tracking.owner_tags(), tracking.RUN_KEY_TAG: run_key}
+        tags = {**op["tags"], **mlflow_io.owner_tags(), mlflow_io.RUN_KEY_TAG: run_key}
         if run_id is None:
             if op["parent"]:
                 tags["mlflow.parentRunId"] = self.run_ids[op["parent"]]
@@ -288,8 +288,8 @@ def log_keras_model(run_id: str, h5: Path, example: Path) -> str:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from mnist_mlops.config import INPUT_SHAPE, NUM_CLASSES
-    from mnist_mlops.tracking import H5_ARTIFACT, MLFLOW_MODEL_CODE
+    from mnist_mlops.core.config import INPUT_SHAPE, NUM_CLASSES
+    from mnist_mlops.tracking.mlflow_io import H5_ARTIFACT, MLFLOW_MODEL_CODE
 
     sig = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *INPUT_SHAPE))]),

@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mnist_mlops.config import Params
-from mnist_mlops.fsio import write_text_atomic
-from mnist_mlops.runtime import UserError
+from mnist_mlops.core.config import Params
+from mnist_mlops.core.fsio import write_text_atomic
+from mnist_mlops.core.runtime import UserError
 
 log = logging.getLogger(__name__)
 # The quick profile: a stratified 3,000-image subset, 2 folds, at most 2 epochs per model.
@@ -181,10 +181,10 @@ def _comparison(params: Params) -> str:
     try:
         from mlflow.tracking import MlflowClient
 
-        from mnist_mlops import tracking
-        from mnist_mlops.compare import compare
+        from mnist_mlops.evaluation.compare import compare
+        from mnist_mlops.tracking import mlflow_io
 
-        tracking.setup(params.mlflow)
+        mlflow_io.setup(params.mlflow)
         return compare(MlflowClient(), params.mlflow.experiment, markdown=True).strip()
     except Exception as exc:  # the report is still useful without it
         return f"(tracking store not readable: {str(exc).splitlines()[0][:200]})"

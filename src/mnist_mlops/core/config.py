@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from mnist_mlops.runtime import UserError
+from mnist_mlops.core.runtime import UserError
 
 DEFAULT_PARAMS = Path("params.yaml")
 INPUT_SHAPE = (28, 28, 1)     # what every model takes: raw 0-255 pixels
@@ -155,7 +155,7 @@ class MlflowParams:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
         prefix = "sqlite:///"
         if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-            from mnist_mlops.fsio import project_root
+            from mnist_mlops.core.fsio import project_root
 
             return f"{prefix}{project_root() / uri[len(prefix):]}"
         return uri

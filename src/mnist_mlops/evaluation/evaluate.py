@@ -19,12 +19,14 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from mnist_mlops import figures, realworld, tracking
-from mnist_mlops.config import INPUT_SHAPE, NUM_CLASSES, Params, load_params
-from mnist_mlops.fsio import write_json_atomic, write_text_atomic
-from mnist_mlops.parse import load_dataset
-from mnist_mlops.predict import load_keras_model, predict_proba
-from mnist_mlops.runtime import run_main
+from mnist_mlops.core.config import INPUT_SHAPE, NUM_CLASSES, Params, load_params
+from mnist_mlops.core.fsio import write_json_atomic, write_text_atomic
+from mnist_mlops.core.runtime import run_main
+from mnist_mlops.data import realworld
+from mnist_mlops.data.parse import load_dataset
+from mnist_mlops.evaluation import figures
+from mnist_mlops.serving.predict import load_keras_model, predict_proba
+from mnist_mlops.tracking import mlflow_io
 
 log = logging.getLogger(__name__)
 WORST = 24
@@ -142,9 +144,9 @@ def _log_to_mlflow(params: Params, name: str, metrics: dict[str, float],
     """Attach the test results to the parent run the train stage created, without reopening
     it (its status and duration stay those of the training)."""
     run_id = json.loads(params.paths.run_file(name).read_text())["run_id"]
-    tracking.setup(params.mlflow)
-    tracking.require_run(run_id, name)
-    with tracking.outage_as_user_error():
+    mlflow_io.setup(params.mlflow)
+    mlflow_io.require_run(run_id, name)
+    with mlflow_io.outage_as_user_error():
         client = MlflowClient()
         ts = int(time.time() * 1000)
         values = {**metrics, **{f"test_f1_class_{c}": v["f1"] for c, v in per_class.items()}}

@@ -26,14 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mnist_mlops import backend, figures, tracking
-from mnist_mlops.checkpoint import Checkpoint, FitProgress, fingerprint, open_checkpoint
-from mnist_mlops.config import ModelParams, Params, TrainParams, load_params
-from mnist_mlops.fsio import atomic_path, sha256_files, write_json_atomic, write_text_atomic
-from mnist_mlops.journal import Journal, short_reason
-from mnist_mlops.parse import load_dataset
-from mnist_mlops.preprocess import load_folds
-from mnist_mlops.runtime import UserError, run_main, signals_deferred
+from mnist_mlops.core.config import ModelParams, Params, TrainParams, load_params
+from mnist_mlops.core.fsio import atomic_path, sha256_files, write_json_atomic, write_text_atomic
+from mnist_mlops.core.runtime import UserError, run_main, signals_deferred
+from mnist_mlops.data.parse import load_dataset
+from mnist_mlops.data.preprocess import load_folds
+from mnist_mlops.evaluation import figures
+from mnist_mlops.tracking import mlflow_io
+from mnist_mlops.tracking.journal import Journal, short_reason
+from mnist_mlops.training import backend
+from mnist_mlops.training.checkpoint import Checkpoint, FitProgress, fingerprint, open_checkpoint
 
 if TYPE_CHECKING:  # Keras is imported where it is used: after run_main has quietened
     import keras  # TensorFlow's start-up lines (runtime.quiet_native_stderr)
@@ -97,7 +99,7 @@ def fit(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray, *, key: s
         label: str, val: tuple[np.ndarray, np.ndarray] | None = None) -> FitResult:
     """Train one model epoch by epoch, checkpointing each; with `val`, keep the weights of
     the epoch with the lowest validation loss. Continues from the checkpoint if any."""
-    from mnist_mlops.models import epoch_order, new_model, targets
+    from mnist_mlops.training.models import epoch_order, new_model, targets
 
     model = new_model(p, tp, index, len(x))
     prog = (ckpt.load_progress(key, model) if ckpt else None) or FitProgress()
@@ -180,7 +182,7 @@ def cross_validate(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray
 
 def fold_model(p: ModelParams, tp: TrainParams, r: FitResult, ckpt: Checkpoint,
                key: str, index: int) -> keras.Model:
-    from mnist_mlops.models import new_model
+    from mnist_mlops.training.models import new_model
 
     return r.model if r.model is not None else ckpt.load_done_weights(
         key, new_model(p, tp, index, n_train=0))  # only its weights are loaded
@@ -196,7 +198,7 @@ def final_model(p: ModelParams, tp: TrainParams, x: np.ndarray, y: np.ndarray,
         i = min(range(len(cv)), key=lambda j: cv[j].val_loss)
         return FitResult(fold_model(p, tp, cv[i], ckpt, keys[i], i), {})
     if final == "ensemble":
-        from mnist_mlops.models import ensemble
+        from mnist_mlops.training.models import ensemble
 
         members = [fold_model(p, tp, r, ckpt, keys[i], i) for i, r in enumerate(cv)]
         return FitResult(ensemble(members, p.name), {})
@@ -298,18 +300,18 @@ def _run_tags(params: Params, name: str, data_digest: str, device: dict[str, Any
     return {"architecture": p.architecture, "model_name": name, "role": "parent",
             "dvc_stage": f"train@{name}",
             "dvc_exp": os.environ.get("DVC_EXP_NAME", "workspace"),
-            "data_sha256": data_digest, **tracking.git_info(),
+            "data_sha256": data_digest, **mlflow_io.git_info(),
             **{k: str(v) for k, v in device.items()}}
 
 
 def _connect(params: Params, name: str, journal: Journal) -> None:
     """Reach the store and end runs a killed attempt left RUNNING; an outage only warns."""
     try:
-        exp_id = tracking.connect(params.mlflow)
-        tracking.end_stale_runs(tracking.MlflowClient(), exp_id, f"train@{name}",
+        exp_id = mlflow_io.connect(params.mlflow)
+        mlflow_io.end_stale_runs(mlflow_io.MlflowClient(), exp_id, f"train@{name}",
                                 keep=set(journal.run_ids.values()))
     except Exception as exc:
-        if not tracking.is_outage(exc):
+        if not mlflow_io.is_outage(exc):
             raise
         log.warning("tracking store %s unreachable (%s): training goes on; MLflow writes "
                     "wait in %s", params.mlflow.resolved_tracking_uri(), short_reason(exc),
@@ -318,7 +320,7 @@ def _connect(params: Params, name: str, journal: Journal) -> None:
 
 def train(params: Params, name: str) -> dict[str, Any]:
     """Cross-validate and train model `name`; write its outputs and log everything."""
-    from mnist_mlops.models import build_model, step_compiled, uncompilable_layers
+    from mnist_mlops.training.models import build_model, step_compiled, uncompilable_layers
 
     p, tp, paths = params.model(name), params.train, params.paths
     backend.configure(seed=tp.seed, deterministic=tp.deterministic,
@@ -390,7 +392,7 @@ def _train_tracked(params: Params, name: str, x: np.ndarray, y: np.ndarray,
                     f"{params.paths.dataset} + {params.paths.folds} (sha256 {data_digest})",
                     len(x))
     journal.params("parent", {
-        **tracking.flat_params(p, "model."), **tracking.flat_params(tp, "train."),
+        **mlflow_io.flat_params(p, "model."), **mlflow_io.flat_params(tp, "train."),
         "model.effective_epochs": p.effective_epochs(tp), "data.n_train_images": len(x),
         "data.folds": n_folds})
     n_fits = n_folds + (p.final_model(tp) == "refit")

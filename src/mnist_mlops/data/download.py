@@ -23,9 +23,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mnist_mlops.config import load_params
-from mnist_mlops.fsio import CHUNK, atomic_path
-from mnist_mlops.runtime import UserError, run_main
+from mnist_mlops.core.config import load_params
+from mnist_mlops.core.fsio import CHUNK, atomic_path
+from mnist_mlops.core.runtime import UserError, run_main
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from mnist_mlops.config import INPUT_SHAPE
+from mnist_mlops.core.config import INPUT_SHAPE
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MAX_PIXELS = 40_000_000        # larger images are refused (decompression-bomb guard)
