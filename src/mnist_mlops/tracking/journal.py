@@ -85,9 +85,6 @@ class Journal:
     def params(self, key: str, params: dict[str, Any]) -> None:
         self.record("params", key, params={k: str(v) for k, v in params.items()})
 
-    def tags(self, key: str, tags: dict[str, str]) -> None:
-        self.record("tags", key, tags=tags)
-
     def artifacts(self, key: str, path: Path, artifact_path: str) -> None:
         self.record("artifacts", key, path=str(path), artifact_path=artifact_path)
 
@@ -103,9 +100,6 @@ class Journal:
 
     def end_run(self, key: str, status: str) -> None:
         self.record("end", key, status=status)
-
-    def started(self, key: str) -> bool:
-        return any(op["op"] == "start" and op["key"] == key for op in self.ops)
 
     @property
     def pending(self) -> int:
@@ -237,8 +231,6 @@ class Journal:
                                               for k, v in op["metrics"].items()])
         elif kind == "params":
             client.log_batch(run_id, params=[Param(k, v) for k, v in op["params"].items()])
-        elif kind == "tags":
-            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["tags"].items()])
         elif kind == "artifacts":
             path = Path(op["path"])
             if path.is_dir():
