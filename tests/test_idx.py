@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import math
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -54,16 +56,48 @@ def test_corrupt_gzip_and_missing_file(tmp_path: Path) -> None:
         read_idx(tmp_path / "absent.idx")
 
 
+def assert_parsed_as_declared(data: bytes, arr: np.ndarray) -> None:
+    """What parse_idx returned is what the header declares, decoded independently (struct),
+    and encodes back to the very same bytes."""
+    code, ndim = data[2], data[3]
+    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    dtype = DTYPES[code]
+    assert arr.shape == dims
+    assert arr.dtype == dtype.newbyteorder("=") and arr.dtype.isnative
+    payload = data[4 + 4 * ndim:]
+    values = [v for (v,) in struct.iter_unpack(f">{STRUCT_CODES[code]}", payload)]
+    np.testing.assert_array_equal(arr.ravel(), np.array(values, dtype=arr.dtype))
+    assert encode_idx(arr) == data
+
+
+STRUCT_CODES = {0x08: "B", 0x09: "b", 0x0B: "h", 0x0C: "i", 0x0D: "f", 0x0E: "d"}
+
+
+@st.composite
+def idx_like(draw: st.DrawFn) -> bytes:
+    """Bytes that are often a valid IDX file and otherwise one step from it: a known or
+    unknown dtype code, 0-3 small dimensions, a payload of the right length or one off."""
+    code = draw(st.sampled_from([*DTYPES, 0x0A]))
+    dims = draw(st.lists(st.integers(0, 4), max_size=3))
+    itemsize = DTYPES[code].itemsize if code in DTYPES else 1
+    size = max(0, math.prod(dims) * itemsize + draw(st.sampled_from([0, 0, 0, -1, 1])))
+    header = bytes([0, 0, code, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+    return header + draw(st.binary(min_size=size, max_size=size))
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=64))
-def test_random_bytes_only_raise_idx_error(data: bytes) -> None:
-    with contextlib.suppress(IDXError):
-        parse_idx(data)
+@given(st.one_of(st.binary(max_size=64), idx_like()))
+def test_random_bytes_parse_as_declared_or_raise_idx_error(data: bytes) -> None:
+    try:
+        arr = parse_idx(data)
+    except IDXError:
+        return
+    assert_parsed_as_declared(data, arr)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.data())
-def test_mutated_valid_files_only_raise_idx_error(data: st.DataObject) -> None:
+def test_mutated_valid_files_parse_as_declared_or_raise_idx_error(data: st.DataObject) -> None:
     raw = bytearray(encode_idx(np.arange(24, dtype=np.int32).reshape(2, 3, 4)))
     for _ in range(data.draw(st.integers(1, 4))):
         op = data.draw(st.sampled_from(["flip", "cut", "grow"]))
@@ -78,4 +112,22 @@ def test_mutated_valid_files_only_raise_idx_error(data: st.DataObject) -> None:
         arr = parse_idx(bytes(raw))
     except IDXError:
         return
-    assert arr.size * arr.dtype.itemsize == len(raw) - 4 - 4 * arr.ndim
+    assert_parsed_as_declared(bytes(raw), arr)
+
+
+def test_the_fuzz_inputs_do_parse() -> None:
+    """The checks above see valid files, not only errors: a third of idx_like's draws and a
+    flipped payload byte of the mutated file parse."""
+    parsed = []
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(idx_like())
+    def count(data: bytes) -> None:
+        with contextlib.suppress(IDXError):
+            parsed.append(parse_idx(data))
+
+    count()
+    assert len(parsed) >= 40, len(parsed)
+    raw = bytearray(encode_idx(np.arange(24, dtype=np.int32).reshape(2, 3, 4)))
+    raw[-1] ^= 0xFF
+    assert_parsed_as_declared(bytes(raw), parse_idx(bytes(raw)))
