@@ -142,9 +142,20 @@ def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF", "TIFF"])
-def test_all_formats_open(tmp_path: Path, fmt: str) -> None:
+def test_all_formats_give_the_drawn_digit(tmp_path: Path, fmt: str) -> None:
+    """Every format decodes to the digit that was drawn: exactly for lossless formats, up
+    to JPEG's compression artefacts for JPEG."""
+    drawn = draw_digit(4)
+    expected = to_mnist(drawn)
+    assert expected is not None
     buf = io.BytesIO()
-    draw_digit(4).convert("RGB" if fmt == "JPEG" else "L").save(buf, fmt)
+    drawn.convert("RGB" if fmt == "JPEG" else "L").save(buf, fmt)
     path = tmp_path / f"d.{fmt.lower()}"
     path.write_bytes(buf.getvalue())
-    assert prepare(path) is not None
+    out = prepare(path)
+    assert out is not None and out.shape == (28, 28) and out.dtype == np.uint8
+    if fmt == "JPEG":
+        corr = np.corrcoef(out.ravel().astype(float), expected.ravel().astype(float))[0, 1]
+        assert corr > 0.95, corr
+    else:
+        np.testing.assert_array_equal(out, expected)
