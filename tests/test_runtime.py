@@ -44,7 +44,21 @@ def test_launchers_are_the_shell_and_what_started_it() -> None:
                              stdout=subprocess.PIPE, text=True)
     out, _ = shell.communicate(timeout=60)
     assert [int(p) for p in out.strip()[1:-1].split(",")] == [shell.pid, os.getpid()]
-    assert os.getppid() == 1 or launchers()[0] == os.getppid()
+
+
+def test_launchers_climb_every_shell_up_to_the_first_other_process() -> None:
+    """python (the launcher) -> sh -> sh -> the stage: both shells and the launcher, and
+    nothing above the launcher (this test's own process)."""
+    code = "from mnist_mlops.core.runtime import launchers; print(*launchers())"
+    inner = f"echo \\$\\$; {sys.executable} -c '{code}'; true"
+    outer = f"echo $$; sh -c \"{inner}\"; true"
+    launcher = ("import os, subprocess, sys; print(os.getpid(), flush=True); "
+                "subprocess.run(['sh', '-c', sys.argv[1]], check=True)")
+    out = subprocess.run([sys.executable, "-c", launcher, outer], capture_output=True,
+                         text=True, timeout=60, check=True).stdout.split("\n")
+    python_pid, outer_sh, inner_sh = (int(line) for line in out[:3])
+    assert [int(p) for p in out[3].split()] == [inner_sh, outer_sh, python_pid]
+    assert launchers(1) == []
 
 
 @pytest.mark.slow
