@@ -21,6 +21,7 @@ export MNIST_MIRROR
 # An NVIDIA GPU that the driver lists: also install the `gpu` extra (TensorFlow's CUDA
 # libraries), so that training uses it with no extra step. `make setup GPU=` skips it.
 GPU ?= $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo 1)
+# A literal comma inside $(if ...), whose arguments are separated by commas
 COMMA := ,
 EXTRAS := dev$(if $(GPU),$(COMMA)gpu)
 QUICK := -S preprocess.subset=3000 -S preprocess.folds=2 -S train.max_epochs=2
@@ -31,7 +32,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[$(EXTRAS)]'
-	@echo "installed .[$(EXTRAS)]$(if $(GPU),: NVIDIA GPU found, TensorFlow with CUDA,)"
+	@echo "installed .[$(EXTRAS)]$(if $(GPU),: NVIDIA GPU found$(COMMA) TensorFlow with CUDA)"
 	@[ -d .git ] || git init -q
 	touch $@
 
