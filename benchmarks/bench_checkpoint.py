@@ -1,5 +1,7 @@
 """What resumable training costs and what a kill costs.
 
+0. Durability: what fsync (file and folder) adds to one epoch checkpoint and to one journal
+   append, against the same writes left in the page cache.
 1. Overhead: the train stage's epoch loop with and without the per-epoch checkpoint
    (every model and optimizer variable, the best weights and the history, written
    atomically), interleaved epoch by epoch in the same run, on 12,000 real MNIST images.
@@ -133,7 +135,54 @@ def lost_to_kill(model: str = "cnn_32_64_64", epochs: int = 4, n: int = 6000,
                   f"{killed_at - stamps[-1]:7.1f}")
 
 
+def durability(model_name: str, rounds: int = 7) -> dict[str, float]:
+    """One epoch checkpoint (the same arrays `Checkpoint.save_progress` writes) and one
+    journal append, each written with and without fsync, interleaved (medians)."""
+    import json
+
+    from mnist_mlops.core.config import TrainParams, load_params
+    from mnist_mlops.core.fsio import atomic_path
+    from mnist_mlops.training.models import new_model
+
+    p = load_params(ROOT / "params.yaml").models[model_name]
+    model = new_model(p, TrainParams(), 0, 1000)
+    arrays = {f"v{i}": np.asarray(v) for i, v in
+              enumerate([*model.variables, *model.optimizer.variables])}
+    arrays.update({f"b{i}": np.asarray(w) for i, w in enumerate(model.get_weights())})
+    line = json.dumps({"op": "metrics", "key": "fold-0", "step": 1,
+                       "metrics": {"loss": 0.1, "accuracy": 0.9}}) + "\n"
+    times: dict[str, list[float]] = {"ckpt": [], "ckpt+fsync": [], "line": [],
+                                     "line+fsync": []}
+    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:   # the disk the project lives on
+        for _ in range(rounds):
+            for durable in (False, True):
+                t0 = time.perf_counter()
+                with atomic_path(Path(tmp) / "fit.npz", suffix=".tmp.npz",
+                                 durable=durable) as f:
+                    np.savez(f, **arrays)
+                times["ckpt+fsync" if durable else "ckpt"].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                with open(Path(tmp) / "journal.jsonl", "a", encoding="utf-8") as j:
+                    j.write(line)
+                    j.flush()
+                    if durable:
+                        os.fsync(j.fileno())
+                times["line+fsync" if durable else "line"].append(time.perf_counter() - t0)
+    ms = {k: 1000 * median(v) for k, v in times.items()}
+    mb = sum(a.nbytes for a in arrays.values()) / 1e6
+    print(f"{model_name:16s} {mb:6.1f} {ms['ckpt']:9.1f} {ms['ckpt+fsync']:9.1f} "
+          f"{ms['line']:9.3f} {ms['line+fsync']:9.3f}")
+    return ms
+
+
 def main() -> None:
+    header("durable writes: fsync's cost per epoch checkpoint and per journal append")
+    print("medians of interleaved writes on the project's disk; an epoch writes one "
+          "checkpoint and\na few journal lines (metrics of the fit, then of the epoch)")
+    print(f"{'model':16s} {'MB':>6s} {'ckpt ms':>9s} {'+fsync ms':>9s} {'line ms':>9s} "
+          f"{'+fsync ms':>9s}")
+    for m in ("mlp_512x2", "lenet_28_50", "cnn_deep_dropout"):
+        durability(m)
     header("checkpoint overhead (same run, epochs with and without a checkpoint)")
     print("epoch time without / with the checkpoint (medians of alternate epochs; epoch-to-"
           "epoch noise\nis larger than the save), and the save itself against the median "

@@ -22,7 +22,6 @@ Random pixels stand in for MNIST (speed does not depend on the values).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import platform
@@ -149,7 +148,7 @@ def measure(p, tp, n: int, epochs: int, versus: int | None = None  # noqa: ANN00
 
     contenders = {"plain": plain_epoch, "loop": loop(tp)}
     if versus:
-        contenders["versus"] = loop(dataclasses.replace(tp, steps_per_execution=versus))
+        contenders["versus"] = loop(tp.model_copy(update={"steps_per_execution": versus}))
     times: dict[str, list[float]] = {k: [] for k in contenders}
     for e in range(epochs):
         for k, run_epoch in contenders.items():
@@ -189,9 +188,10 @@ def main() -> None:
     params = load_params(ROOT / "params.yaml")
     tp = params.train
     if args.steps_per_execution:
-        tp = dataclasses.replace(tp, steps_per_execution=args.steps_per_execution)
+        tp = tp.model_copy(update={"steps_per_execution": args.steps_per_execution})
     if args.xla:
-        tp = dataclasses.replace(tp, xla=args.xla if args.xla == "auto" else args.xla == "true")
+        tp = tp.model_copy(
+            update={"xla": args.xla if args.xla == "auto" else args.xla == "true"})
     peak, what = peak_flops()
     print(f"device {device_name()}, Keras {keras.__version__} on {keras.backend.backend()}, "
           f"steps_per_execution {tp.steps_per_execution}, "

@@ -38,8 +38,10 @@ def main(n_train: int = 12000, epochs: int = 4, rounds: int = 2) -> dict[str, fl
     from mnist_mlops.core.config import TrainParams, load_params
     from mnist_mlops.tracking.journal import Journal
     from mnist_mlops.training.checkpoint import Checkpoint
-    from mnist_mlops.training.models import build_model, compile_model
-    from mnist_mlops.training.train import Progress, fit, targets
+    from mnist_mlops.training.fit import FitContext, FitJob, fit
+    from mnist_mlops.training.models import build_model, compile_model, targets
+    from mnist_mlops.training.progress import Progress
+    from mnist_mlops.training.train import TrackedHooks
 
     header("tracking overhead (pipeline fit vs plain model.fit)")
     data = mnist()
@@ -60,10 +62,10 @@ def main(n_train: int = 12000, epochs: int = 4, rounds: int = 2) -> dict[str, fl
         plain += t.times[1:]
         with Checkpoint(store, "bench", str(i)) as ck:
             journal = Journal(ck.dir, f"sqlite:///{store}/mlflow.db", "bench", str(i))
-            journal.start_run("bench", "bench", {})
+            journal.start_run("parent", "bench", {})
             journal.start_delivery()
-            fit(p, tp, x, y, key="bench", index=0, ckpt=ck, journal=journal,
-                progress=Progress("bench", epochs, 0, 0), label="bench", val=(xv, yv))
+            hooks = TrackedHooks("bench", journal, Progress("bench", epochs, 0, 0), epochs)
+            fit(FitContext(p, tp, ck, hooks), FitJob("fold-0", 0, "bench"), (x, y), (xv, yv))
             assert journal.flush(wait_s=60)
             # whole loop per epoch (fit, checkpoint, journal): time between epoch records
             ts = [op["ts"] for op in journal.ops if op["op"] == "metrics" and op["step"]]

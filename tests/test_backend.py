@@ -151,7 +151,7 @@ import json, sys
 import numpy as np
 from mnist_mlops.training import backend
 from mnist_mlops.core.config import load_params
-from mnist_mlops.training.train import Progress, fit
+from mnist_mlops.training.fit import FitContext, FitJob, fit
 params = load_params(sys.argv[1])
 p, tp = params.models["cnn_28_dense128"], params.train
 backend.configure(seed=tp.seed, deterministic=tp.deterministic, mixed_precision=False)
@@ -159,8 +159,7 @@ devices = backend.data_parallel(p.batch_size)
 rng = np.random.default_rng(0)
 x = rng.integers(0, 256, (121, 28, 28, 1)).astype("float32")   # 121 % 32 = 25: uneven
 y = (np.arange(121) % 10).astype("uint8")
-r = fit(p, tp, x, y, key="fold-0", index=0, ckpt=None, journal=None,
-        progress=Progress("m", 2, 0, 0), label="fold", val=(x[:61], y[:61]))
+r = fit(FitContext(p, tp), FitJob("fold-0", 0, "fold"), (x, y), (x[:61], y[:61]))
 print(json.dumps({"devices": devices, "replicas": backend.replicas(),
                   "epochs": len(r.history["loss"]),
                   "finite": bool(all(np.isfinite(w).all() for w in r.model.get_weights()))}))

@@ -53,7 +53,6 @@ def test_augmentation_acts_in_training_only() -> None:
 def test_only_the_augmenting_model_has_layers_keras_cannot_compile() -> None:
     """Keras runs a step uncompiled if one layer cannot be compiled: the stage must say so
     rather than report the `train.xla` it was asked for."""
-    import dataclasses
 
     from mnist_mlops.training.models import step_compiled, uncompilable_layers
 
@@ -62,10 +61,10 @@ def test_only_the_augmenting_model_has_layers_keras_cannot_compile() -> None:
             ["RandomRotation", "RandomTranslation", "RandomZoom"] if name == "cnn_bn_aug"
             else []), name
     lenet, aug = (build_model(PARAMS.models[n]) for n in ("lenet_28_50", "cnn_bn_aug"))
-    tp = dataclasses.replace(PARAMS.train, xla=True, deterministic=False)
+    tp = PARAMS.train.model_copy(update={"xla": True, "deterministic": False})
     assert step_compiled(lenet, tp) is True
     assert step_compiled(aug, tp) is False
-    assert step_compiled(lenet, dataclasses.replace(tp, xla=False)) is False
+    assert step_compiled(lenet, tp.model_copy(update={"xla": False})) is False
 
 
 def test_cosine_schedule_runs_from_the_rate_to_zero() -> None:
@@ -88,9 +87,7 @@ def test_cosine_schedule_runs_from_the_rate_to_zero() -> None:
     ("none", [0.0, 127.0, 255.0]),
 ])
 def test_scaling_is_inside_the_model(scaling: str, expected: list[float]) -> None:
-    from dataclasses import replace
-
-    p = replace(PARAMS.models["mlp_512x2"], scaling=scaling)
+    p = PARAMS.models["mlp_512x2"].model_copy(update={"scaling": scaling})
     model = build_model(p)
     first_dense = next(i for i, layer in enumerate(model.layers)
                        if isinstance(layer, keras.layers.Flatten))
@@ -102,9 +99,8 @@ def test_scaling_is_inside_the_model(scaling: str, expected: list[float]) -> Non
 
 
 def test_hidden_units_and_activation_are_parameters() -> None:
-    from dataclasses import replace
-
-    p = replace(PARAMS.models["mlp_512x2"], hidden_units=(128, 128), activation="linear")
+    p = PARAMS.models["mlp_512x2"].model_copy(
+        update={"hidden_units": (128, 128), "activation": "linear"})
     model = build_model(p)
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     assert [d.units for d in dense] == [128, 128, 10]

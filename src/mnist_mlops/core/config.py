@@ -1,21 +1,29 @@
 """Typed, validated view of ``params.yaml``: the one place parameters are read.
 
-Every section is a frozen dataclass. Unknown keys and bad values fail at load time with a
-message naming the offending key, so a typo in ``dvc exp run -S`` never trains silently
-with a default.
+Every section is a strict, frozen pydantic model that rejects unknown keys, so a typo in
+``dvc exp run -S`` never trains silently with a default, and YAML's `1` is not `true`. A
+bad value fails at load time with one line naming its key path (``models.mlp_512x2.dropout``)
+and what is allowed; ``mnist-mlops params --schema`` prints the whole schema.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import types
-import typing
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from mnist_mlops.core.runtime import UserError
 
@@ -40,7 +48,7 @@ class ArchitectureSpec:
 
     n_hidden: int          # how many sizes `hidden_units` must list
     has_dropout: bool      # whether `dropout` applies
-    params: int            # parameter count at the tutorial's settings (the spec)
+    params: int            # parameter count at the tutorial's settings (docs/architectures.md)
 
 
 ARCHITECTURES: dict[str, ArchitectureSpec] = {
@@ -50,7 +58,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
     "cnn_32_64_64": ArchitectureSpec(1, False, 93_322),
     "cnn_28_dense128": ArchitectureSpec(1, True, 607_394),
     "cnn_deep_dropout": ArchitectureSpec(1, True, 370_026),
-    "cnn_bn_aug": ArchitectureSpec(1, True, 326_826),  # the project's own (README),
+    "cnn_bn_aug": ArchitectureSpec(1, True, 326_826),  # the project's own
 }
 
 
@@ -58,19 +66,57 @@ class ConfigError(UserError, ValueError):
     """params.yaml (or an override) is invalid; the message says which key and why."""
 
 
-@dataclass(frozen=True)
-class Paths:
-    raw: Path
-    dataset: Path
-    folds: Path
-    models: Path
-    train_reports: Path
-    metrics: Path
-    eval_reports: Path
-    registry: Path
-    checkpoints: Path = Path(".checkpoints")
-    realworld: Path = Path("data/realworld")
-    user_digits: Path = Path("data/user-digits")
+def _tuple(value: Any) -> Any:
+    """YAML has lists, the params hold tuples (frozen): convert, then validate strictly."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _sha256(digest: str) -> str:
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError("must be a 64-digit lowercase SHA-256")
+    return digest
+
+
+def _nonempty_path(value: Any) -> Any:
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError("must be a non-empty path string")
+    return Path(value)
+
+
+def _exactly(*allowed: Any) -> BeforeValidator:
+    """A choice compared by type too: YAML's `1` is not `true`, nor `true` the number 1."""
+    def check(value: Any) -> Any:
+        if not any(type(value) is type(a) and value == a for a in allowed):
+            raise ValueError(f"is {value!r}; expected one of "
+                             f"{', '.join(repr(a) for a in allowed)}")
+        return value
+    return BeforeValidator(check)
+
+
+PathParam = Annotated[Path, BeforeValidator(_nonempty_path)]
+Sizes = Annotated[tuple[Annotated[int, Field(ge=1)], ...], BeforeValidator(_tuple)]
+Mirrors = Annotated[tuple[str, ...], BeforeValidator(_tuple)]
+Sha256 = Annotated[str, AfterValidator(_sha256)]
+
+
+class Section(BaseModel):
+    """A params section: strict types, frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+
+class Paths(Section):
+    raw: PathParam
+    dataset: PathParam
+    folds: PathParam
+    models: PathParam
+    train_reports: PathParam
+    metrics: PathParam
+    eval_reports: PathParam
+    registry: PathParam
+    checkpoints: PathParam = Path(".checkpoints")
+    realworld: PathParam = Path("data/realworld")
+    user_digits: PathParam = Path("data/user-digits")
 
     def model_file(self, name: str) -> Path:
         return self.models / f"{name}.h5"
@@ -89,65 +135,44 @@ class Paths:
         return self.metrics / f"{name}.json"
 
 
-@dataclass(frozen=True)
-class DownloadParams:
-    mirrors: tuple[str, ...]
-    files: dict[str, str]
-    retries: int = 3
-    backoff_s: float = 1.0
-    timeout_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        _check(self.retries >= 1, "download.retries", "must be at least 1")
-        _check(self.backoff_s >= 0, "download.backoff_s", "must be >= 0")
-        _check(self.timeout_s > 0, "download.timeout_s", "must be > 0")
-        for name, digest in self.files.items():
-            ok = len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
-            _check(ok, f"download.files.{name}", "must be a 64-digit lowercase SHA-256")
+class DownloadParams(Section):
+    mirrors: Mirrors
+    files: dict[str, Sha256]
+    retries: int = Field(3, ge=1)
+    backoff_s: float = Field(1.0, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
 
 
-@dataclass(frozen=True)
-class PreprocessParams:
-    folds: int = 4
+class PreprocessParams(Section):
+    folds: int = Field(4, ge=2, le=20)
     strategy: FoldStrategy = "stratified"
     seed: int = 42
     subset: int | None = None
 
-    def __post_init__(self) -> None:
-        _check(2 <= self.folds <= 20, "preprocess.folds", "must be between 2 and 20")
-        if self.subset is not None:
-            _check(self.subset >= 10 * self.folds, "preprocess.subset",
-                   f"must be null or at least 10 x folds ({10 * self.folds})")
+    @model_validator(mode="after")
+    def _subset_fills_the_folds(self) -> PreprocessParams:
+        if self.subset is not None and self.subset < 10 * self.folds:
+            raise ValueError(f"@subset must be null or at least 10 x folds ({10 * self.folds})")
+        return self
 
 
-@dataclass(frozen=True)
-class TrainParams:
+class TrainParams(Section):
     seed: int = 42
     deterministic: bool = True
     final: FinalModel = "refit"
-    max_epochs: int | None = None
+    max_epochs: int | None = Field(None, ge=1)
     mixed_precision: bool = False
-    xla: JitCompile = "auto"      # compile train steps: "auto" = JAX only (backend.py)
-    steps_per_execution: int = 32  # train steps per backend call: same math, less overhead
+    xla: Annotated[JitCompile, _exactly("auto", True, False)] = "auto"  # auto: JAX only
+    steps_per_execution: int = Field(32, ge=1)  # train steps per backend call
     data_parallel: bool = True     # several accelerators (JAX backend): split every batch
-    verbose: int = 2
-
-    def __post_init__(self) -> None:
-        if self.max_epochs is not None:
-            _check(self.max_epochs >= 1, "train.max_epochs", "must be null or >= 1")
-        _check(self.steps_per_execution >= 1, "train.steps_per_execution", "must be >= 1")
-        _check(self.verbose in (0, 1, 2), "train.verbose", "must be 0, 1 or 2")
+    verbose: Annotated[Literal[0, 1, 2], _exactly(0, 1, 2)] = 2  # as Keras's (progress.py)
 
 
-@dataclass(frozen=True)
-class MlflowParams:
+class MlflowParams(Section):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "mnist-mlops"
     registered_model: str = "mnist-digits"
-    outage_wait_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        _check(self.outage_wait_s >= 0, "mlflow.outage_wait_s", "must be >= 0")
+    outage_wait_s: float = Field(60.0, ge=0)
 
     def resolved_tracking_uri(self) -> str:
         """MLFLOW_TRACKING_URI wins, as MLflow itself defines; else the param, with a relative
@@ -161,74 +186,54 @@ class MlflowParams:
         return uri
 
 
-@dataclass(frozen=True)
-class RegisterParams:
-    """The promotion gate (gate.py)."""
+class RegisterParams(Section):
+    """The promotion gate (registry/gate.py)."""
 
-    margin: float = 0.001
-    floor: float = 0.9
-    alpha: float = 0.05              # McNemar significance level for an improvement
-    realworld_margin: float = 0.01   # how much worse on the real-world set is tolerated
-
-    def __post_init__(self) -> None:
-        _check(0 <= self.margin < 1, "register.margin", "must be in [0, 1)")
-        _check(0 <= self.floor <= 1, "register.floor", "must be in [0, 1]")
-        _check(0 < self.alpha <= 1, "register.alpha", "must be in (0, 1]")
-        _check(0 <= self.realworld_margin <= 1, "register.realworld_margin",
-               "must be in [0, 1]")
+    margin: float = Field(0.001, ge=0, lt=1)
+    floor: float = Field(0.9, ge=0, le=1)
+    alpha: float = Field(0.05, gt=0, le=1)       # McNemar significance level
+    realworld_margin: float = Field(0.01, ge=0, le=1)  # tolerated loss on the real-world set
 
 
-@dataclass(frozen=True)
-class RealworldParams:
-    """The generated real-world-like test set (realworld.py)."""
+class RealworldParams(Section):
+    """The generated real-world-like test set (data/realworld.py)."""
 
-    count: int = 1000
+    count: int = Field(1000, ge=NUM_CLASSES, multiple_of=NUM_CLASSES)
     seed: int = 7
 
-    def __post_init__(self) -> None:
-        _check(self.count >= NUM_CLASSES and self.count % NUM_CLASSES == 0,
-               "realworld.count", f"must be a positive multiple of {NUM_CLASSES}")
 
-
-@dataclass(frozen=True)
-class ModelParams:
-    """One architecture with its training recipe; `name` is the key under `models:`."""
+class ModelParams(Section):
+    """One architecture with its training recipe; `name` is its key under `models:`."""
 
     name: str
     architecture: str
     scaling: Scaling
     loss: Loss
     optimizer: Optimizer
-    learning_rate: float
-    batch_size: int
-    epochs: int
-    hidden_units: tuple[int, ...]
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    epochs: int = Field(ge=1)
+    hidden_units: Sizes
     dropout: float | None = None
     activation: Activation = "relu"
     lr_schedule: LrSchedule = "constant"   # cosine: from learning_rate down to 0 by the last step
     final: FinalModel | None = None        # this model's final model; null = train.final
 
-    def __post_init__(self) -> None:
-        where = f"models.{self.name}"
-        _check(self.architecture in ARCHITECTURES, f"{where}.architecture",
-               f"unknown architecture {self.architecture!r}; "
-               f"known: {', '.join(sorted(ARCHITECTURES))}")
-        _check(self.learning_rate > 0, f"{where}.learning_rate", "must be > 0")
-        _check(self.batch_size >= 1, f"{where}.batch_size", "must be >= 1")
-        _check(self.epochs >= 1, f"{where}.epochs", "must be >= 1")
-        arch = ARCHITECTURES[self.architecture]
-        if arch.has_dropout:
-            _check(self.dropout is not None and 0 <= self.dropout < 1, f"{where}.dropout",
-                   f"must be in [0, 1) for {self.architecture}")
-        else:
-            _check(self.dropout is None, f"{where}.dropout",
-                   f"does not apply: {self.architecture} has no dropout layer; remove it")
-        _check(all(u >= 1 for u in self.hidden_units), f"{where}.hidden_units",
-               "every entry must be >= 1")
-        expected = arch.n_hidden
-        _check(len(self.hidden_units) == expected, f"{where}.hidden_units",
-               f"{self.architecture} takes {expected} hidden layer size(s), "
-               f"got {len(self.hidden_units)}")
+    @model_validator(mode="after")
+    def _fits_the_architecture(self) -> ModelParams:
+        arch = ARCHITECTURES.get(self.architecture)
+        if arch is None:
+            raise ValueError(f"@architecture unknown architecture {self.architecture!r}; "
+                             f"known: {', '.join(sorted(ARCHITECTURES))}")
+        if arch.has_dropout and (self.dropout is None or not 0 <= self.dropout < 1):
+            raise ValueError(f"@dropout must be in [0, 1) for {self.architecture}")
+        if not arch.has_dropout and self.dropout is not None:
+            raise ValueError(f"@dropout does not apply: {self.architecture} has no dropout "
+                             "layer; remove it")
+        if len(self.hidden_units) != arch.n_hidden:
+            raise ValueError(f"@hidden_units {self.architecture} takes {arch.n_hidden} hidden "
+                             f"layer size(s), got {len(self.hidden_units)}")
+        return self
 
     def effective_epochs(self, train: TrainParams) -> int:
         return min(self.epochs, train.max_epochs) if train.max_epochs else self.epochs
@@ -238,125 +243,115 @@ class ModelParams:
         return self.final or train.final
 
 
-@dataclass(frozen=True)
-class Params:
-    paths: Paths
-    download: DownloadParams
-    preprocess: PreprocessParams
-    train: TrainParams
-    mlflow: MlflowParams
-    register: RegisterParams
-    realworld: RealworldParams = field(default_factory=RealworldParams)
-    models: dict[str, ModelParams] = field(default_factory=dict)
+with warnings.catch_warnings():
+    # the `register` section shadows ABCMeta.register, which params never use
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
-    def model(self, name: str) -> ModelParams:
-        if name not in self.models:
-            raise ConfigError(
-                f"unknown model {name!r}; params.yaml defines: {', '.join(self.models)}"
-            )
-        return self.models[name]
+    class Params(Section):
+        paths: Paths
+        download: DownloadParams
+        preprocess: PreprocessParams = PreprocessParams()
+        train: TrainParams = TrainParams()
+        mlflow: MlflowParams = MlflowParams()
+        register: RegisterParams = RegisterParams()
+        realworld: RealworldParams = RealworldParams()
+        models: dict[str, ModelParams] = Field(min_length=1)
 
+        @model_validator(mode="before")
+        @classmethod
+        def _name_the_models(cls, data: Any) -> Any:
+            """Each recipe's `name` is its key under `models:` (never written by hand); an empty
+            section (`train:` alone) means its defaults."""
+            if isinstance(data, dict):
+                data = {k: {} if v is None and k != "models" else v for k, v in data.items()}
+            if isinstance(data, dict) and isinstance(data.get("models"), dict):
+                models = {}
+                for key, spec in data["models"].items():
+                    if isinstance(spec, dict) and "name" in spec:
+                        raise ValueError(f"@models.{key}.name is not a key: a model's name is "
+                                         "its key under models:")
+                    models[key] = {**spec, "name": str(key)} if isinstance(spec, dict) else spec
+                data = {**data, "models": models}
+            return data
 
-def _check(ok: bool, key: str, problem: str) -> None:
-    if not ok:
-        raise ConfigError(f"params: {key} {problem}")
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Convert a YAML value to the annotated type, or raise ConfigError naming `key`."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is Literal:
-        if not any(type(value) is type(a) and value == a for a in args):   # 1 is not True
-            allowed = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"params: {key} is {value!r}; expected one of {allowed}")
-        return value
-    if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"params: {key} must be a list, got {value!r}")
-        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"params: {key} must be a mapping, got {value!r}")
-        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
-    if hint is Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"params: {key} must be a non-empty path string")
-        return Path(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"params: {key} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"params: {key} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"params: {key} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"params: {key} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {hint!r} for {key}")  # programming error
+        def model(self, name: str) -> ModelParams:
+            if name not in self.models:
+                raise ConfigError(
+                    f"unknown model {name!r}; params.yaml defines: {', '.join(self.models)}"
+                )
+            return self.models[name]
 
 
-def _build(cls: type, data: Any, key: str, **extra: Any) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"params: {key} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields) - set(extra))
-    if unknown:
-        raise ConfigError(
-            f"params: unknown key {key}.{unknown[0]}; allowed keys under {key}: "
-            f"{', '.join(n for n in fields if n not in extra)}"
-        )
-    kwargs: dict[str, Any] = dict(extra)
-    for name, f in fields.items():
-        if name in extra:
+# -- errors a person can act on -------------------------------------------------------------
+PROBLEMS = {
+    "int_type": "must be an integer", "int_from_float": "must be an integer",
+    "float_type": "must be a number", "bool_type": "must be true or false",
+    "string_type": "must be a string", "dict_type": "must be a mapping",
+    "tuple_type": "must be a list", "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+}
+BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
+          "less_than": "<"}
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys a section at `loc` (a pydantic error location) accepts."""
+    model: Any = Params
+    for part in loc:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
+        if field is None:
+            if model is dict[str, ModelParams] or str(loc[0]) == "models":
+                model = ModelParams
             continue
-        if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], f"{key}.{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"params: missing required key {key}.{name}")
-    return cls(**kwargs)
+        model = field.annotation
+        if isinstance(model, str):
+            model = {"dict[str, ModelParams]": dict[str, ModelParams]}.get(model, model)
+    names = list(model.model_fields) if isinstance(model, type) and issubclass(
+        model, BaseModel) else []
+    return [n for n in names if n != "name"]
+
+
+def describe(err: dict[str, Any]) -> str:
+    """One pydantic error as `params: <key path> <problem>`."""
+    loc = tuple(p for p in err["loc"] if p not in ("function-after", "function-before"))
+    key = ".".join(str(p) for p in loc)
+    kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        if len(loc) == 1:
+            return (f"params: unknown top-level key {key!r}; allowed: "
+                    f"{', '.join(Params.model_fields)}")
+        return (f"params: unknown key {key}; allowed keys under {'.'.join(map(str, loc[:-1]))}: "
+                f"{', '.join(_allowed_keys(loc[:-1]))}")
+    if kind == "missing":
+        return f"params: missing required key {key}"
+    if kind == "literal_error":
+        return f"params: {key} is {value!r}; expected one of {ctx.get('expected')}"
+    if kind in BOUNDS:
+        bound = next(iter(ctx.values()))
+        return f"params: {key} must be {BOUNDS[kind]} {bound}, got {value!r}"
+    if kind == "multiple_of":
+        return f"params: {key} must be a multiple of {ctx['multiple_of']}, got {value!r}"
+    if kind == "too_short":
+        return f"params: {key} must not be empty"
+    if kind in PROBLEMS:
+        return f"params: {key} {PROBLEMS[kind]}, got {value!r}"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if message.startswith("@"):                  # a section's check names its own field
+        field, _, message = message[1:].partition(" ")
+        key = f"{key}.{field}" if key else field
+    return f"params: {key} {message}"
 
 
 def parse_params(raw: Any) -> Params:
     """Validate a params mapping (as loaded from YAML) into `Params`."""
     if not isinstance(raw, dict):
         raise ConfigError("params: the file must hold a mapping of sections")
-    sections = {
-        "paths": Paths, "download": DownloadParams, "preprocess": PreprocessParams,
-        "train": TrainParams, "mlflow": MlflowParams, "register": RegisterParams,
-        "realworld": RealworldParams,
-    }
-    unknown = sorted(set(raw) - set(sections) - {"models"})
-    if unknown:
-        raise ConfigError(
-            f"params: unknown top-level key {unknown[0]!r}; allowed: "
-            f"{', '.join([*sections, 'models'])}"
-        )
-    built = {}
-    for name, cls in sections.items():
-        if name not in raw and name == "paths":
-            raise ConfigError("params: missing required section 'paths'")
-        built[name] = _build(cls, raw.get(name) or {}, name)
-    models_raw = raw.get("models") or {}
-    if not isinstance(models_raw, dict) or not models_raw:
-        raise ConfigError("params: 'models' must map at least one model name to its recipe")
-    models = {
-        str(n): _build(ModelParams, spec, f"models.{n}", name=str(n))
-        for n, spec in models_raw.items()
-    }
-    return Params(models=models, **built)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ConfigError(describe(errors[0]) + more) from None
 
 
 def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
@@ -373,3 +368,8 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     return parse_params(raw)
+
+
+def schema() -> dict[str, Any]:
+    """The JSON schema of params.yaml (`mnist-mlops params --schema`)."""
+    return Params.model_json_schema()

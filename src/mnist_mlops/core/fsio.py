@@ -1,7 +1,9 @@
-"""File helpers shared by every stage: atomic writes and content hashes.
+"""File helpers shared by every stage: atomic, durable writes and content hashes.
 
-Outputs are written to a temporary file beside the target and renamed into place, so an
-interrupted or failed stage never leaves a half-written output behind.
+Outputs are written to a temporary file beside the target, flushed to the disk (fsync),
+renamed into place, and the rename itself flushed (fsync of the folder): an interrupted or
+failed stage never leaves a half-written output behind, and once a write has returned it
+survives a power cut or kernel crash too (what it costs: benchmarks/bench_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -18,9 +20,21 @@ from typing import Any
 CHUNK = 1 << 20
 
 
+def fsync_path(path: Path | str) -> None:
+    """Flush a file's (or a folder's entries') data from the page cache to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(target: Path | str, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temp path beside `target`; rename it onto `target` only if the block succeeds."""
+def atomic_path(target: Path | str, suffix: str | None = None,
+                durable: bool = True) -> Iterator[Path]:
+    """Yield a temp path beside `target`; rename it onto `target` only if the block succeeds.
+    `durable`: fsync the file before the rename and the folder after it (a power cut then
+    leaves the old file or the new one, never an empty or partial one)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
@@ -30,7 +44,11 @@ def atomic_path(target: Path | str, suffix: str | None = None) -> Iterator[Path]
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if durable:
+            fsync_path(tmp_path)
         os.replace(tmp_path, target)
+        if durable:
+            fsync_path(target.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -22,6 +22,7 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
 
 from mnist_mlops.core.config import MlflowParams
 from mnist_mlops.core.fsio import file_lock, project_root
@@ -196,8 +197,10 @@ def git_info() -> dict[str, str]:
 
 
 def flat_params(obj: Any, prefix: str = "") -> dict[str, str]:
-    """A (nested) dataclass/dict as flat MLflow params: {'a.b': '1', ...}."""
-    if dataclasses.is_dataclass(obj):
+    """A (nested) params section, dataclass or dict as flat MLflow params: {'a.b': '1'}."""
+    if isinstance(obj, BaseModel):
+        obj = dict(obj)
+    elif dataclasses.is_dataclass(obj):
         obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
         out: dict[str, str] = {}

@@ -1,0 +1,225 @@
+"""The fit loop: one fit epoch by epoch, K-fold cross validation, the final model.
+
+This is model code: what it computes is what ships, so it is a DVC dependency of every
+`train@<model>` and part of the checkpoint fingerprint (checkpoint.MODEL_CODE). Everything
+that only reports (MLflow, the terminal, CSV files) reaches it through `FitHooks`, so a
+reworded log line elsewhere never retrains a model.
+
+Per fold, train on the other folds and keep the weights of the epoch with the lowest
+validation loss (the tutorials' save_best_only). Every finished epoch is checkpointed and a
+resumed fit continues bit for bit as if never stopped: each fit is seeded by its index and
+each epoch's shuffle by its number.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from mnist_mlops.core.config import ModelParams, TrainParams
+from mnist_mlops.data.parse import load_dataset
+from mnist_mlops.data.preprocess import load_folds
+from mnist_mlops.training import backend
+from mnist_mlops.training.checkpoint import Checkpoint, FitProgress
+
+if TYPE_CHECKING:  # Keras is imported where it is used: after run_main has quietened
+    import keras  # TensorFlow's start-up lines (runtime.quiet_native_stderr)
+
+FINAL = "final"
+Split = tuple[np.ndarray, np.ndarray]    # images (n, 28, 28, 1) float32, labels (n,)
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """One fit: its checkpoint key ("fold-0", "final"), seed index and display label."""
+
+    key: str
+    index: int
+    label: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FitResult:
+    model: keras.Model | None
+    history: dict[str, list[float]]
+    best_epoch: int | None = None          # 1-based; None without validation
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+    seconds: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        """What the checkpoint keeps of a finished fit (everything but the model)."""
+        return {"history": self.history, "best_epoch": self.best_epoch,
+                "val_accuracy": self.val_accuracy, "val_loss": self.val_loss,
+                "seconds": self.seconds}
+
+
+class FitHooks(Protocol):
+    """What the stage does around the loop (tracking, progress): never changes the model.
+    Calls come before the matching checkpoint write, so a kill between the two redoes the
+    work on resume rather than losing its record."""
+
+    def fit_start(self, job: FitJob, sizes: tuple[int, int], resumed_after: int) -> None:
+        """Before the first epoch to run: (train, validation) sizes, epochs already done."""
+
+    def epoch_end(self, job: FitJob, epoch: int, logs: dict[str, float],
+                  seconds: float) -> None: ...
+
+    def fit_end(self, job: FitJob, result: FitResult) -> None: ...
+
+
+class NoHooks:
+    """Hooks that do nothing (benchmarks, tests of the loop alone)."""
+
+    def fit_start(self, job: FitJob, sizes: tuple[int, int], resumed_after: int) -> None:
+        pass
+
+    def epoch_end(self, job: FitJob, epoch: int, logs: dict[str, float],
+                  seconds: float) -> None:
+        pass
+
+    def fit_end(self, job: FitJob, result: FitResult) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What every fit of one model shares: its recipe, the train params, where it resumes
+    from, and the stage's hooks."""
+
+    p: ModelParams
+    tp: TrainParams
+    ckpt: Checkpoint | None = None
+    hooks: FitHooks = field(default_factory=NoHooks)
+
+    @property
+    def epochs(self) -> int:
+        return self.p.effective_epochs(self.tp)
+
+
+def configure(tp: TrainParams) -> None:
+    """Seeds, deterministic ops and the precision policy: before any model is built."""
+    backend.configure(seed=tp.seed, deterministic=tp.deterministic,
+                      mixed_precision=tp.mixed_precision)
+
+
+def train_model(ctx: FitContext, train: Split, folds: np.ndarray
+                ) -> tuple[list[FitResult], FitResult]:
+    """Cross validation on `folds`, then the model that ships (`final_model`)."""
+    cv = cross_validate(ctx, train, folds)
+    return cv, final_model(ctx, train, cv)
+
+
+def load_training_set(dataset: Path, folds_csv: Path) -> tuple[Split, np.ndarray]:
+    """The training images the folds select, as the models take them, and their folds."""
+    data = load_dataset(dataset)
+    idx, folds = load_folds(folds_csv)
+    return (data["x_train"][idx][..., None].astype("float32"), data["y_train"][idx]), folds
+
+
+def fit(ctx: FitContext, job: FitJob, train: Split, val: Split | None = None) -> FitResult:
+    """Train one model epoch by epoch, checkpointing each; with `val`, keep the weights of
+    the epoch with the lowest validation loss. Continues from the checkpoint if any."""
+    from mnist_mlops.training.models import epoch_order, new_model, targets
+
+    p, tp, (x, y) = ctx.p, ctx.tp, train
+    model = new_model(p, tp, job.index, len(x))
+    prog = (ctx.ckpt.load_progress(job.key, model) if ctx.ckpt else None) or FitProgress()
+    ctx.hooks.fit_start(job, (len(x), 0 if val is None else len(val[0])), prog.epochs_done)
+    yt = targets(y, p)
+    devices = backend.replicas()      # data parallel: the last batch must split evenly too
+    val_data = None if val is None else tuple(
+        a[:backend.evenly_split(len(val[0]), p.batch_size, devices)]
+        for a in (val[0], targets(val[1], p)))
+    for e in range(prog.epochs_done, ctx.epochs):
+        order = epoch_order(tp.seed, job.index, e, len(x))[
+            :backend.evenly_split(len(x), p.batch_size, devices)]
+        t0 = time.perf_counter()
+        h = model.fit(x[order], yt[order], batch_size=p.batch_size, epochs=e + 1,
+                      initial_epoch=e, validation_data=val_data, shuffle=False, verbose=0)
+        seconds = time.perf_counter() - t0
+        logs = {k: float(v[-1]) for k, v in h.history.items()}
+        for k, v in logs.items():
+            prog.history.setdefault(k, []).append(v)
+        prog.epochs_done, prog.seconds = e + 1, prog.seconds + seconds
+        if val is not None and logs["val_loss"] < prog.best_loss:
+            prog.best_loss, prog.best_epoch, prog.best_logs = logs["val_loss"], e, logs
+            prog.best_weights = [np.array(w) for w in model.get_weights()]
+        ctx.hooks.epoch_end(job, e + 1, logs, seconds)
+        if ctx.ckpt:
+            ctx.ckpt.save_progress(job.key, model, prog)
+    if val is None:
+        return FitResult(model, prog.history, seconds=prog.seconds)
+    if prog.best_weights is not None:
+        model.set_weights(prog.best_weights)
+    return FitResult(model, prog.history, prog.best_epoch + 1,
+                     float(prog.best_logs["val_accuracy"]), float(prog.best_logs["val_loss"]),
+                     prog.seconds)
+
+
+def resumable_fit(ctx: FitContext, job: FitJob, train: Split,
+                  val: Split | None = None) -> FitResult:
+    """`fit`, unless an earlier attempt finished it (then its recorded result, no model)."""
+    if ctx.ckpt is not None and (done := ctx.ckpt.fit_done(job.key)) is not None:
+        return FitResult(None, **done)
+    r = fit(ctx, job, train, val)
+    ctx.hooks.fit_end(job, r)
+    if ctx.ckpt is not None:
+        ctx.ckpt.finish_fit(job.key, r.model, r.record())
+    return r
+
+
+def cross_validate(ctx: FitContext, train: Split, folds: np.ndarray) -> list[FitResult]:
+    """One fit per fold, validated on that fold."""
+    x, y = train
+    ks = np.unique(folds).tolist()
+    results = []
+    for i, k in enumerate(ks):
+        val_mask = folds == k
+        job = FitJob(f"fold-{k}", i, f"fold {i + 1}/{len(ks)}", {"fold": str(k), "role": "fold"})
+        results.append(resumable_fit(ctx, job, (x[~val_mask], y[~val_mask]),
+                                     (x[val_mask], y[val_mask])))
+    return results
+
+
+def fold_model(ctx: FitContext, r: FitResult, key: str, index: int) -> keras.Model:
+    """The model of a fit: in memory, or rebuilt from a finished fit's saved weights."""
+    from mnist_mlops.training.models import new_model
+
+    if r.model is not None:
+        return r.model
+    assert ctx.ckpt is not None, "a fit without a model comes from a checkpoint"
+    return ctx.ckpt.load_done_weights(key, new_model(ctx.p, ctx.tp, index, n_train=0))
+
+
+def final_model(ctx: FitContext, train: Split, cv: list[FitResult]) -> FitResult:
+    """The model that ships: refit on all images, the best fold, or the fold ensemble."""
+    keys = [f"fold-{k}" for k in range(len(cv))]
+    final = ctx.p.final_model(ctx.tp)
+    if final == "best_fold":
+        i = min(range(len(cv)), key=lambda j: cv[j].val_loss)
+        return FitResult(fold_model(ctx, cv[i], keys[i], i), {})
+    if final == "ensemble":
+        from mnist_mlops.training.models import ensemble
+
+        members = [fold_model(ctx, r, keys[i], i) for i, r in enumerate(cv)]
+        return FitResult(ensemble(members, ctx.p.name), {})
+    job = FitJob(FINAL, len(cv), "final refit", {"role": "final"})
+    r = resumable_fit(ctx, job, train)
+    return FitResult(fold_model(ctx, r, FINAL, len(cv)), r.history, seconds=r.seconds)
+
+
+def cv_summary(cv: list[FitResult]) -> dict[str, Any]:
+    acc = np.array([r.val_accuracy for r in cv])
+    loss = np.array([r.val_loss for r in cv])
+    return {
+        "cv_val_accuracy_mean": float(acc.mean()), "cv_val_accuracy_std": float(acc.std()),
+        "cv_val_loss_mean": float(loss.mean()), "cv_val_loss_std": float(loss.std()),
+        "folds": [{"fold": i, "val_accuracy": r.val_accuracy, "val_loss": r.val_loss,
+                   "best_epoch": r.best_epoch} for i, r in enumerate(cv)],
+    }
