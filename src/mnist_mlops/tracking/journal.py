@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from mnist_mlops.core.fsio import write_json_atomic, write_text_atomic
+from mnist_mlops.core.fsio import fsync_path, write_json_atomic, write_text_atomic
 from mnist_mlops.core.runtime import UserError
 from mnist_mlops.tracking import mlflow_io
 
@@ -67,9 +68,13 @@ class Journal:
         if op not in ("start", "end") and any(_same(entry, o) for o in reversed(self.ops)):
             return
         with self._record_lock:
+            new = not self.ops_file.exists()
             with open(self.ops_file, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
                 f.flush()
+                os.fsync(f.fileno())        # on the disk before training goes on
+            if new:
+                fsync_path(self.folder)     # ... and the file's name in its folder
             self.ops.append(entry)
         self._wake.set()
 
