@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
 from typing import Any
 
 import mlflow
@@ -146,7 +145,7 @@ def _register(params: Params) -> dict[str, Any]:
     champ_v = aliases.alias_version(client, reg, aliases.CHAMPION)
     facts: dict[str, Any] = {
         "versions": versions, "new_versions": [c.version for c in new],
-        "previous_champion": champ_v, "gate": asdict(params.register)}
+        "previous_champion": champ_v, "gate": params.register.model_dump()}
     if not new:
         reason = "no new model versions; nothing to decide"
         log.info("%s: %s", reg, reason)
@@ -200,7 +199,7 @@ def promote(params: Params, version: str, force: bool = False) -> dict[str, Any]
                         version, decision.reason)
         return aliases.write_record(client, reg, params.paths.registry, "promote",
                                      previous_champion=previous, candidate=version,
-                                     gate=asdict(params.register),
+                                     gate=params.register.model_dump(),
                                      **{**decision.record(), "promoted": True},
                                      gate_passed=decision.promote, forced=not decision.promote)
 
