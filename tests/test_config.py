@@ -96,3 +96,52 @@ def test_env_tracking_uri_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert p.mlflow.resolved_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert p.mlflow.resolved_tracking_uri() == "http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize(("dotted", "value", "needle"), [
+    ("train.verbose", True, "train.verbose is True"),         # YAML true is not 1
+    ("train.verbose", 3, "train.verbose is 3"),
+    ("models.mlp_512x2.name", "other", "models.mlp_512x2.name is not a key"),
+    ("models.mlp_512x2.hidden_units", [512, 0], "models.mlp_512x2.hidden_units.1 must be >= 1"),
+    ("realworld.count", 15, "realworld.count must be a multiple of 10"),
+    ("paths.raw", "", "paths.raw must be a non-empty path string"),
+    ("models", {}, "models must not be empty"),
+])
+def test_more_bad_values_name_the_key(dotted: str, value: object, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_params(with_change(dotted, value))
+    assert needle in str(err.value)
+
+
+def test_params_are_frozen_and_empty_sections_take_their_defaults() -> None:
+    import pydantic
+
+    p = parse_params(with_change("register", None))
+    assert p.register.margin == 0.001 and p.models["mlp_512x2"].name == "mlp_512x2"
+    with pytest.raises(pydantic.ValidationError):
+        p.train.seed = 1          # type: ignore[misc]
+    assert p.models["mlp_512x2"].hidden_units == (512, 512)   # tuples: nothing to mutate
+
+
+def test_cli_prints_the_schema_that_params_yaml_satisfies(capsys: pytest.CaptureFixture[str],
+                                                          tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """`mnist-mlops params --schema` needs no params file; the schema accepts the repo's
+    params.yaml and refuses a typo, as the loader does."""
+    import json
+
+    import jsonschema
+
+    from mnist_mlops.cli import main
+
+    monkeypatch.chdir(tmp_path)                       # no params.yaml here
+    assert main(["params", "--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    jsonschema.validate(RAW, schema)
+    with pytest.raises(jsonschema.ValidationError, match="seedd"):
+        jsonschema.validate(with_change("train.seedd", 1), schema)
+    assert main(["--params", str(ROOT / "params.yaml"), "params"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["models"]["cnn_bn_aug"]["lr_schedule"] == "cosine"
+    assert resolved["paths"]["checkpoints"] == ".checkpoints"

@@ -9,6 +9,7 @@
     mnist-mlops retrain [--profile quick] [--push]      pull, reproduce, push, commit, report
     mnist-mlops relocate-store                          make a copied mlflow.db + mlruns/ open
     mnist-mlops copy-store --to URI                     publish runs + registry to a server
+    mnist-mlops params [--schema]                       check params.yaml / print its schema
 """
 
 from __future__ import annotations
@@ -152,6 +153,17 @@ def cmd_copy_store(args: argparse.Namespace, params: Params) -> int:
     return 0
 
 
+def cmd_params(args: argparse.Namespace, params: Params | None) -> int:
+    from mnist_mlops.core.config import schema
+
+    if args.schema:
+        print(json.dumps(schema(), indent=2))
+    else:
+        assert params is not None
+        print(params.model_dump_json(indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mnist-mlops", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -221,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "mlflow.db at the mlruns/ beside it")
     p.set_defaults(func=cmd_relocate_store)
 
+    p = command("params", "check params.yaml and print it with every default filled in "
+                "(JSON); --schema prints the JSON schema it is checked against")
+    p.add_argument("--schema", action="store_true",
+                   help="print the JSON schema of params.yaml (needs no params file)")
+    p.set_defaults(func=cmd_params)
+
     p = command("copy-store", "copy this project's runs, models and registry to another "
                 "tracking store (a team server)")
     p.add_argument("--to", required=True, help="destination tracking URI, e.g. http://host:5000")
@@ -230,10 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(logging.DEBUG if args.verbose else logging.WARNING)
+    configure_logging(logging.DEBUG if args.verbose else logging.WARNING,
+                      libraries=args.verbose)
     logging.getLogger("mnist_mlops").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        return args.func(args, load_params(args.params))
+        schema_only = args.command == "params" and args.schema
+        return args.func(args, None if schema_only else load_params(args.params))
     except UserError as exc:
         print(f"mnist-mlops {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from mnist_mlops.core.runtime import UserError
 
@@ -205,7 +206,7 @@ class RealworldParams(Section):
 class ModelParams(Section):
     """One architecture with its training recipe; `name` is its key under `models:`."""
 
-    name: str
+    name: SkipJsonSchema[str]       # filled in from the key, never written in the file
     architecture: str
     scaling: Scaling
     loss: Loss
