@@ -51,12 +51,14 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
-def configure_logging(level: int = logging.INFO) -> None:
+def configure_logging(level: int = logging.INFO, libraries: bool = False) -> None:
+    """Log lines with time, level and logger. The libraries' chatter is left out unless
+    `libraries` (`mnist-mlops -v`) or MNIST_MLOPS_VERBOSE asks for it."""
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if verbose():
+    if libraries or verbose():
         return
     # Library chatter (Keras's "HDF5 is legacy" notes, retracing hints, one line per HTTP
     # retry of an unreachable tracking server) hides the pipeline's own lines.
