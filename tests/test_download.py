@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from mnist_mlops.data.download import DownloadError, download_all, gunzip_sha256, mirror_list
+from mnist_mlops.data.download import (
+    DownloadError,
+    Retry,
+    download_all,
+    gunzip_sha256,
+    mirror_list,
+)
 
 from .conftest import MNIST_FILES
 
@@ -75,8 +81,8 @@ def files(synthetic_mirror: Path) -> dict[str, str]:
 
 
 def fetch(files: dict[str, str], raw: Path, mirrors: list[str], **kw: float):
-    return download_all(files, raw, mirrors, backoff_s=kw.get("backoff_s", 0.01),
-                        retries=int(kw.get("retries", 3)), timeout_s=5)
+    retry = Retry(int(kw.get("retries", 3)), float(kw.get("backoff_s", 0.01)), 5)
+    return download_all(files, raw, mirrors, retry)
 
 
 def only_final_files(raw: Path) -> set[str]:

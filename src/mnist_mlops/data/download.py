@@ -32,6 +32,16 @@ log = logging.getLogger(__name__)
 MIRROR_ENV = "MNIST_MIRROR"
 
 
+@dataclass(frozen=True)
+class Retry:
+    """How hard to try each mirror: attempts on network errors, the first delay (doubled
+    each time) and the socket timeout."""
+
+    attempts: int = 3
+    backoff_s: float = 1.0
+    timeout_s: float = 60.0
+
+
 class DownloadError(UserError):
     """No mirror delivered a valid copy of a file."""
 
@@ -120,8 +130,8 @@ def _copy_from(mirror: str, name: str, dest: Path, timeout_s: float) -> None:
         raise _Permanent(f"HTTP {exc.code} {exc.reason}") from None
 
 
-def fetch_file(name: str, sha256: str, raw_dir: Path, mirrors: list[str], *, retries: int = 3,
-               backoff_s: float = 1.0, timeout_s: float = 60.0) -> Fetched:
+def fetch_file(name: str, sha256: str, raw_dir: Path, mirrors: list[str],
+               retry: Retry = Retry()) -> Fetched:
     """Make raw_dir/name a verified copy of `name`, trying each mirror in turn."""
     target = raw_dir / name
     if is_valid(target, sha256):
@@ -131,10 +141,10 @@ def fetch_file(name: str, sha256: str, raw_dir: Path, mirrors: list[str], *, ret
         raise DownloadError(f"{name}: no mirror configured; set ${MIRROR_ENV} or download.mirrors")
     failures: list[str] = []
     for mirror in mirrors:
-        for attempt in range(1, retries + 1):
+        for attempt in range(1, retry.attempts + 1):
             try:
                 with atomic_path(target, suffix=".partial") as tmp:
-                    _copy_from(mirror, name, tmp, timeout_s)
+                    _copy_from(mirror, name, tmp, retry.timeout_s)
                     got = gunzip_sha256(tmp)
                     if got != sha256:
                         raise _Permanent(
@@ -146,10 +156,10 @@ def fetch_file(name: str, sha256: str, raw_dir: Path, mirrors: list[str], *, ret
                 break
             except (OSError, http.client.HTTPException) as exc:  # network, timeouts, cut-offs
                 reason = getattr(exc, "reason", None) or exc
-                if attempt == retries:
-                    failures.append(f"  {mirror}: {reason} (after {retries} attempts)")
+                if attempt == retry.attempts:
+                    failures.append(f"  {mirror}: {reason} (after {retry.attempts} attempts)")
                     break
-                delay = backoff_s * 2 ** (attempt - 1)
+                delay = retry.backoff_s * 2 ** (attempt - 1)
                 log.warning("%s: %s from %s; retrying in %.1f s", name, reason, mirror, delay)
                 time.sleep(delay)
     raise DownloadError(
@@ -158,12 +168,11 @@ def fetch_file(name: str, sha256: str, raw_dir: Path, mirrors: list[str], *, ret
     )
 
 
-def download_all(files: dict[str, str], raw_dir: Path, mirrors: list[str], *, retries: int = 3,
-                 backoff_s: float = 1.0, timeout_s: float = 60.0) -> list[Fetched]:
+def download_all(files: dict[str, str], raw_dir: Path, mirrors: list[str],
+                 retry: Retry = Retry()) -> list[Fetched]:
     raw_dir.mkdir(parents=True, exist_ok=True)
     return [
-        fetch_file(name, digest, raw_dir, mirrors, retries=retries, backoff_s=backoff_s,
-                   timeout_s=timeout_s)
+        fetch_file(name, digest, raw_dir, mirrors, retry)
         for name, digest in files.items()
     ]
 
@@ -171,8 +180,8 @@ def download_all(files: dict[str, str], raw_dir: Path, mirrors: list[str], *, re
 def main() -> None:
     p = load_params()
     d = p.download
-    download_all(dict(d.files), p.paths.raw, mirror_list(d.mirrors), retries=d.retries,
-                 backoff_s=d.backoff_s, timeout_s=d.timeout_s)
+    download_all(dict(d.files), p.paths.raw, mirror_list(d.mirrors),
+                 Retry(d.retries, d.backoff_s, d.timeout_s))
 
 
 if __name__ == "__main__":
