@@ -25,7 +25,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, np.ndarr
     import mlflow
 
     from mnist_mlops.core.config import load_params
-    from mnist_mlops.tracking.journal import log_keras_model
+    from mnist_mlops.tracking.logged_model import log_keras_model
     from mnist_mlops.training.models import build_model
 
     tmp = tmp_path_factory.mktemp("mlflow_model")

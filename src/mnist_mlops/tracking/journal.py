@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_mlops.core.fsio import fsync_path, write_json_atomic, write_text_atomic
 from mnist_mlops.core.runtime import UserError
-from mnist_mlops.tracking import mlflow_io
+from mnist_mlops.tracking import logged_model, mlflow_io
 
 log = logging.getLogger(__name__)
 DELIVERY_INTERVAL_S = 2.0
@@ -249,7 +249,8 @@ class Journal:
             client.log_inputs(run_id, datasets=[DatasetInput(
                 ds, tags=[InputTag("mlflow.data.context", op["context"])])])
         elif kind == "model":
-            self.model_uri = log_keras_model(run_id, Path(op["h5"]), Path(op["example"]))
+            self.model_uri = logged_model.log_keras_model(run_id, Path(op["h5"]),
+                                                          Path(op["example"]))
         elif kind == "end":
             client.set_terminated(run_id, op["status"])
         else:
@@ -272,50 +273,6 @@ class Journal:
             client.update_run(run_id, status="RUNNING")
             client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.run_ids[key] = run_id
-
-
-def log_keras_model(run_id: str, h5: Path, example: Path) -> str:
-    """Log a saved .h5 Keras model to run `run_id` as an MLflow model; return its URI.
-
-    The MLflow model is mlflow_model.py's python-function model with the .h5 inside and
-    the uint8 signature of raw pixels: the same under every Keras backend (see there why)."""
-    import keras
-    import mlflow
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    from mnist_mlops.core.config import INPUT_SHAPE, NUM_CLASSES
-    from mnist_mlops.tracking.mlflow_io import H5_ARTIFACT, MLFLOW_MODEL_CODE
-
-    sig = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *INPUT_SHAPE))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, NUM_CLASSES))]))
-    # Model.log is pyfunc.log_model with `run_id`: the delivery thread has no active run
-    info = mlflow.models.Model.log(
-        artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
-        python_model=str(MLFLOW_MODEL_CODE), artifacts={H5_ARTIFACT: str(h5)},
-        signature=sig, input_example=np.load(example),
-        model_config={"keras_backend": keras.backend.backend()},
-        pip_requirements=[f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}",
-                          "h5py", *backend_requirements()])
-    return info.model_uri
-
-
-def backend_requirements() -> list[str]:
-    """The Keras backend the model was trained with, pinned, for `mlflow models serve`."""
-    import importlib.metadata
-
-    import keras
-
-    package = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(
-        keras.backend.backend())
-    if package is None:
-        return []
-    try:
-        return [f"{package}=={importlib.metadata.version(package)}"]
-    except importlib.metadata.PackageNotFoundError:
-        return [package]
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
