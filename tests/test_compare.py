@@ -22,3 +22,40 @@ def test_table_shows_only_params_that_differ() -> None:
     assert text.splitlines()[0].startswith("model") and "batch_size=32" in text
     md = render_markdown(header, body)
     assert md.splitlines()[1].count("---") == len(header)
+
+
+def run_row(model: str, n_params: float, **params: str) -> Row:
+    """A row as the train stage logs it: model.*, train.* and data.* params."""
+    return Row(model, f"{model}0000run", "exp", params,
+               {"test_accuracy": 0.99, "n_params": n_params}, 0)
+
+
+def test_an_ensemble_shows_its_architectures_size_and_how_many_it_averages() -> None:
+    rows = [run_row("cnn_bn_aug", 653_652, **{"model.final": "ensemble",
+                                             "train.final": "refit", "data.folds": "2"}),
+            run_row("cnn_32_64_64", 93_322, **{"model.final": "None", "train.final": "refit",
+                                               "data.folds": "2"}),
+            run_row("lenet_28_50", 2 * 1_256_080, **{"model.final": "None",
+                                                     "train.final": "ensemble",
+                                                     "data.folds": "2"})]
+    header, body = table(rows)
+    sizes = {b[0]: b[header.index("params")] for b in body}
+    assert sizes == {"cnn_bn_aug": "326,826 (ensemble of 2)", "cnn_32_64_64": "93,322",
+                     "lenet_28_50": "1,256,080 (ensemble of 2)"}
+
+
+def test_epochs_are_those_trained_not_the_recipes() -> None:
+    capped = {"train.max_epochs": "2", "model.final": "None", "train.final": "refit"}
+    rows = [run_row("cnn_deep_dropout", 1, **capped, **{"model.epochs": "60",
+                                                        "model.effective_epochs": "2"}),
+            run_row("cnn_32_64_64", 1, **capped, **{"model.epochs": "7",
+                                                    "model.effective_epochs": "2"}),
+            run_row("full", 1, **{"model.epochs": "10", "model.effective_epochs": "10",
+                                  "train.max_epochs": "None"}),
+            # a run from before model.effective_epochs was logged
+            run_row("older", 1, **{"model.epochs": "20", "train.max_epochs": "3"})]
+    header, body = table(rows)
+    trained = {b[0]: b[header.index("epochs")] for b in body}
+    assert trained == {"cnn_deep_dropout": "2 (recipe 60)", "cnn_32_64_64": "2 (recipe 7)",
+                       "full": "10", "older": "3 (recipe 20)"}
+    assert not any("epochs=" in b[header.index("differing params")] for b in body)

@@ -3,7 +3,8 @@
 One row per model (its latest finished pipeline run) by default, or every run with
 `all_runs`. The "differing params" column shows, per row, only the hyperparameters whose
 value differs from the most common one across the rows: in an ablation grid, exactly the
-one change each variant makes.
+one change each variant makes. "epochs" is what each run trained (`train.max_epochs` caps
+the recipe's), "params" the architecture's size: a fold ensemble ships K copies of it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from mnist_mlops.core.runtime import UserError
 
-HIDDEN_PARAMS = {"model.name", "model.architecture"}
+# shown in their own columns: the epochs trained, the architecture's size
+HIDDEN_PARAMS = {"model.name", "model.architecture", "model.epochs", "model.effective_epochs"}
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,41 @@ def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _int(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def epochs(row: Row) -> str:
+    """The epochs the run trained (runs before `model.effective_epochs` was logged: the
+    recipe's, capped by train.max_epochs), and the recipe's where the cap cut them."""
+    recipe, cap = _int(row.params.get("model.epochs")), _int(row.params.get("train.max_epochs"))
+    trained = _int(row.params.get("model.effective_epochs"))
+    if trained is None and recipe is not None:
+        trained = min(recipe, cap) if cap else recipe
+    if trained is None:
+        return "-"
+    return f"{trained} (recipe {recipe})" if recipe not in (None, trained) else str(trained)
+
+
+def size(row: Row) -> str:
+    """The architecture's parameter count; a fold ensemble's model holds K copies of it
+    (the averaging adds none)."""
+    n = row.metrics.get("n_params")
+    if n is None:
+        return "-"
+    final = row.params.get("model.final")
+    if final in (None, "None"):
+        final = row.params.get("train.final")
+    k = _int(row.params.get("data.folds"))
+    if final != "ensemble":
+        return f"{n:,.0f}"
+    return f"{n / k:,.0f} (ensemble of {k})" if k else f"{n:,.0f} (ensemble)"
+
+
 def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     common = common_values(rows)
-    header = ["model", "differing params", "CV acc (mean ± std)", "test acc", "train s",
-              "params", "run", "dvc exp"]
+    header = ["model", "differing params", "CV acc (mean ± std)", "test acc", "epochs",
+              "train s", "params", "run", "dvc exp"]
     body = []
     for r in rows:
         m = r.metrics
@@ -73,8 +106,8 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         params = " ".join(f"{k.removeprefix('model.')}={r.params.get(k, '-')}"
                           for k, usual in common.items() if r.params.get(k) != usual)
         body.append([r.model, params or "-", cv, _fmt(m.get("test_accuracy"), ".4f"),
-                     _fmt(m.get("train_time_s"), ".0f"), _fmt(m.get("n_params"), ",.0f"),
-                     r.run_id[:8], r.exp])
+                     epochs(r), _fmt(m.get("train_time_s"), ".0f"), size(r), r.run_id[:8],
+                     r.exp])
     return header, body
 
 
