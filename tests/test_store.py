@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -41,6 +42,43 @@ def test_copied_project_store_opens_with_its_artifacts(tmp_path: Path) -> None:
                                              dst_path=str(tmp_path / "dl"))
     assert json.loads(Path(cv).read_text())["final"] == "refit"
     model = mlflow.pyfunc.load_model(info["model_uri"])
+    proba = np.asarray(model.predict(np.zeros((2, 28, 28, 1), dtype=np.uint8)))
+    assert proba.shape == (2, 10)
+
+
+def recorded_texts(db: Path) -> list[str]:
+    """Every text value of every table of a SQLite store (as `table.column: value`)."""
+    with sqlite3.connect(db) as con:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return [f"{t}.{c}: {v}" for t in tables
+                for c in (r[1] for r in con.execute(f'PRAGMA table_info("{t}")'))
+                for (v,) in con.execute(f'SELECT "{c}" FROM "{t}"')  # noqa: S608
+                if isinstance(v, str)]
+
+
+def test_relocated_store_of_a_temp_experiment_opens_after_the_original_is_gone(
+        tmp_path: Path) -> None:
+    """`make quick` runs `dvc exp run --temp`: MLflow creates the store's Default experiment
+    inside DVC's temporary workspace, the project's experiment under the project itself."""
+    original, env = synthetic_project(tmp_path / "original")
+    run(["dvc", "exp", "run", "--temp", "-S", "train.max_epochs=1"], original, env)
+    copy = tmp_path / "moved here" / "project"
+    shutil.copytree(original, copy, symlinks=True)
+    shutil.rmtree(original)                       # the old paths now lead nowhere
+
+    out = run([CLI, "relocate-store"], copy, env).stdout
+    assert int(out.split()[0]) >= 8, out           # 2 experiments, 4 runs, model, version
+    again = run([CLI, "relocate-store"], copy, env).stdout
+    assert again.startswith("0 "), again           # idempotent, and nothing left behind
+    stale = [v for v in recorded_texts(copy / "mlflow.db") if str(original) in v]
+    assert not stale, stale
+
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{copy}/mlflow.db")
+    champion = MlflowClient().get_model_version_by_alias("mnist-digits", "champion")
+    assert MlflowClient().list_artifacts(champion.run_id), champion.run_id
+    model = mlflow.pyfunc.load_model("models:/mnist-digits@champion")
     proba = np.asarray(model.predict(np.zeros((2, 28, 28, 1), dtype=np.uint8)))
     assert proba.shape == (2, 10)
 
