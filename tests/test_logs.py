@@ -5,6 +5,7 @@ MNIST_MLOPS_VERBOSE=1."""
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,3 +46,46 @@ def test_cli_verbose_brings_library_lines_back(untrained_model: Path, tmp_path: 
     assert re.search(r" DEBUG (?!mnist_mlops)", loud.stderr), loud.stderr[-2000:]
     env_loud = run([CLI, *cmd], tmp_path, tool_env(MNIST_MLOPS_VERBOSE="1"))
     assert NATIVE.search(env_loud.stderr), env_loud.stderr[-2000:]
+
+
+def test_stage_modules_load_no_framework_at_import() -> None:
+    """A stage imports Keras (and with it TensorFlow, JAX or PyTorch) only once run_main has
+    started filtering stderr: importing a stage's module loads none of them."""
+    stages = sorted(set(re.findall(r"python -m (mnist_mlops\.[\w.]+)",
+                                   (ROOT / "dvc.yaml").read_text())))
+    assert "mnist_mlops.evaluation.evaluate" in stages
+    code = ("import importlib, sys; importlib.import_module(sys.argv[1]); "
+            "print(*sorted({'keras', 'tensorflow', 'jax', 'torch'} & set(sys.modules)))")
+    loaded = {m: run([sys.executable, "-c", code, m], ROOT, tool_env()).stdout.strip()
+              for m in stages}
+    assert loaded == dict.fromkeys(stages, ""), loaded
+
+
+def stage_logs(output: str) -> dict[str, str]:
+    """`dvc repro`'s output cut into what each stage printed, by stage name."""
+    parts = re.split(r"^Running stage '([^']+)':\n", output, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+@pytest.fixture(scope="module")
+def pipeline_logs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Every stage of a tiny real pipeline (`dvc repro`), its output by stage."""
+    from .conftest import synthetic_project
+
+    root, env = synthetic_project(tmp_path_factory.mktemp("logs") / "project")
+    proc = subprocess.run(["dvc", "repro"], cwd=root, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=1200)  # in order
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    logs = stage_logs(proc.stdout)
+    assert {"train@mlp_512x2", "evaluate@mlp_512x2", "register"} <= set(logs), list(logs)
+    return logs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["train@mlp_512x2", "evaluate@mlp_512x2", "register"])
+def test_stage_logs_have_no_native_lines(pipeline_logs: dict[str, str], stage: str) -> None:
+    """TensorFlow's C++ start-up lines are dropped in every stage that loads a model, not
+    only in training (a stage that imports Keras before run_main filters stderr shows them)."""
+    log = pipeline_logs[stage]
+    assert not NATIVE.search(log), f"{stage}:\n{log[-3000:]}"
+    assert log.strip(), stage

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -58,6 +57,8 @@ def worst_errors(y: np.ndarray, proba: np.ndarray, k: int = WORST) -> np.ndarray
 
 def throughput(model: Any, images: np.ndarray, repeats: int = 30) -> dict[str, float]:
     """Batch images/s (model.predict) and single-image latency (direct call), on this host."""
+    import keras  # here, not at module import: after run_main filters TensorFlow's stderr
+
     x = images.reshape(-1, *INPUT_SHAPE).astype("float32")
     model.predict(x[:256], batch_size=256, verbose=0)  # warm-up / tracing
     t0 = time.perf_counter()
