@@ -74,8 +74,8 @@ def overhead(model_name: str, n_train: int = 12000, epochs: int = 9) -> dict[str
 def _project(tmp: Path, model: str, epochs: int, n: int) -> Path:
     from mnist_mlops.core.config import load_params
     from mnist_mlops.core.fsio import write_text_atomic
-    from mnist_mlops.data.parse import save_dataset
-    from mnist_mlops.data.preprocess import folds_csv, make_folds
+    from mnist_mlops.data.dataset import folds_csv, save_dataset
+    from mnist_mlops.data.preprocess import make_folds
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["preprocess"].update(folds=2, subset=n)

@@ -18,14 +18,16 @@ p = load_params(PARAMS)
 download_all(dict(p.download.files), OUT / 'raw', [MIRROR])
 """,
     "parse": """
-from mnist_mlops.data.parse import parse_dataset, save_dataset
+from mnist_mlops.data.parse import parse_dataset
+from mnist_mlops.data.dataset import save_dataset
 save_dataset(parse_dataset(OUT / 'raw'), OUT / 'mnist.npz')
 """,
     "preprocess": """
 from mnist_mlops.core.config import load_params
 from mnist_mlops.core.fsio import write_text_atomic
-from mnist_mlops.data.parse import load_dataset
-from mnist_mlops.data.preprocess import folds_csv, make_folds
+from mnist_mlops.data.dataset import load_dataset
+from mnist_mlops.data.preprocess import make_folds
+from mnist_mlops.data.dataset import folds_csv
 p = load_params(PARAMS)
 y = load_dataset(OUT / 'mnist.npz')['y_train']
 idx, folds = make_folds(y, p.preprocess)

@@ -93,7 +93,7 @@ def test_quick_pipeline_under_another_backend_registers_a_champion_pyfunc_serves
     import mlflow
     import numpy as np
 
-    from mnist_mlops.data.parse import load_dataset
+    from mnist_mlops.data.dataset import load_dataset
 
     from .conftest import run, synthetic_project
 

@@ -40,7 +40,7 @@ def train_cmd(root: Path) -> tuple[list[str], dict[str, str]]:
 def model_outputs(root: Path) -> dict[str, list]:
     import keras
 
-    from mnist_mlops.data.parse import load_dataset
+    from mnist_mlops.data.dataset import load_dataset
 
     model = keras.saving.load_model(root / "models" / f"{MODEL}.h5", compile=False)
     x = load_dataset(root / "data" / "interim" / "mnist.npz")["x_test"][..., None]

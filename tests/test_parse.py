@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnist_mlops.data.dataset import load_dataset, save_dataset
 from mnist_mlops.data.idx import write_idx
-from mnist_mlops.data.parse import ParseError, load_dataset, parse_dataset, save_dataset
+from mnist_mlops.data.parse import ParseError, parse_dataset
 
 from .conftest import MNIST_FILES
 

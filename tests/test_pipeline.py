@@ -163,7 +163,7 @@ def test_param_changes_rerun_only_what_depends_on_them(project: Path, mnist_mirr
 def test_champion_alias_loads_and_predicts_raw_uint8(project: Path) -> None:
     import mlflow
 
-    from mnist_mlops.data.parse import load_dataset
+    from mnist_mlops.data.dataset import load_dataset
 
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
     model = mlflow.pyfunc.load_model(f"models:/{REG}@champion")
@@ -243,7 +243,7 @@ def test_cli_compare_promote_rollback(project: Path) -> None:
 
 
 def test_mlflow_models_serve_champion(project: Path) -> None:
-    from mnist_mlops.data.parse import load_dataset
+    from mnist_mlops.data.dataset import load_dataset
 
     port = free_port()
     env = env_for(project)

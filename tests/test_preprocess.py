@@ -8,7 +8,8 @@ import pytest
 from mnist_mlops.core.config import PreprocessParams
 from mnist_mlops.core.fsio import write_text_atomic
 from mnist_mlops.core.runtime import UserError
-from mnist_mlops.data.preprocess import folds_csv, load_folds, make_folds
+from mnist_mlops.data.dataset import folds_csv, load_folds
+from mnist_mlops.data.preprocess import make_folds
 
 
 def labels(n: int = 1000, seed: int = 0) -> np.ndarray:

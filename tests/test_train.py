@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from mnist_mlops.core.config import Params, load_params
 from mnist_mlops.core.fsio import write_text_atomic
-from mnist_mlops.data.parse import save_dataset
-from mnist_mlops.data.preprocess import folds_csv, make_folds
+from mnist_mlops.data.dataset import folds_csv, save_dataset
+from mnist_mlops.data.preprocess import make_folds
 
 from .conftest import ROOT, MlflowServer, Spawned, synthetic_digits, tool_env
 
@@ -101,7 +101,7 @@ def test_train_writes_outputs_and_tracks_everything(project: Params) -> None:
 def test_logged_mlflow_model_serves_raw_uint8(project: Params) -> None:
     import mlflow
 
-    from mnist_mlops.data.parse import load_dataset
+    from mnist_mlops.data.dataset import load_dataset
     from mnist_mlops.training.train import train
 
     train(project, "cnn_28_dense128")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from mnist_mlops.core.config import load_params
-from mnist_mlops.core.fsio import atomic_path
 from mnist_mlops.core.runtime import UserError, run_main
+from mnist_mlops.data.dataset import save_dataset
 from mnist_mlops.data.idx import IDXError, read_idx
 
 log = logging.getLogger(__name__)
@@ -55,19 +55,6 @@ def parse_dataset(raw_dir: Path) -> dict[str, np.ndarray]:
         raise ParseError(f"train images are {arrays['x_train'].shape[1:]} but test images are "
                          f"{arrays['x_test'].shape[1:]}")
     return arrays
-
-
-def save_dataset(arrays: dict[str, np.ndarray], out: Path) -> None:
-    with atomic_path(out, suffix=".tmp.npz") as tmp:
-        np.savez(tmp, **arrays)
-
-
-def load_dataset(path: Path) -> dict[str, np.ndarray]:
-    """The parse stage's output, as a plain dict of arrays."""
-    if not path.is_file():
-        raise UserError(f"{path} not found: run `dvc repro parse` first")
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
 
 
 def main() -> None:

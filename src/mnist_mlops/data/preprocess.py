@@ -7,10 +7,7 @@ images form which fold: a small, reviewable CSV (index,label,fold), one row per 
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
@@ -18,10 +15,9 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from mnist_mlops.core.config import PreprocessParams, load_params
 from mnist_mlops.core.fsio import write_text_atomic
 from mnist_mlops.core.runtime import UserError, run_main
-from mnist_mlops.data.parse import load_dataset
+from mnist_mlops.data.dataset import folds_csv, load_dataset
 
 log = logging.getLogger(__name__)
-HEADER = ("index", "label", "fold")
 
 
 def select_subset(labels: np.ndarray, params: PreprocessParams) -> np.ndarray:
@@ -61,22 +57,6 @@ def make_folds(labels: np.ndarray, params: PreprocessParams) -> tuple[np.ndarray
     """(indices into the training set, fold of each): the stage's pure core."""
     idx = select_subset(labels, params)
     return idx, assign_folds(labels[idx], params)
-
-
-def folds_csv(indices: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(HEADER)
-    w.writerows(zip(indices.tolist(), labels.tolist(), folds.tolist(), strict=True))
-    return buf.getvalue()
-
-
-def load_folds(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, folds) from the preprocess stage's CSV."""
-    if not path.is_file():
-        raise UserError(f"{path} not found: run `dvc repro preprocess` first")
-    table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
-    return table[:, 0], table[:, 2]
 
 
 def main() -> None:

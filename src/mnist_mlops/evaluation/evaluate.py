@@ -22,7 +22,7 @@ from mnist_mlops.core.config import INPUT_SHAPE, NUM_CLASSES, Params, load_param
 from mnist_mlops.core.fsio import write_json_atomic, write_text_atomic
 from mnist_mlops.core.runtime import run_main
 from mnist_mlops.data import realworld
-from mnist_mlops.data.parse import load_dataset
+from mnist_mlops.data.dataset import load_dataset
 from mnist_mlops.evaluation import figures
 from mnist_mlops.serving.predict import load_keras_model, predict_proba
 from mnist_mlops.tracking import mlflow_io

@@ -18,9 +18,9 @@ from mlflow.tracking import MlflowClient
 from mnist_mlops.core.config import Params, load_params
 from mnist_mlops.core.runtime import UserError, run_main
 from mnist_mlops.data import realworld
-from mnist_mlops.data.parse import load_dataset
+from mnist_mlops.data.dataset import load_dataset
 from mnist_mlops.registry import aliases, gate
-from mnist_mlops.serving.predict import Predictor
+from mnist_mlops.serving.predict import Predictor, by_hand_record
 from mnist_mlops.tracking import mlflow_io
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,11 @@ def ensure_version(client: MlflowClient, params: Params, name: str) -> tuple[str
     paths, reg = params.paths, params.mlflow.registered_model
     run = _read(paths.run_file(name))
     if not run.get("model_uri"):
-        raise UserError(f"{name}: its run logged no MLflow model (non-TensorFlow backend?)")
+        raise UserError(
+            f"{name}: its training run's MLflow writes were never delivered (the tracking store "
+            f"was unreachable when train@{name} ended), so there is no MLflow model to "
+            f"register. Once the store is back, run `dvc repro`: it delivers them from "
+            f"{params.paths.checkpoints}/ without retraining, then registers")
     run_tags = mlflow_io.require_run(run["run_id"], name).data.tags
     existing = client.search_model_versions(f"name='{reg}' and run_id='{run['run_id']}'")
     if existing:
@@ -160,7 +164,7 @@ def _register(params: Params) -> dict[str, Any]:
     decision = judge(client, params, best.version)
     client.set_registered_model_alias(reg, aliases.CHALLENGER, best.version)
     if decision.promote:
-        aliases.set_champion(client, reg, best.version)
+        aliases.set_champion(client, reg, best.version, "register")
     tag_decision(client, reg, best.version, decision,
                  "promoted" if decision.promote else "refused")
     for c in new:
@@ -191,17 +195,17 @@ def promote(params: Params, version: str, force: bool = False) -> dict[str, Any]
         if not decision.promote and not force:
             raise UserError(f"not promoting v{version}: {decision.reason}. Pass --force to "
                             "promote it anyway (the version and the record will say so)")
-        aliases.set_champion(client, reg, version)
+        aliases.set_champion(client, reg, version,
+                              "promote" if decision.promote else "force")
         how = "promoted by hand" if decision.promote else "forced by hand against the gate"
         tag_decision(client, reg, version, decision, how)
         if not decision.promote:
             log.warning("%s v%s promoted with --force although the gate says: %s", reg,
                         version, decision.reason)
-        return aliases.write_record(client, reg, params.paths.registry, "promote",
-                                     previous_champion=previous, candidate=version,
-                                     gate=params.register.model_dump(),
-                                     **{**decision.record(), "promoted": True},
-                                     gate_passed=decision.promote, forced=not decision.promote)
+        return _hand_record(client, params, "promote", previous_champion=previous,
+                            candidate=version, gate=params.register.model_dump(),
+                            **{**decision.record(), "promoted": True},
+                            gate_passed=decision.promote, forced=not decision.promote)
 
 
 def rollback(params: Params) -> dict[str, Any]:
@@ -213,9 +217,22 @@ def rollback(params: Params) -> dict[str, Any]:
         client = MlflowClient()
         previous = aliases.alias_version(client, reg, aliases.CHAMPION)
         target = aliases.rollback(client, reg)
-        return aliases.write_record(client, reg, params.paths.registry, "rollback",
-                                     previous_champion=previous, candidate=target,
-                                     promoted=True, reason=f"rolled back from v{previous}")
+        return _hand_record(client, params, "rollback", previous_champion=previous,
+                            candidate=target, promoted=True,
+                            reason=f"rolled back from v{previous}")
+
+
+def _hand_record(client: MlflowClient, params: Params, action: str, **facts: Any
+                 ) -> dict[str, Any]:
+    """The record of a promote or rollback, in its own file: the register stage's
+    reports/registry.json stays as the stage wrote it, so DVC sees no change. An offline
+    `predict` (a clone without the store) reads whichever record is newer."""
+    path = by_hand_record(params.paths)
+    record = aliases.write_record(client, params.mlflow.registered_model, path, action,
+                                  **facts)
+    log.info("recorded in %s: commit it, so that a clone without the tracking store "
+             "predicts with this champion", path)
+    return record
 
 
 def main() -> None:

@@ -47,14 +47,14 @@ COSMETIC_TRAIN_PARAMS = {"verbose"}
 
 
 # The code that can change a trained model, relative to the package: the layers, the
-# backend set-up, the fit loop, this module (bit-exact resume) and the data loading. It is
+# backend set-up, the fit loop, this module (bit-exact resume) and the dataset files. It is
 # what `train@<model>` depends on in dvc.yaml and what the fingerprint hashes; code that only
 # logs, tracks, reports or serves is left out, so rewording it neither reruns the stage nor
 # discards a checkpoint. tests/test_stages.py keeps dvc.yaml, this list and the imports of
 # these modules in step.
 MODEL_CODE = (
-    "data/idx.py", "data/parse.py", "data/preprocess.py",
-    "training/backend.py", "training/checkpoint.py", "training/fit.py", "training/models.py",
+    "data/dataset.py", "training/backend.py", "training/checkpoint.py", "training/fit.py",
+    "training/models.py",
 )
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 

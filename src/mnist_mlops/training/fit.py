@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from mnist_mlops.core.config import ModelParams, TrainParams
-from mnist_mlops.data.parse import load_dataset
-from mnist_mlops.data.preprocess import load_folds
+from mnist_mlops.data.dataset import load_dataset, load_folds
 from mnist_mlops.training import backend
 from mnist_mlops.training.checkpoint import Checkpoint, FitProgress
 

@@ -207,7 +207,7 @@ def _train_tracked(run: StageRun, train_set: Split, folds: np.ndarray) -> dict[s
 
 def _input_example(params: Params) -> np.ndarray:
     """Two test images as the model takes them (uint8, 28x28x1): the MLflow model's example."""
-    from mnist_mlops.data.parse import load_dataset
+    from mnist_mlops.data.dataset import load_dataset
 
     return load_dataset(params.paths.dataset)["x_test"][:2][..., None]
 
