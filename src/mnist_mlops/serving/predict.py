@@ -4,6 +4,7 @@ URI; pictures are recognised after `digits.prepare` makes them look like MNIST."
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,12 +12,23 @@ from typing import Any
 
 import numpy as np
 
-from mnist_mlops.core.config import INPUT_SHAPE, NUM_CLASSES, Params
+from mnist_mlops.core.config import INPUT_SHAPE, NUM_CLASSES, Params, Paths
 from mnist_mlops.core.runtime import UserError
 from mnist_mlops.data.digits import IMAGE_SUFFIXES, ImageInputError, prepare
 from mnist_mlops.tracking.mlflow_io import H5_ARTIFACT
 
 log = logging.getLogger(__name__)
+NO_DIGIT = "no digit found"
+
+
+class ModelLoadError(UserError):
+    """A model that cannot be loaded; `cause` is why, without the advice around it."""
+
+    def __init__(self, source: str, cause: str) -> None:
+        super().__init__(f"cannot load model {source!r}: {cause}. Pass --model with a .h5 file "
+                         "or an MLflow model URI (models:/NAME@champion), and set "
+                         "MLFLOW_TRACKING_URI to the store that holds it")
+        self.cause = cause
 
 
 def load_keras_model(path: Path) -> Any:
@@ -24,7 +36,7 @@ def load_keras_model(path: Path) -> Any:
     import keras
 
     if not path.is_file():
-        raise UserError(f"{path} not found: train it first (`dvc repro train@{path.stem}`)")
+        raise UserError(f"{path} not found")
     return keras.saving.load_model(path, compile=False)
 
 
@@ -107,9 +119,7 @@ class Predictor:
             except UserError:
                 raise
             except Exception as exc:  # MlflowException, OSError, ... : all mean "can't load"
-                raise UserError(f"cannot load model {source!r}: {exc}. Pass --model with a "
-                                ".h5 file or an MLflow model URI (models:/NAME@champion), and "
-                                "set MLFLOW_TRACKING_URI to the store that holds it") from None
+                raise ModelLoadError(source, str(exc).strip()) from None
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         x = np.asarray(images, dtype=np.uint8).reshape(-1, *INPUT_SHAPE)
@@ -133,6 +143,7 @@ class Result:
     probability: float | None = None
     top3: list[tuple[int, float]] = field(default_factory=list)
     error: str | None = None
+    message: str | None = None      # why there is no digit without an error: NO_DIGIT
     model: dict[str, str | None] = field(default_factory=dict)   # Predictor.about
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,7 +155,7 @@ class Result:
         if self.error:
             return f"{self.file}: error: {self.error}"
         if self.digit is None:
-            return f"{self.file}: no digit found"
+            return f"{self.file}: {self.message or NO_DIGIT}"
         top = ", ".join(f"{k} {p:.3f}" for k, p in self.top3)
         return f"{self.file}: {self.digit} (p={self.probability:.3f}; top-3: {top})"
 
@@ -180,7 +191,9 @@ def predict_files(predictor: Predictor, files: list[Path], threshold: float | No
         except ImageInputError as exc:
             r.error = str(exc).removeprefix(f"{f}: ")
             continue
-        if arr is not None:
+        if arr is None:
+            r.message = NO_DIGIT
+        else:
             ready.append((r, arr))
     if ready:
         proba = predictor.predict_proba(np.stack([a for _, a in ready]))
@@ -190,37 +203,94 @@ def predict_files(predictor: Predictor, files: list[Path], threshold: float | No
     return results
 
 
-def load_predictor(model: str | None, params: Params, trusted: bool = False) -> Predictor:
+def load_predictor(model: str | None, params: Params | None, trusted: bool = False
+                   ) -> Predictor:
     """`model` (a .h5 file or MLflow URI), or by default the registry's champion, resolved
-    against the configured MLflow store; without a store that knows the champion (a fresh
-    clone after `dvc pull`), the champion named by the decision record, from its .h5 file."""
+    against the configured MLflow store; without a store that can load the champion (a
+    fresh clone after `dvc pull`), the champion named by the latest decision record, from
+    its .h5 file. A .h5 file needs no params (None: no params.yaml here)."""
     from mnist_mlops.tracking import mlflow_io
 
     if model:
-        if model.startswith("models:/"):
+        if Path(model).suffix in (".h5", ".keras") and not Path(model).is_file():
+            raise UserError(f"{model} not found: {_missing_model_advice(Path(model), params)}")
+        if model.startswith("models:/") and params is not None:
             mlflow_io.setup(params.mlflow)
         return Predictor(model, trusted=trusted)
+    if params is None:
+        raise UserError("no params.yaml here: run in the project folder, or pass --model")
     uri = f"models:/{params.mlflow.registered_model}@champion"
     try:
         mlflow_io.setup(params.mlflow)
         return Predictor(uri)
-    except Exception as exc:
-        local = recorded_champion_file(params)
-        if local is None:
+    except UserError as exc:
+        found = recorded_champion(params)
+        if found is None:
             raise
-        log.info("%s not in the tracking store (%s); using the recorded champion %s", uri,
-                 str(exc).splitlines()[0][:120], local)
-        return Predictor(str(local))
-
-
-def recorded_champion_file(params: Params) -> Path | None:
-    """The champion's model file according to reports/registry.json, if it is present."""
-    import json
-
+        failed = (f"cannot load {uri} from the tracking store "
+                  f"{params.mlflow.resolved_tracking_uri()} "
+                  f"({exc.cause if isinstance(exc, ModelLoadError) else exc})")
+    record_file, record = found
     try:
-        record = json.loads(params.paths.registry.read_text())
-    except (OSError, ValueError):
-        return None
-    names = [m for m, v in record.get("versions", {}).items() if v == record.get("champion")]
-    path = params.paths.model_file(names[0]) if names else None
-    return path if path is not None and path.is_file() else None
+        local = recorded_champion_file(params, record)
+    except UserError as exc:
+        raise UserError(f"{failed}, and the champion recorded in {record_file} {exc}") from None
+    log.warning("%s; using the champion recorded in %s instead: v%s, %s", failed, record_file,
+                record["champion"], local)
+    predictor = Predictor(str(local))
+    predictor.about["version"] = str(record["champion"])
+    return predictor
+
+
+def _missing_model_advice(path: Path, params: Params | None) -> str:
+    """Train or fetch it, where it is the project's file of a model in params."""
+    for name in params.models if params is not None else ():
+        if path.resolve() == params.paths.model_file(name).resolve():
+            return (f"train it (`dvc repro train@{name}`) or fetch it from the DVC remote "
+                    f"(`dvc pull train@{name}`)")
+    return "pass --model with an existing .h5 file, or an MLflow model URI"
+
+
+def by_hand_record(paths: Paths) -> Path:
+    """The record `promote` and `rollback` write, beside the register stage's record: not
+    that stage's output, which DVC would then see changed and run the stage again."""
+    return paths.registry.with_name(f"{paths.registry.stem}-by-hand.json")
+
+
+def recorded_champion(params: Params) -> tuple[Path, dict[str, Any]] | None:
+    """The latest decision record naming a champion: the register stage's or the last
+    promote/rollback's, whichever was written after more champion changes (the history
+    only grows), the later one on a tie."""
+    found = []
+    for path in (params.paths.registry, by_hand_record(params.paths)):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("champion"):
+            order = (len(record.get("champion_history") or ()), record.get("decided_at", ""))
+            found.append((order, path, record))
+    return max(found, key=lambda f: f[0])[1:] if found else None
+
+
+def recorded_champion_file(params: Params, record: dict[str, Any]) -> Path:
+    """The recorded champion's .h5 in this checkout. models/<model>.h5 is that version only
+    if the same training run made it: reports/train/<model>/run.json names the run (older
+    records: their `versions` map the models of the run to versions)."""
+    version, about = str(record["champion"]), record.get("champion_model") or {}
+    versions = {m: str(v) for m, v in (record.get("versions") or {}).items()}
+    name = about.get("model") or next((m for m, v in versions.items() if v == version), None)
+    if name is None:
+        raise UserError(f"(v{version}) does not name its model")
+    path, run_file = params.paths.model_file(name), params.paths.run_file(name)
+    if not (path.is_file() and (run_file.is_file() or not about.get("run_id"))):
+        raise UserError(f"is v{version} ({name}), whose {path} is not here: "
+                        f"`dvc pull train@{name}`")
+    try:
+        run_id = json.loads(run_file.read_text()).get("run_id") if run_file.is_file() else None
+    except ValueError:
+        run_id = None
+    if (run_id != about["run_id"]) if about.get("run_id") else versions.get(name) != version:
+        raise UserError(f"is v{version} ({name}), but {path} is from another training run: "
+                        "check out the commit that trained it and `dvc pull`")
+    return path
