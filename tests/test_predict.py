@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,6 +18,22 @@ from .conftest import ROOT, run, tool_env
 from .drawing import draw_digit, drawn_set
 
 pytestmark = pytest.mark.slow   # real training, processes or servers
+CLI = str(Path(sys.executable).parent / "mnist-mlops")
+
+
+def save_untrained_model(path: Path) -> Path:
+    """The pipeline's mlp_512x2 architecture, untrained, as .h5: for the paths where what
+    it answers does not matter."""
+    from mnist_mlops.core.config import load_params
+    from mnist_mlops.training.models import build_model
+
+    build_model(load_params(ROOT / "params.yaml").models["mlp_512x2"]).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def untrained_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_untrained_model(tmp_path_factory.mktemp("untrained") / "mlp.h5")
 
 
 def test_preprocessing_an_mnist_digit_is_close_to_identity(mnist: dict, model_file: Path
@@ -136,3 +153,53 @@ def test_version_and_help_of_every_subcommand() -> None:
                       ("champion", "champion and challenger"), ("retrain", "pull, reproduce")):
         out = run([cli, cmd, "--help"], ROOT).stdout
         assert says in out.split("options:")[0], (cmd, out)
+
+
+def test_predict_from_a_model_file_needs_no_params_and_says_no_digit_found(
+        untrained_h5: Path, tmp_path: Path) -> None:
+    """Run where there is no params.yaml: a .h5 is all it needs. A blank picture is not an
+    error, and the JSON says why it has no digit."""
+    Image.new("L", (50, 50), 255).save(tmp_path / "blank.png")
+    draw_digit(3, size=120).save(tmp_path / "three.png")
+    proc = run([CLI, "predict", "blank.png", "three.png", "--model", str(untrained_h5),
+                "--json"], tmp_path, tool_env(), check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = {Path(r["file"]).name: r for r in json.loads(proc.stdout)}
+    assert out["blank.png"]["digit"] is None and out["blank.png"]["error"] is None
+    assert out["blank.png"]["message"] == "no digit found"
+    assert out["three.png"]["digit"] in range(10) and out["three.png"]["message"] is None
+
+
+def test_a_missing_model_file_advises_training_only_for_the_projects_own(
+        tmp_path: Path) -> None:
+    picture = tmp_path / "d.png"
+    draw_digit(4, size=120).save(picture)
+    typo = run([CLI, "predict", str(picture), "--model", str(tmp_path / "typo.h5")],
+               tmp_path, tool_env(), check=False)             # no params.yaml here
+    assert typo.returncode == 2 and "Traceback" not in typo.stderr
+    assert f"{tmp_path / 'typo.h5'} not found" in typo.stderr
+    assert "params.yaml" not in typo.stderr and "dvc repro" not in typo.stderr
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")   # a project folder
+    typo = run([CLI, "predict", str(picture), "--model", str(tmp_path / "typo.h5")],
+               tmp_path, tool_env(), check=False)
+    assert typo.returncode == 2 and "dvc repro" not in typo.stderr
+    own = run([CLI, "predict", str(picture), "--model", "models/cnn_32_64_64.h5"],
+              tmp_path, tool_env(), check=False)
+    assert own.returncode == 2 and "models/cnn_32_64_64.h5 not found" in own.stderr
+    assert "`dvc repro train@cnn_32_64_64`" in own.stderr
+    assert "`dvc pull train@cnn_32_64_64`" in own.stderr
+
+
+def test_every_option_of_predict_serve_and_promote_says_what_it_does() -> None:
+    def options(cmd: str) -> str:
+        out = run([CLI, cmd, "--help"], ROOT).stdout.split("options:")[1]
+        return " ".join(out.split())
+
+    serve, predict = options("serve"), options("predict")
+    assert "--host HOST address to listen on" in serve and "--port PORT TCP port" in serve
+    assert "--version VERSION the registry version to promote" in options("promote")
+    for text in (serve, predict):
+        # what --trust-model guards: the pipeline's own models load without it
+        assert "--trust-model also load an MLflow model that is neither one this pipeline " \
+               "logged (a python-function model carrying its .h5" in text
+        assert "TensorFlow flavour" not in text

@@ -24,6 +24,7 @@ from mnist_mlops.serving.predict import Predictor
 from mnist_mlops.serving.serve import make_server
 
 from .drawing import draw_digit
+from .test_predict import save_untrained_model
 
 pytestmark = pytest.mark.slow   # real training, processes or servers
 
@@ -65,13 +66,43 @@ def test_api_blank_and_bad_requests(page_url: str) -> None:
     code, out = post(page_url, data_url(Image.new("L", (280, 280), 255)))
     assert code == 200 and out["digit"] is None
     code, out = post(page_url, b'{"image": "data:image/png;base64,AAAA"}')
-    assert code == 400 and "expected JSON" in out["error"]
+    assert code == 400 and "not a picture" in out["error"]
     code, out = post(page_url, b"not json")
     assert code == 400
     with urllib.request.urlopen(page_url, timeout=10) as resp:
         assert b"<canvas" in resp.read()
     with urllib.request.urlopen(page_url + "info", timeout=10) as resp:
         assert json.loads(resp.read())["architecture"] == "cnn_32_64_64"   # who answers
+
+
+@pytest.fixture(scope="module")
+def untrained_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The page with an untrained model: for answers that never reach the model."""
+    model = save_untrained_model(tmp_path_factory.mktemp("untrained") / "mlp.h5")
+    server = make_server(Predictor(str(model)), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (b'{"image": "data:image/png;base64,AAAA"}', '"image" holds 3 bytes that are not a picture'),
+    (b'{"image": "data:image/png;base64,not base64!"}', '"image" is not base64 data'),
+    (b'{"picture": "data:image/png;base64,AAAA"}', "expected JSON {\"image\": \"data:image"),
+    (b'["image"]', "expected JSON {\"image\""),
+    (b"not json", "expected JSON {\"image\""),
+])
+def test_a_bad_request_says_which_part_is_wrong(untrained_url: str, body: bytes,
+                                                says: str) -> None:
+    code, out = post(untrained_url, body)
+    assert code == 400 and says in out["error"], out
+    assert "<" not in out["error"] and "object at 0x" not in out["error"]
+
+
+def test_a_blank_drawing_says_no_digit_found(untrained_url: str) -> None:
+    code, out = post(untrained_url, data_url(Image.new("L", (280, 280), 255)))
+    assert code == 200 and out["digit"] is None and out["message"] == "no digit found"
 
 
 def png_claiming(width: int, height: int) -> bytes:

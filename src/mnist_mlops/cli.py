@@ -164,6 +164,12 @@ def cmd_params(args: argparse.Namespace, params: Params | None) -> int:
     return 0
 
 
+TRUST_HELP = ("also load an MLflow model that is neither one this pipeline logged (a "
+              "python-function model carrying its .h5, loaded as Keras without running its "
+              "code) nor a TensorFlow-flavour one: loading such a model runs its own Python "
+              "code")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mnist-mlops", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -179,14 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("predict", "recognise handwritten digits in image files")
     p.add_argument("images", nargs="+", help="image files or folders of images")
-    p.add_argument("--model", help="a .h5 file or MLflow model URI "
-                   "(default: models:/<registered_model>@champion)")
+    p.add_argument("--model", help="a .h5 file, or an MLflow model (URI or folder); "
+                   "default: models:/<registered_model>@champion, or without a store that "
+                   "serves it the champion recorded in reports/ (its models/*.h5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--threshold", type=float, default=None,
                    help="binarise ink at this level (0-1); default keeps anti-aliasing")
-    p.add_argument("--trust-model", action="store_true",
-                   help="allow --model to be an MLflow model that is not Keras/TensorFlow "
-                   "(loading one runs its Python code)")
+    p.add_argument("--trust-model", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=cmd_predict)
 
     p = command("compare", "table of the latest run of each model")
@@ -201,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("promote", "make a registry version the champion, if the promotion gate "
                 "agrees (floor, margin, McNemar test, real-world set)")
-    p.add_argument("--version", required=True, type=int)
+    p.add_argument("--version", required=True, type=int,
+                   help="the registry version to promote (`mnist-mlops champion` and the "
+                   "MLflow UI list them)")
     p.add_argument("--force", action="store_true",
                    help="promote even if the gate refuses (recorded on the version)")
     p.set_defaults(func=cmd_promote)
@@ -210,11 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rollback)
 
     p = command("serve", "drawing page with live predictions on 127.0.0.1")
-    p.add_argument("--model", help="a .h5 file or MLflow model URI (default: @champion)")
-    p.add_argument("--trust-model", action="store_true",
-                   help="allow a non-Keras MLflow model (loading one runs its Python code)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", help="a .h5 file, or an MLflow model (URI or folder); "
+                   "default: the champion, as for predict")
+    p.add_argument("--trust-model", action="store_true", help=TRUST_HELP)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; the "
+                   "page has no authentication)")
+    p.add_argument("--port", type=int, default=8000,
+                   help="TCP port (default: 8000; 0 picks a free one)")
     p.set_defaults(func=cmd_serve)
 
     p = command("retrain", "the retrain loop: pull, reproduce, push, commit to a "
@@ -246,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _model_file_only(args: argparse.Namespace) -> bool:
+    """`predict`/`serve --model` with a model file or folder and no params.yaml here: the
+    file is all they need (a missing one is named as such, not as a missing params.yaml)."""
+    model = getattr(args, "model", None) if args.command in ("predict", "serve") else None
+    return bool(model) and (Path(model).suffix in (".h5", ".keras") or Path(model).exists()
+                            ) and not args.params.is_file()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(logging.DEBUG if args.verbose else logging.WARNING,
@@ -253,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mnist_mlops").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         schema_only = args.command == "params" and args.schema
-        return args.func(args, None if schema_only else load_params(args.params))
+        return args.func(args, None if schema_only or _model_file_only(args)
+                         else load_params(args.params))
     except UserError as exc:
         print(f"mnist-mlops {args.command}: error: {exc}", file=sys.stderr)
         return 2
