@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from .conftest import MlflowServer, run, synthetic_project, tool_env
+from .drawing import draw_digit
 from .test_train import write_tiny_project
 
 pytestmark = pytest.mark.slow   # real training, processes or servers
@@ -120,3 +121,29 @@ def test_copy_store_publishes_runs_and_registry_to_a_server(tmp_path: Path,
     model = mlflow.pyfunc.load_model("models:/mnist-digits@champion")
     proba = np.asarray(model.predict(np.zeros((3, 28, 28, 1), dtype=np.uint8)))
     assert proba.shape == (3, 10)
+    # the copied model is the server's own: its MLmodel names the server's model and run
+    info = mlflow.models.get_model_info("models:/mnist-digits@champion")
+    assert f"models:/{info.model_id}" == champion.source
+    assert info.run_id == champion.run_id
+    (s_model,) = src.search_logged_models([s_exp.experiment_id])
+    (d_model,) = dst.search_logged_models([d_exp.experiment_id])  # once, though copied twice
+    assert d_model.model_id == info.model_id and d_model.source_run_id == champion.run_id
+    assert d_model.params == s_model.params and d_model.status == s_model.status
+    assert {m.key: m.value for m in d_model.metrics} == \
+        {m.key: m.value for m in s_model.metrics}
+    assert json.loads(d_model.tags["mlflow.modelVersions"]) == \
+        [{"name": "mnist-digits", "version": int(champion.version)}]
+    assert [o.model_id for o in dst.get_run(champion.run_id).outputs.model_outputs] == \
+        [d_model.model_id]
+
+    # `predict` through the server answers with the champion there, as it did locally
+    # (not through the project's .h5 fallback: the answer names the registry version)
+    seven = tmp_path / "seven.png"
+    draw_digit(7).save(seven)
+    here = json.loads(run([CLI, "predict", "--json", str(seven)], root, env).stdout)
+    there = json.loads(run([CLI, "predict", "--json", str(seven)], root,
+                           {**env, "MLFLOW_TRACKING_URI": mlflow_server.uri}).stdout)
+    assert there[0]["model"]["source"] == "models:/mnist-digits@champion", there
+    assert there[0]["model"]["version"] == str(champion.version), there
+    assert there[0]["digit"] == here[0]["digit"] is not None
+    assert there[0]["probability"] == pytest.approx(here[0]["probability"], abs=1e-6)

@@ -145,7 +145,7 @@ def _version() -> str:
 
 
 def cmd_copy_store(args: argparse.Namespace, params: Params) -> int:
-    from mnist_mlops.tracking.store import copy_store
+    from mnist_mlops.tracking.store_copy import copy_store
 
     src = params.mlflow.resolved_tracking_uri()
     n = copy_store(src, args.to, params.mlflow.experiment, params.mlflow.registered_model)
