@@ -68,8 +68,8 @@ def stage_logs(output: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def pipeline_logs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Every stage of a tiny real pipeline (`dvc repro`), its output by stage."""
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A tiny real pipeline run by `dvc repro`: the project, and the output by stage."""
     from .conftest import synthetic_project
 
     root, env = synthetic_project(tmp_path_factory.mktemp("logs") / "project")
@@ -78,7 +78,12 @@ def pipeline_logs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     assert proc.returncode == 0, proc.stdout[-4000:]
     logs = stage_logs(proc.stdout)
     assert {"train@mlp_512x2", "evaluate@mlp_512x2", "register"} <= set(logs), list(logs)
-    return logs
+    return root, logs
+
+
+@pytest.fixture(scope="module")
+def pipeline_logs(pipeline: tuple[Path, dict[str, str]]) -> dict[str, str]:
+    return pipeline[1]
 
 
 @pytest.mark.slow
@@ -89,3 +94,20 @@ def test_stage_logs_have_no_native_lines(pipeline_logs: dict[str, str], stage: s
     log = pipeline_logs[stage]
     assert not NATIVE.search(log), f"{stage}:\n{log[-3000:]}"
     assert log.strip(), stage
+
+
+@pytest.mark.slow
+def test_train_and_register_end_with_the_runs_page(pipeline: tuple[Path, dict[str, str]]
+                                                   ) -> None:
+    """The train stage's closing line and the register stage's last line say how to see
+    the runs: `mlflow ui` on the project's store, then the experiment's runs page."""
+    from mlflow.tracking import MlflowClient
+
+    root, logs = pipeline
+    uri = f"sqlite:///{root}/mlflow.db"
+    exp = MlflowClient(uri).get_experiment_by_name("mnist-mlops")
+    page = (f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/#/experiments/"
+            f"{exp.experiment_id}/runs?workflowType=machine_learning")
+    for stage, closing in (("train@mlp_512x2", "CV val accuracy"), ("register", "")):
+        last = [line for line in logs[stage].splitlines() if " INFO " in line][-1]
+        assert closing in last and last.endswith(page), f"{stage}: {last}"

@@ -77,10 +77,13 @@ def register(params: Params) -> dict[str, Any]:
 
     Held under a lock on the store: two `register` stages at once (parallel experiments)
     would otherwise both register the same run and both promote."""
-    mlflow_io.setup(params.mlflow)
+    exp_id = mlflow_io.setup(params.mlflow)
     with mlflow_io.store_lock(params.mlflow, "register", params.paths.checkpoints), \
             mlflow_io.outage_as_user_error():
-        return _register(params)
+        record = _register(params)
+    log.info("%s: runs and versions in the MLflow UI: %s", params.mlflow.registered_model,
+             mlflow_io.ui_url(params.mlflow.resolved_tracking_uri(), exp_id))
+    return record
 
 
 def evidence(params: Params, version: str, champion: str) -> gate.Evidence:

@@ -43,8 +43,11 @@ PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_R
                     "INVALID_STATE", "FEATURE_DISABLED"}
 RUN_KEY_TAG = "mnist_mlops.run_key"     # identifies a run across resumes of one training
 HOST_TAG, PID_TAG = "mnist_mlops.host", "mnist_mlops.pid"
-# `mlflow ui` opens an experiment of this kind on its runs (not on the GenAI overview).
+# The kind of experiment this is, for MLflow's own use (search, older UIs). MLflow 3.17's
+# UI does not read it to pick its tabs: a browser it has not seen opens every experiment on
+# the GenAI overview unless the address says `workflowType=machine_learning` (`ui_url`).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+UI_ADDRESS = "http://127.0.0.1:5000"   # where `mlflow ui` serves by default
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -96,6 +99,17 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
         if exp is None:
             raise exc from None
         return exp.experiment_id
+
+
+def ui_url(uri: str, experiment_id: str | None) -> str:
+    """Where to see an experiment's runs: the page of a tracking server, or for a local
+    store the `mlflow ui` command and the page it then serves. The address opens the
+    experiment on its runs (the machine-learning view), not on the GenAI overview."""
+    page = (f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            if experiment_id else "/#/experiments?workflowType=machine_learning")
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/") + page
+    return f"mlflow ui --backend-store-uri {uri}, then {UI_ADDRESS}{page}"
 
 
 def connect(params: MlflowParams) -> str:

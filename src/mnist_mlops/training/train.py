@@ -162,9 +162,10 @@ def train(params: Params, name: str) -> dict[str, Any]:
                 f"MLflow writes wait in {journal.ops_file}. Once the store is back, rerun "
                 f"`dvc repro` (or this stage): it delivers them without retraining")
         ckpt.remove()
-    log.info("%s: CV val accuracy %.4f ± %.4f, %.1f s; MLflow run %s; model %s", name,
-             summary["cv_val_accuracy_mean"], summary["cv_val_accuracy_std"],
-             summary["train_time_s"], run_info["run_id"], paths.model_file(name))
+    log.info("%s: CV val accuracy %.4f ± %.4f, %.1f s; MLflow run %s; model %s; runs: %s",
+             name, summary["cv_val_accuracy_mean"], summary["cv_val_accuracy_std"],
+             summary["train_time_s"], run_info["run_id"], paths.model_file(name),
+             mlflow_io.ui_url(journal.uri, run_info["experiment_id"]))
     return summary
 
 
