@@ -64,22 +64,11 @@ def dvc_remote() -> str | None:
 
 
 def apply_overrides(path: Path, overrides: dict[str, Any]) -> None:
-    """Set dotted keys in a YAML file, keeping its comments and layout (round trip)."""
-    from ruamel.yaml import YAML
+    """Set dotted keys in a YAML file with DVC's own editor, as `dvc exp run -S` does: the
+    file keeps its comments and layout (params.yaml is laid out for it)."""
+    from dvc.utils.hydra import apply_overrides as dvc_set_params
 
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    yaml.width = 4096                                  # never wrap long values (hashes)
-    yaml.indent(mapping=2, sequence=4, offset=2)       # this project's list style
-    data = yaml.load(path.read_text())
-    for dotted, value in overrides.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    with path.open("w") as f:
-        yaml.dump(data, f)
+    dvc_set_params(path, [f"{key}={json.dumps(value)}" for key, value in overrides.items()])
 
 
 def require_clean_tree() -> None:
