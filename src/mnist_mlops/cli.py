@@ -98,19 +98,26 @@ def cmd_rollback(args: argparse.Namespace, params: Params) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, params: Params) -> int:
+    from mnist_mlops.serving.app import ServeOptions
+    from mnist_mlops.serving.batcher import BatchOptions
     from mnist_mlops.serving.predict import load_predictor
-    from mnist_mlops.serving.serve import make_server
+    from mnist_mlops.serving.serve import Limits, Settings, run, run_workers
 
-    predictor = load_predictor(args.model, params, args.trust_model)
-    server = make_server(predictor, args.host, args.port)
-    host, port = server.server_address[:2]
-    print(f"serving {predictor.source} on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    opts = ServeOptions(BatchOptions(args.max_batch, args.max_wait_ms / 1000, args.max_queue,
+                                     args.deadline_ms / 1000),
+                        body_timeout_s=args.body_timeout)
+    limits = Limits(args.header_timeout, args.limit_concurrency)
+    print(f"serving on http://{args.host}:{args.port}/ (Ctrl-C to stop; /ready once the "
+          "model is loaded)", flush=True)
+    if args.workers > 1:     # each worker loads the model the parent resolved
+        predictor = load_predictor(args.model, params, args.trust_model)
+        run_workers(Settings(predictor.source, args.trust_model, predictor.about["version"],
+                             opts), args.host, args.port, args.workers, limits)
+        return 0
+    error = run(lambda: load_predictor(args.model, params, args.trust_model), args.host,
+                args.port, opts, limits)
+    if error:
+        raise UserError(error)
     return 0
 
 
@@ -223,8 +230,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; the "
                    "page has no authentication)")
-    p.add_argument("--port", type=int, default=8000,
-                   help="TCP port (default: 8000; 0 picks a free one)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes sharing the port, each with its own model "
+                   "(default: 1; about one per core)")
+    p.add_argument("--max-batch", type=int, default=32,
+                   help="images per model call (default: 32)")
+    p.add_argument("--max-wait-ms", type=float, default=2.0,
+                   help="how long a request waits for others to batch with (default: 2)")
+    p.add_argument("--max-queue", type=int, default=512,
+                   help="images waiting for the model; more get 503 (default: 512)")
+    p.add_argument("--deadline-ms", type=float, default=500.0,
+                   help="a request not reaching the model by then gets 503 (default: 500)")
+    p.add_argument("--body-timeout", type=float, default=10.0,
+                   help="seconds to receive a request body (default: 10)")
+    p.add_argument("--header-timeout", type=float, default=5.0,
+                   help="seconds to receive request headers; idle keep-alive (default: 5)")
+    p.add_argument("--limit-concurrency", type=int, default=1024,
+                   help="open connections at most; more get 503 (default: 1024)")
     p.set_defaults(func=cmd_serve)
 
     p = command("retrain", "the retrain loop: pull, reproduce, push, commit to a "
