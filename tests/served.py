@@ -16,13 +16,13 @@ CLI = str(Path(sys.executable).parent / "mnist-mlops")
 
 def fetch(url: str, body: bytes | None = None, timeout: float = 30
           ) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and body of one request (4xx/5xx included)."""
+    """Status, headers (lower-case names) and body of one request (4xx/5xx included)."""
     req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, dict(resp.headers), resp.read()
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
     except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read()
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
 
 
 class Served(Spawned):

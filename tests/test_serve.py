@@ -23,7 +23,9 @@ from PIL import Image
 from mnist_mlops.serving.predict import Predictor
 from mnist_mlops.serving.serve import make_server
 
+from .conftest import wait_for
 from .drawing import draw_digit
+from .served import Served, fetch
 from .test_predict import save_untrained_model
 
 pytestmark = pytest.mark.slow   # real training, processes or servers
@@ -33,11 +35,13 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(scope="module")
 def page_url(model_file: Path) -> Iterator[str]:
-    server = make_server(Predictor(str(model_file)), "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    """`mnist-mlops serve` on the trained model, as a real process."""
+    server = Served(model_file)
+    try:
+        server.wait_ready()
+        yield server.url
+    finally:
+        server.kill()
 
 
 def post(url: str, body: bytes) -> tuple[int, dict]:
@@ -59,6 +63,9 @@ def data_url(img: Image.Image) -> bytes:
 def test_api_predicts_a_drawing(page_url: str) -> None:
     code, out = post(page_url, data_url(draw_digit(7, size=280)))
     assert code == 200 and out["digit"] == 7
+    seen = Image.open(io.BytesIO(base64.b64decode(out["input"].split(",", 1)[1])))
+    assert seen.size == (28, 28) and max(seen.getdata()) == 255      # what the model saw
+    assert out["model"]["architecture"] == "cnn_32_64_64" and out["latency_ms"] > 0
     assert len(out["probabilities"]) == 10 and abs(sum(out["probabilities"]) - 1) < 1e-3
 
 
@@ -79,11 +86,12 @@ def test_api_blank_and_bad_requests(page_url: str) -> None:
 def untrained_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The page with an untrained model: for answers that never reach the model."""
     model = save_untrained_model(tmp_path_factory.mktemp("untrained") / "mlp.h5")
-    server = make_server(Predictor(str(model)), "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    server = Served(model)
+    try:
+        server.wait_ready()
+        yield server.url
+    finally:
+        server.kill()
 
 
 @pytest.mark.parametrize(("body", "says"), [
@@ -157,14 +165,17 @@ def test_overload_gets_503_instead_of_resets(model_file: Path) -> None:
     server = make_server(SlowPredictor(str(model_file)), "127.0.0.1", 0, max_pending=2)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/"
+    wait_for(lambda: server.service.ready, 60, "the model's warm-up")
     body = data_url(draw_digit(5, size=200))
     try:
-        with ThreadPoolExecutor(16) as pool:
-            codes = [c for c, _ in pool.map(lambda _: post(url, body), range(16))]
+        with ThreadPoolExecutor(16) as pool:     # a reset would raise here
+            answers = list(pool.map(lambda _: fetch(url + "predict", body), range(16)))
     finally:
         server.shutdown()
         server.server_close()
+    codes = [code for code, _, _ in answers]
     assert set(codes) == {200, 503} and codes.count(200) >= 2, codes
+    assert all(h.get("retry-after") for code, h, _ in answers if code == 503)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
@@ -194,6 +205,11 @@ def test_draw_in_a_real_browser(page_url: str, tmp_path: Path) -> None:
                 "document.getElementById('pad').dataset.version", timeout=20000)
             assert answer.inner_text() == "7"
             assert page.get_by_test_id("probs").locator(".bar").count() == 10
+            # what the model saw: the 28x28 picture, and who answered in how long
+            seen = page.get_by_test_id("seen")
+            assert seen.evaluate("img => img.complete && img.naturalWidth") == 28
+            assert "cnn_32_64_64" in page.get_by_test_id("seen-by").inner_text()
+            assert " ms" in page.get_by_test_id("seen-by").inner_text()
             page.screenshot(path=str(tmp_path / "page.png"))
         finally:
             browser.close()
