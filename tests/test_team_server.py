@@ -23,6 +23,8 @@ from .conftest import ROOT, free_port, run, synthetic_digits, synthetic_project,
 SCRIPT = ROOT / "scripts" / "team-server.sh"
 CLI = str(Path(sys.executable).parent / "mnist-mlops")
 MODEL = "mlp_512x2"
+ADMIN = ("admin", "team-admin-password")   # the server authenticates (test_auth_server.py)
+CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": ADMIN[0], "MLFLOW_TRACKING_PASSWORD": ADMIN[1]}
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not glob.glob("/usr/lib/postgresql/*/bin/initdb") and not shutil.which("pg_config"),
@@ -37,7 +39,8 @@ def team_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     os.chmod(pgdata, 0o755)
     env = tool_env(DATA=str(data), PORT=str(free_port()), PGPORT=str(free_port()),
                    PGDATA_DIR=str(pgdata / "cluster"), DB_PASSWORD="s3cret", WORKERS="1",
-                   MLFLOW=str(Path(sys.executable).parent / "mlflow"))
+                   MLFLOW=str(Path(sys.executable).parent / "mlflow"), PYTHON=sys.executable,
+                   MLFLOW_ADMIN_PASSWORD=ADMIN[1])
     try:
         out = run(["bash", str(SCRIPT), "start"], tmp_path, env, timeout=300).stdout
         yield out.split("MLflow tracking server on ")[1].split()[0], data
@@ -48,12 +51,14 @@ def team_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def test_pipeline_registry_and_predict_through_a_postgres_backed_server(
-        tmp_path: Path, team_server: tuple[str, Path]) -> None:
+        tmp_path: Path, team_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     uri, data = team_server
     root, env = synthetic_project(tmp_path / "project")
-    env["MLFLOW_TRACKING_URI"] = uri
+    env.update(MLFLOW_TRACKING_URI=uri, **CREDENTIALS)
     run(["dvc", "repro"], root, env, timeout=900)
 
+    for k, v in CREDENTIALS.items():
+        monkeypatch.setenv(k, v)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("mnist-mlops")
     (parent,) = client.search_runs([exp.experiment_id], "tags.role = 'parent'")
@@ -71,7 +76,7 @@ def test_pipeline_registry_and_predict_through_a_postgres_backed_server(
     picture = tmp_path / "digit.png"
     Image.fromarray(x[0]).resize((84, 84)).save(picture)
     proc = run([CLI, "predict", str(picture), "--json"], other,
-               tool_env(MLFLOW_TRACKING_URI=uri))
+               tool_env(MLFLOW_TRACKING_URI=uri, **CREDENTIALS))
     (answer,) = json.loads(proc.stdout)
     assert answer["error"] is None and 0 <= answer["digit"] <= 9
     assert "recorded champion" not in proc.stderr          # it came through the server

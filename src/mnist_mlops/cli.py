@@ -301,6 +301,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:   # the tracking server refused these credentials: one line
+        from mnist_mlops.tracking.auth import refusal, refusal_status
+
+        if refusal_status(exc) is None:
+            raise
+        print(f"mnist-mlops {args.command}: error: {refusal(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

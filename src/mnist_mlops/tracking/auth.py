@@ -72,8 +72,12 @@ def _action(exc: BaseException) -> tuple[str, str]:
     return (f"call {path}" if path else "make this call"), "writer"
 
 
-def refusal(exc: BaseException, uri: str) -> UserError:
+def refusal(exc: BaseException, uri: str | None = None) -> UserError:
     """The one-line error for a refused call: who, what, and what to set."""
+    if uri is None:
+        import mlflow
+
+        uri = mlflow.get_tracking_uri()
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     who = f"user {user!r}" if user else "an anonymous client (MLFLOW_TRACKING_USERNAME unset)"
     action, role = _action(exc)
