@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 
 from mnist_mlops.core.config import INPUT_SHAPE
 
@@ -117,10 +118,13 @@ def background(gray: np.ndarray, dark_ink: bool) -> np.ndarray:
     size = max(3, round(max(small.shape) / 5)) | 1
     pad = size
     # mirrored margins: the filters see paper beyond the edge, not a made-up border
-    padded = Image.fromarray(np.pad(small, pad, mode="reflect"))
-    unink, restore = ((ImageFilter.MaxFilter(size), ImageFilter.MinFilter(size)) if dark_ink
-                      else (ImageFilter.MinFilter(size), ImageFilter.MaxFilter(size)))
-    bg = padded.filter(unink).filter(restore).filter(ImageFilter.GaussianBlur(size / 4))
+    padded = np.pad(small, pad, mode="reflect")
+    # separable max/min filters (scipy): the same pixels as PIL's Max/MinFilter, whose cost
+    # grows with size^2 (60 ms a drawing against under 1 ms)
+    unink, restore = ((ndimage.maximum_filter, ndimage.minimum_filter) if dark_ink
+                      else (ndimage.minimum_filter, ndimage.maximum_filter))
+    closed = restore(unink(padded, size, mode="nearest"), size, mode="nearest")
+    bg = Image.fromarray(closed).filter(ImageFilter.GaussianBlur(size / 4))
     bg = bg.crop((pad, pad, pad + small.shape[1], pad + small.shape[0]))
     return np.asarray(bg.resize((w, h), Image.BILINEAR), dtype=np.float64) / 255.0
 
@@ -151,7 +155,8 @@ def thicken(img: Image.Image, target_px: float) -> Image.Image:
     if grow < 2:
         return img
     size = grow + 1 if grow % 2 == 0 else grow
-    return img.filter(ImageFilter.MaxFilter(min(size, 31)))
+    return Image.fromarray(ndimage.maximum_filter(np.asarray(img), min(size, 31),
+                                                  mode="nearest"))
 
 
 def _extent(ink: np.ndarray, axis: int) -> tuple[int, int]:
