@@ -1,16 +1,21 @@
-"""The drawing page under load: 1, 8 and 64 concurrent clients posting 280x280 drawings.
+"""The server under load, side by side with `mlflow models serve` on the same model.
 
-Starts `mnist-mlops serve` as its own process (a cnn_32_64_64 .h5: inference time does not
-depend on the weights), sends a fixed number of requests per level, and prints latency
-p50/p99, errors (anything but 200 or a 503 "busy" answer is an error; 503s are counted
-apart) and the server's peak resident memory.
+Servers: ours on /invocations (one 28x28 uint8 image per request, MLflow's JSON), ours on
+/predict (280x280 PNG drawings), and `mlflow models serve --env-manager local` on
+/invocations (the same .h5 logged as this project's MLflow model in a temporary SQLite
+store). For 1, 8, 64 and 256 concurrent clients (keep-alive connections) a fixed number of
+requests: p50 and p99 latency, the share answered 200, requests/s, the mean batch size
+(ours: from /metrics) and the server's peak resident memory. First, `digits.to_mnist` on
+280x280 drawings (the preprocessing /predict runs).
 
-    python benchmarks/bench_serve.py
+    python benchmarks/bench_serve.py [--levels 1,8,64,256] [--requests 400] [--no-mlflow]
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
+import http.client
 import io
 import json
 import os
@@ -18,22 +23,22 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, header
+from common import ROOT, header, machine, mnist
 
 sys.path.insert(0, str(ROOT))
 from tests.drawing import draw_digit  # noqa: E402
 
-LEVELS = (1, 8, 64)
-REQUESTS = 200
+BIN = Path(sys.executable).parent
+# mlflow models serve runs `uvicorn` by name: the virtualenv's bin on PATH
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": f"{BIN}:{os.environ['PATH']}"}
 
 
 def model_file(folder: Path) -> Path:
+    """cnn_32_64_64, untrained: inference time does not depend on the weights."""
     from mnist_mlops.core.config import load_params
     from mnist_mlops.training.models import build_model
 
@@ -42,63 +47,171 @@ def model_file(folder: Path) -> Path:
     return path
 
 
+def mlflow_model(folder: Path, h5: Path, x: np.ndarray) -> str:
+    """The .h5 logged as this project's MLflow model in a SQLite store; its URI."""
+    import mlflow
+
+    from mnist_mlops.tracking.logged_model import log_keras_model
+
+    mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+    os.environ["MLFLOW_TRACKING_URI"] = ENV["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    np.save(folder / "example.npy", x[:1, ..., None])
+    with mlflow.start_run() as run:
+        pass
+    return log_keras_model(run.info.run_id, h5, folder / "example.npy")
+
+
 def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak resident memory of `pid` and its children (mlflow serves from a child)."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True).stdout.split()
+    peak = 0.0
+    for p in [pid, *map(int, out)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return peak
 
 
-def post(url: str, body: bytes) -> tuple[int, float]:
+def wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"server on port {port} never answered {path}")
+
+
+def load(port: int, path: str, bodies: list[bytes], clients: int, n: int
+         ) -> tuple[list[float], list[int], float]:
+    """n requests from `clients` threads, each on its own keep-alive connection."""
+    per = [n // clients + (i < n % clients) for i in range(clients)]
+
+    def client(i: int) -> list[tuple[int, float]]:
+        conn, out = None, []
+        for k in range(per[i]):
+            t0 = time.perf_counter()
+            try:
+                conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                conn.request("POST", path, bodies[(i + k) % len(bodies)],
+                             {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                code = resp.status
+                if resp.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except OSError:
+                code, conn = -1, None       # reset, refused, timed out
+            out.append((code, time.perf_counter() - t0))
+        return out
+
     t0 = time.perf_counter()
-    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            resp.read()
-            code = resp.status
-    except urllib.error.HTTPError as err:
-        code = err.code
-    except OSError:
-        code = -1            # reset, refused, timed out
-    return code, time.perf_counter() - t0
+    with ThreadPoolExecutor(clients) as pool:
+        results = [r for rs in pool.map(client, range(clients)) for r in rs]
+    wall = time.perf_counter() - t0
+    return [t for _, t in results], [c for c, _ in results], wall
+
+
+def batches(port: int) -> tuple[float, float]:
+    """(sum, count) of our batch-size histogram."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    got = {s.name: s.value for f in text_string_to_metric_families(conn.getresponse().read(
+        ).decode()) for s in f.samples if s.name.startswith("mnist_batch_size_")}
+    return got.get("mnist_batch_size_sum", 0.0), got.get("mnist_batch_size_count", 0.0)
+
+
+def time_to_mnist(drawings: list[bytes]) -> None:
+    from PIL import Image
+
+    from mnist_mlops.data.digits import to_mnist
+
+    imgs = [Image.open(io.BytesIO(d)).convert("L") for d in drawings]
+    for im in imgs[:5]:
+        to_mnist(im)
+    t0 = time.perf_counter()
+    for im in imgs:
+        to_mnist(im)
+    print(f"digits.to_mnist on a 280x280 drawing: "
+          f"{(time.perf_counter() - t0) / len(imgs) * 1000:.1f} ms (mean of {len(imgs)})")
 
 
 def main() -> None:
-    header("drawing page under load (POST /predict, 280x280 PNG)")
-    buf = io.BytesIO()
-    draw_digit(7, size=280).save(buf, "PNG")
-    body = json.dumps({"image": "data:image/png;base64,"
-                       + base64.b64encode(buf.getvalue()).decode()}).encode()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--levels", default="1,8,64,256")
+    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--no-mlflow", action="store_true")
+    args, _ = ap.parse_known_args()    # run_all.py calls main() with its own argv
+    levels = [int(x) for x in args.levels.split(",")]
+    header(f"serving under load ({machine()})")
+    data = mnist()
+    x = data["x_test"][:200]
+    pngs = []
+    for i in range(50):
+        buf = io.BytesIO()
+        draw_digit(i % 10, size=280).save(buf, "PNG")
+        pngs.append(buf.getvalue())
+    time_to_mnist(pngs)
+    # (1, 28, 28, 1): the shape the MLflow model's signature enforces; ours takes both
+    scoring = [json.dumps({"inputs": im[None, ..., None].tolist()}).encode() for im in x]
+    drawings = [json.dumps({"image": "data:image/png;base64," + base64.b64encode(p).decode()}
+                           ).encode() for p in pngs]
     with tempfile.TemporaryDirectory() as tmp:
-        model = model_file(Path(tmp))
-        port = 8765
-        cli = str(Path(sys.executable).parent / "mnist-mlops")
-        server = subprocess.Popen([cli, "serve", "--model", str(model), "--port", str(port)],
-                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, text=True)
-        url = f"http://127.0.0.1:{port}/predict"
-        try:
-            assert server.stdout is not None
-            server.stdout.readline()                 # "serving ... on http://..."
-            post(url, body)                          # warm-up (tracing)
-            print(f"{REQUESTS} requests per level; server peak RSS after warm-up "
-                  f"{peak_rss_mb(server.pid):.0f} MB")
-            print(f"{'clients':>7s} {'p50 ms':>8s} {'p99 ms':>8s} {'503':>5s} {'errors':>6s} "
-                  f"{'req/s':>7s} {'peak RSS MB':>11s}")
-            for n in LEVELS:
-                t0 = time.perf_counter()
-                with ThreadPoolExecutor(n) as pool:
-                    res = list(pool.map(lambda _: post(url, body), range(REQUESTS)))
-                wall = time.perf_counter() - t0
-                ok = [s for c, s in res if c == 200]
-                busy = sum(c == 503 for c, _ in res)
-                errors = sum(c not in (200, 503) for c, _ in res)
-                p50, p99 = (1000 * np.percentile(ok, q) for q in (50, 99))
-                print(f"{n:7d} {p50:8.1f} {p99:8.1f} {busy:5d} {errors:6d} "
-                      f"{REQUESTS / wall:7.1f} {peak_rss_mb(server.pid):11.0f}")
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        h5 = model_file(Path(tmp))
+        servers = {"ours": ([str(BIN / "mnist-mlops"), "serve", "--model", str(h5), "--port",
+                             "8765"], 8765, "/ready")}
+        if not args.no_mlflow:
+            uri = mlflow_model(Path(tmp), h5, x)
+            servers["mlflow"] = ([str(BIN / "mlflow"), "models", "serve", "-m", uri,
+                                  "--env-manager", "local", "--port", "8766", "--host",
+                                  "127.0.0.1"], 8766, "/ping")
+        rows = []
+        for name, (cmd, port, ready) in servers.items():
+            proc = subprocess.Popen(cmd, cwd=tmp, env=ENV, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            try:
+                wait_http(port, ready, proc)
+                runs = [("/invocations", scoring)] + ([("/predict", drawings)]
+                                                      if name == "ours" else [])
+                for path, bodies in runs:
+                    for clients in levels:
+                        before = batches(port) if name == "ours" else (0, 0)
+                        lat, codes, wall = load(port, path, bodies, clients,
+                                                max(args.requests, clients))
+                        after = batches(port) if name == "ours" else (0, 0)
+                        batch = ((after[0] - before[0]) / (after[1] - before[1])
+                                 if after[1] > before[1] else 1.0)
+                        rows.append(row(f"| {name} | {path} | {clients} |", lat, codes, wall,
+                                        batch, peak_rss_mb(proc.pid)))
+                        print(rows[-1], flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(30)
+        header("table")
+        print("| server | endpoint | clients | p50 ms | p99 ms | 200s | req/s | mean batch | "
+              "peak RSS MB |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for r in rows:
+            print(r)
+
+
+def row(label: str, lat: list[float], codes: list[int], wall: float, batch: float,
+        rss: float) -> str:
+    ok = codes.count(200)
+    lat_ms = np.asarray(lat) * 1000
+    return (f"{label} {np.percentile(lat_ms, 50):.0f} | "
+            f"{np.percentile(lat_ms, 99):.0f} | {ok}/{len(codes)} | {len(codes) / wall:.0f} | "
+            f"{batch:.1f} | {rss:.0f} |")
 
 
 if __name__ == "__main__":
