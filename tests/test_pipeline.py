@@ -79,8 +79,18 @@ def test_outputs_of_every_stage(project: Path) -> None:
 
 
 def assert_record_matches_aliases(project: Path) -> dict:
-    """reports/registry.json says what the registry says, whichever command ran last."""
-    record = json.loads((project / "reports" / "registry.json").read_text())
+    """The current decision record (the register stage's reports/registry.json, or the one
+    promote and rollback write beside it, whichever follows more champion changes) says
+    what the registry says, whichever command ran last."""
+    import contextlib
+
+    from mnist_mlops.core.config import load_params
+    from mnist_mlops.serving.predict import recorded_champion
+
+    with contextlib.chdir(project):
+        found = recorded_champion(load_params())
+    assert found is not None, "no decision record names a champion"
+    record = found[1]
     client = client_for(project)
     aliases = {k: str(v) for k, v in client.get_registered_model(REG).aliases.items()}
     assert record["champion"] == aliases.get("champion")
