@@ -122,6 +122,33 @@ def test_the_fallback_says_why_the_store_could_not_load_the_champion(
                             f"{result['model']['source']}"), warning
 
 
+def test_a_clone_without_the_champions_files_says_what_to_fetch(
+        project: tuple[Path, dict[str, str]]) -> None:
+    root, env = project
+    clone = root.parent / "clone-no-pull"
+    run(["git", "clone", "-q", str(root), str(clone)], root.parent)
+    (clone / "reports" / "registry-by-hand.json").unlink(missing_ok=True)  # the stage's then
+    record = json.loads((clone / "reports" / "registry.json").read_text())
+    champ, name = record["champion"], record["champion_model"]["model"]
+    picture = root.parent / "two.png"
+    draw_digit(2, size=120).save(picture)
+    cmd = [CLI, "predict", str(picture)]
+    unpulled = run(cmd, clone, tool_env(), check=False)
+    assert unpulled.returncode == 2 and "Traceback" not in unpulled.stderr
+    assert (f"error: cannot load models:/{REG}@champion from the tracking store sqlite:///"
+            f"{clone}/mlflow.db (Registered Model with name={REG} not found), and the champion "
+            f"recorded in reports/registry.json is v{champ} ({name}), but models/{name}.h5 and "
+            f"reports/train/{name}/run.json are not here: `dvc pull train@{name}`"
+            ) in unpulled.stderr
+    run(["dvc", "pull", "-q", f"train@{name}"], clone, env)
+    run_file = clone / "reports" / "train" / name / "run.json"
+    run_file.write_text(json.dumps({**json.loads(run_file.read_text()), "run_id": "0" * 32}))
+    other_run = run(cmd, clone, tool_env(), check=False)  # as if retrained, not registered
+    assert other_run.returncode == 2
+    assert (f"is v{champ} ({name}), but models/{name}.h5 is from another training run: "
+            "check out the commit that trained it and `dvc pull`") in other_run.stderr
+
+
 def test_compare_shows_the_architectures_size_and_the_epochs_trained(
         project: tuple[Path, dict[str, str]]) -> None:
     root, env = project

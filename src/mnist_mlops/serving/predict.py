@@ -283,8 +283,11 @@ def recorded_champion_file(params: Params, record: dict[str, Any]) -> Path:
     if name is None:
         raise UserError(f"(v{version}) does not name its model")
     path, run_file = params.paths.model_file(name), params.paths.run_file(name)
-    if not (path.is_file() and (run_file.is_file() or not about.get("run_id"))):
-        raise UserError(f"is v{version} ({name}), whose {path} is not here: "
+    missing = [str(p) for p in (path, run_file) if not p.is_file()
+               and (p == path or about.get("run_id"))]
+    if missing:
+        raise UserError(f"is v{version} ({name}), but {' and '.join(missing)} "
+                        f"{'is' if len(missing) == 1 else 'are'} not here: "
                         f"`dvc pull train@{name}`")
     try:
         run_id = json.loads(run_file.read_text()).get("run_id") if run_file.is_file() else None
