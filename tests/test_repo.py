@@ -37,3 +37,15 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme.split("\n## ", 1)[0]  # in the set-up lines at the top
     assert "\nmake test\n" in ci
+
+
+def test_code_stays_small_and_lint_clean() -> None:
+    """ruff with the project's limits (complexity 12, six parameters) and modules of a few
+    hundred lines: what keeps the code easy to change."""
+    ruff = Path(sys.executable).parent / "ruff"
+    proc = subprocess.run([str(ruff), "check", "src", "tests", "benchmarks"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    long = {str(f.relative_to(ROOT)): n for f in (ROOT / "src").rglob("*.py")
+            if (n := len(f.read_text().splitlines())) > 330}
+    assert not long, f"modules over ~300 lines: split them by concern: {long}"
