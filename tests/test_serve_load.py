@@ -161,3 +161,11 @@ def test_stalled_clients_are_cut_off_while_others_are_answered(
         for s in stalled:
             s.close()
     assert server.json("ready")[0] == 200           # still serving
+
+
+def test_a_model_that_cannot_load_ends_serve_with_one_line(tmp_path: Path) -> None:
+    server = Served(tmp_path / "missing.h5")
+    assert server.wait(timeout=120) != 0
+    errors = [line for line in server.lines if "error" in line.lower()]
+    assert len(errors) == 1 and "missing.h5 not found" in errors[0], server.output
+    assert "Traceback" not in server.output

@@ -84,7 +84,7 @@ class Service:
             await self.batcher.submit(np.zeros((1, 28, 28), np.uint8))   # warm-up
         except Exception as exc:  # UserError, ModelLoadError, a broken file: say why, stop
             self.load_error = str(exc)
-            log.error("cannot serve: %s", exc)
+            log.debug("cannot serve: %s", exc)    # `serve` says it once, on exit
             self.on_load_error(self.load_error)
             return
         self.ready = True
