@@ -191,7 +191,8 @@ def test_reader_reads_and_predicts_but_cannot_write_promoter_moves_champion(
     exp = "c.get_experiment_by_name('mnist-mlops').experiment_id"
     assert _client_call(reader, root, f"assert c.search_runs([{exp}])") == "ok"
     assert _client_call(reader, root, f"c.create_run({exp})") == "PERMISSION_DENIED"
-    copy_v1 = f"c.copy_model_version('models:/{REGISTERED}/1', '{REGISTERED}')"
+    copy_v1 = (f"v = c.get_model_version('{REGISTERED}', '1'); c.create_model_version("
+               f"'{REGISTERED}', 'models:/{REGISTERED}/1', v.run_id, model_id=v.model_id)")
     assert _client_call(reader, root, copy_v1) == "PERMISSION_DENIED"
     assert _client_call(reader, root, f"c.set_registered_model_alias('{REGISTERED}', "
                                       "'champion', '1')") == "PERMISSION_DENIED"
@@ -206,13 +207,15 @@ def test_reader_reads_and_predicts_but_cannot_write_promoter_moves_champion(
 
     writer = as_user("writer", MLFLOW_TRACKING_URI=server.uri)
     assert _client_call(writer, root, copy_v1) == "ok"                            # v2
-    err = one_line_error(run([CLI, "promote", "2", "--force"], root, reader, check=False))
-    assert "user 'reader'" in err and "move a registered model alias" in err, err
-    assert "promoter" in err and len(err.strip().splitlines()) == 1, err
+    promote_v2 = [CLI, "promote", "--version", "2", "--force"]
+    err = one_line_error(run(promote_v2, root, reader, check=False))
+    (line,) = [x for x in err.splitlines() if "error:" in x]   # one line says it all
+    assert "user 'reader'" in line and "move a registered model alias" in line, err
+    assert "promoter role" in line, err
 
     promoter = as_user("promoter", MLFLOW_TRACKING_URI=server.uri)
     assert _client_call(promoter, root, f"c.create_run({exp})") == "PERMISSION_DENIED"
-    out = run([CLI, "promote", "2", "--force"], root, promoter).stdout
+    out = run(promote_v2, root, promoter).stdout
     assert "@champion: v1 -> v2" in out, out
     assert _client_call(reader, root, f"assert c.get_model_version_by_alias('{REGISTERED}', "
                                       "'champion').version == '2'") == "ok"
