@@ -60,7 +60,7 @@ def test_no_gpu_no_warning() -> None:
     assert backend.unused_gpu_warning({"device": "cpu", "backend": "tensorflow"}) is None
 
 
-JIT_AUTO = "from mnist_mlops import backend; print(backend.jit_compile('auto'))"
+JIT_AUTO = "from mnist_mlops.training import backend; print(backend.jit_compile('auto'))"
 
 
 @pytest.mark.slow
