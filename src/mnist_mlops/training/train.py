@@ -49,7 +49,8 @@ class TrackedHooks:
 
     def fit_start(self, job: FitJob, sizes: tuple[int, int], resumed_after: int) -> None:
         if resumed_after:
-            log.info("%s %s: resuming after epoch %d", self.name, job.label, resumed_after)
+            log.info("%s %s: resuming after epoch %d/%d", self.name, job.label,
+                     resumed_after, self.epochs)
         elif sizes[1]:
             log.info("%s %s: train on %d, validate on %d", self.name, job.label, *sizes)
         else:
