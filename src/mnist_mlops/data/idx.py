@@ -62,7 +62,11 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
         shape = "x".join(map(str, dims))
         raise IDXError(source, f"payload is {payload} bytes but shape {shape} of "
                                f"{dtype.name} needs {expected}")
-    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    try:   # an empty payload may still declare dimensions no array can have
+        arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    except ValueError as exc:
+        raise IDXError(source, f"shape {'x'.join(map(str, dims))} cannot be represented "
+                               f"({exc})") from None
     return arr.astype(dtype.newbyteorder("="), copy=False)
 
 
