@@ -142,7 +142,7 @@ def test_rewording_tracking_or_serving_code_retrains_nothing(tmp_path: Path) -> 
     digest = code_digest(package)
 
     _edit(package / "tracking" / "journal.py", 'log.warning("', 'log.warning("(reworded) ')
-    _edit(package / "serving" / "predict.py", 'log.info("', 'log.info("(reworded) ')
+    _edit(package / "serving" / "predict.py", 'log.warning("', 'log.warning("(reworded) ')
     _edit(package / "training" / "train.py", 'log.info("', 'log.info("(reworded) ')
     _edit(package / "core" / "runtime.py", 'log.error("', 'log.error("(reworded) ')
     assert _train_status(root, stage) == {}, "a reworded log line reruns train@"
