@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from mnist_mlops.core.config_sweep import SweepParams, check_sweeps
 from mnist_mlops.core.runtime import UserError
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -257,6 +258,7 @@ with warnings.catch_warnings():
         register: RegisterParams = RegisterParams()
         realworld: RealworldParams = RealworldParams()
         models: dict[str, ModelParams] = Field(min_length=1)
+        sweep: dict[str, SweepParams] = {}    # per model: mnist-mlops sweep (config_sweep.py)
 
         @model_validator(mode="before")
         @classmethod
@@ -274,6 +276,10 @@ with warnings.catch_warnings():
                     models[key] = {**spec, "name": str(key)} if isinstance(spec, dict) else spec
                 data = {**data, "models": models}
             return data
+
+        @model_validator(mode="after")
+        def _sweeps_fit_the_models(self) -> Params:
+            return check_sweeps(self)
 
         def model(self, name: str) -> ModelParams:
             if name not in self.models:
