@@ -10,6 +10,7 @@
     mnist-mlops relocate-store                          make a copied mlflow.db + mlruns/ open
     mnist-mlops copy-store --to URI                     publish runs + registry to a server
     mnist-mlops params [--schema]                       check params.yaml / print its schema
+    mnist-mlops sweep MODEL [--storage URL] [--apply]   Optuna study of a recipe; best as DVC exp
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from mnist_mlops.core.config import Params, load_params
 from mnist_mlops.core.runtime import UserError, configure_logging
+from mnist_mlops.sweep.cli import add_sweep_command
 
 log = logging.getLogger("mnist_mlops")
 
@@ -276,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "tracking store (a team server)")
     p.add_argument("--to", required=True, help="destination tracking URI, e.g. http://host:5000")
     p.set_defaults(func=cmd_copy_store)
+    add_sweep_command(command)
     return ap
 
 

@@ -1,0 +1,86 @@
+"""`mnist-mlops sweep <model>`: one worker of a model's study, then the best trial's recipe
+as a DVC experiment of the whole pipeline (printed, or run with `--apply`).
+
+A trial never ships: the winner is trained, evaluated, registered and judged by the
+promotion gate like every other model, by `dvc exp run -S models.<model>.<key>=<value>`.
+Start the same command on several machines against one `--storage` database and they share
+the study (docs/sweeps.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+STORAGE_ENV = "MNIST_MLOPS_SWEEP_STORAGE"
+
+
+def add_sweep_command(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """The subcommand's arguments, added to the `mnist-mlops` parser."""
+    p = command("sweep", "search a model's recipe as an Optuna study (params.yaml sweep:), "
+                "every trial in MLflow; the best trial through the pipeline with --apply")
+    p.add_argument("model", help="a model with a search under sweep: in params.yaml")
+    p.add_argument("--study", help="study name (default: sweep-<model>); workers with the "
+                   "same study and storage share its trials")
+    p.add_argument("--storage", default=os.environ.get(STORAGE_ENV, "sqlite:///optuna.db"),
+                   help=f"Optuna storage: sqlite:///optuna.db in the project (default, one "
+                   f"machine), or a database shared by workers on several machines, e.g. "
+                   f"postgresql://user:pw@host/optuna (also ${STORAGE_ENV})")
+    p.add_argument("--n-trials", type=int, help="finished trials the study needs, all "
+                   "workers together (default: sweep.<model>.n_trials, a grid's size); "
+                   "0 runs none (with --apply: apply the best so far)")
+    p.add_argument("--timeout", type=float, help="seconds after which this worker starts "
+                   "no new trial (default: sweep.<model>.timeout_s)")
+    p.add_argument("--heartbeat", type=int, default=60, help="seconds between a running "
+                   "trial's heartbeats; a trial silent for twice as long (its worker died) "
+                   "fails and is retried by another worker (default: 60)")
+    p.add_argument("--apply", action="store_true", help="run the best trial's recipe as a "
+                   "DVC experiment of the pipeline (dvc exp run -S ...)")
+    p.add_argument("--queue", action="store_true", help="with --apply: queue the experiment "
+                   "instead (`dvc queue start` runs it)")
+    p.set_defaults(func=cmd_sweep)
+
+
+def experiment_command(study: Any, model: str, spec: Any, queue: bool) -> list[str] | None:
+    """`dvc exp run` with the best trial's changes to the recipe; None before any trial
+    completed."""
+    from optuna.trial import TrialState
+
+    from mnist_mlops.sweep import space
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    best = study.best_trial
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{study.study_name}-trial-{best.number}")
+    changes = space.changes_of(best.params, spec)
+    return ["dvc", "exp", "run", "-n", name, *(["--queue"] if queue else []),
+            *space.dvc_overrides(model, changes)]
+
+
+def cmd_sweep(args: argparse.Namespace, params: Any) -> int:
+    from mnist_mlops.core.runtime import UserError
+    from mnist_mlops.sweep.study import Sweep, run_worker
+
+    if args.queue and not args.apply:
+        raise UserError("--queue goes with --apply")
+    sweep = Sweep(params, args.model, args.study or f"sweep-{args.model}", args.storage,
+                  args.n_trials, args.timeout, args.heartbeat)
+    study = run_worker(sweep)
+    cmd = experiment_command(study, args.model, sweep.spec, args.queue)
+    if cmd is None:
+        raise UserError(f"study {sweep.study} has no completed trial yet: nothing to apply")
+    best = study.best_trial
+    print(f"study {sweep.study}: best trial {best.number}, val accuracy {best.value:.4f}, "
+          f"params {best.params}")
+    if not args.apply:
+        print(f"train it through the pipeline: {shlex.join(cmd)}")
+        return 0
+    print(f"running: {shlex.join(cmd)}", flush=True)
+    return subprocess.run(cmd, check=False).returncode
