@@ -77,16 +77,20 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    end = time.monotonic() + timeout
+    """Until `path` answers 200 twenty times in a row: with --workers N each worker loads
+    its own model, and any one of them may take a new connection."""
+    end, ok = time.monotonic() + timeout, 0
     while time.monotonic() < end and proc.poll() is None:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             conn.request("GET", path)
-            if conn.getresponse().status == 200:
+            ok = ok + 1 if conn.getresponse().status == 200 else 0
+            conn.close()
+            if ok >= 20:
                 return
         except OSError:
-            pass
-        time.sleep(0.5)
+            ok = 0
+        time.sleep(0.05 if ok else 0.5)
     raise SystemExit(f"server on port {port} never answered {path}")
 
 
@@ -152,6 +156,8 @@ def main() -> None:
     ap.add_argument("--levels", default="1,8,64,256")
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--no-mlflow", action="store_true")
+    ap.add_argument("--workers", default="1,2", help="ours: uvicorn worker processes, each "
+                    "count measured in turn")
     args, _ = ap.parse_known_args()    # run_all.py calls main() with its own argv
     levels = [int(x) for x in args.levels.split(",")]
     header(f"serving under load ({machine()})")
@@ -169,8 +175,9 @@ def main() -> None:
                            ).encode() for p in pngs]
     with tempfile.TemporaryDirectory() as tmp:
         h5 = model_file(Path(tmp))
-        servers = {"ours": ([str(BIN / "mnist-mlops"), "serve", "--model", str(h5), "--port",
-                             "8765"], 8765, "/ready")}
+        servers = {f"ours x{w}": ([str(BIN / "mnist-mlops"), "serve", "--model", str(h5),
+                                   "--port", "8765", "--workers", w], 8765, "/ready")
+                   for w in args.workers.split(",")}
         if not args.no_mlflow:
             uri = mlflow_model(Path(tmp), h5, x)
             servers["mlflow"] = ([str(BIN / "mlflow"), "models", "serve", "-m", uri,
@@ -183,13 +190,13 @@ def main() -> None:
             try:
                 wait_http(port, ready, proc)
                 runs = [("/invocations", scoring)] + ([("/predict", drawings)]
-                                                      if name == "ours" else [])
+                                                      if name.startswith("ours") else [])
                 for path, bodies in runs:
                     for clients in levels:
-                        before = batches(port) if name == "ours" else (0, 0)
+                        before = batches(port) if name.startswith("ours") else (0, 0)
                         lat, codes, wall = load(port, path, bodies, clients,
                                                 max(args.requests, clients))
-                        after = batches(port) if name == "ours" else (0, 0)
+                        after = batches(port) if name.startswith("ours") else (0, 0)
                         batch = ((after[0] - before[0]) / (after[1] - before[1])
                                  if after[1] > before[1] else 1.0)
                         rows.append(row(f"| {name} | {path} | {clients} |", lat, codes, wall,

@@ -67,14 +67,14 @@ def open_image(path: Path | str) -> Image.Image:
 def luminance(img: Image.Image) -> np.ndarray:
     """Grayscale in [0, 1], transparent areas composited on white, 16-bit kept exact."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img, dtype=np.float32)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        return np.clip(arr / top, 0, 1)
+        return np.clip(arr / np.float32(top), 0, 1)
     if img.mode == "P" or "A" in img.getbands() or "transparency" in img.info:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba)
-    return np.asarray(img.convert("L"), dtype=np.float64) / 255.0
+    return np.asarray(img.convert("L"), dtype=np.float32) / np.float32(255.0)
 
 
 def ink_map(gray: np.ndarray) -> np.ndarray | None:
@@ -96,14 +96,14 @@ def ink_map(gray: np.ndarray) -> np.ndarray | None:
     noise = 1.4826 * float(np.median(np.abs(ink - level)))     # robust std of the paper
     if noise > GRAINY:       # textured paper or a noisy sensor: grain inside the strokes
         ink = np.asarray(Image.fromarray(np.round(ink * 255).astype(np.uint8)).filter(
-            ImageFilter.MedianFilter(3)), dtype=np.float64) / 255.0
+            ImageFilter.MedianFilter(3)), dtype=np.float32) / np.float32(255.0)
         level = float(np.median(ink))
         noise = 1.4826 * float(np.median(np.abs(ink - level)))
     floor = level + 4.0 * noise
     peak = float(np.percentile(ink, 99.9))
     if peak - floor < MIN_CONTRAST:
         return None
-    ink = np.clip((ink - floor) / (peak - floor), 0.0, 1.0)
+    ink = np.clip((ink - np.float32(floor)) / np.float32(peak - floor), 0.0, 1.0)
     return ink if (ink > 0.5).any() else None
 
 
@@ -126,7 +126,7 @@ def background(gray: np.ndarray, dark_ink: bool) -> np.ndarray:
     closed = restore(unink(padded, size, mode="nearest"), size, mode="nearest")
     bg = Image.fromarray(closed).filter(ImageFilter.GaussianBlur(size / 4))
     bg = bg.crop((pad, pad, pad + small.shape[1], pad + small.shape[0]))
-    return np.asarray(bg.resize((w, h), Image.BILINEAR), dtype=np.float64) / 255.0
+    return np.asarray(bg.resize((w, h), Image.BILINEAR), dtype=np.float32) / np.float32(255.0)
 
 
 def _shift(arr: np.ndarray, dy: int, dx: int) -> np.ndarray:

@@ -81,7 +81,10 @@ class Service:
         try:
             self.predictor = await asyncio.to_thread(self.load)
             self.metrics.set_model(self.predictor.about)
-            await self.batcher.submit(np.zeros((1, 28, 28), np.uint8))   # warm-up
+            # warm-up: three batch sizes, so that the compiled predict step is traced for
+            # any batch size before the first request (no 100 ms trace under load)
+            for n in (1, 2, 3):
+                await self.batcher.submit(np.zeros((n, 28, 28), np.uint8))
         except Exception as exc:  # UserError, ModelLoadError, a broken file: say why, stop
             self.load_error = str(exc)
             log.debug("cannot serve: %s", exc)    # `serve` says it once, on exit
@@ -111,12 +114,20 @@ class Service:
         return body
 
     async def off_loop(self, fn: Callable[[bytes], Any], body: bytes) -> Any:
-        """fn(body) in the decode pool; 503 when too many drawings are already waiting."""
+        """fn(body) in the decode pool; 503 when too many drawings are already waiting, or
+        when this one waited for a thread past the batcher's deadline (its answer would
+        come too late: the client is better told to retry)."""
         if self.decoding >= self.opts.max_decoding:
             raise _busy(f"{self.decoding} drawings being decoded")
         self.decoding += 1
+        since, deadline = time.monotonic(), self.opts.batch.deadline_s
+
+        def job() -> Any:
+            if time.monotonic() - since > deadline:
+                raise _busy("waited past the deadline for a decoder")
+            return fn(body)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, body)
+            return await asyncio.get_running_loop().run_in_executor(self.pool, job)
         finally:
             self.decoding -= 1
 

