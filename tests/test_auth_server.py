@@ -6,14 +6,11 @@ pipeline, a reader reads and loads @champion but changes nothing, the promoter m
 from __future__ import annotations
 
 import base64
-import glob
 import json
-import os
 import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from .conftest import ROOT, free_port, run, synthetic_digits, synthetic_project, tool_env
+from .postgres import pg_folder, requires_postgres
 
 SCRIPT = ROOT / "scripts" / "team-server.sh"
 CLI = str(Path(sys.executable).parent / "mnist-mlops")
@@ -31,9 +29,7 @@ MODEL, REGISTERED = "mlp_512x2", "mnist-digits"
 ADMIN_PW = "admin-pw-for-tests"
 PASSWORDS = {"writer": "writer-pw-123", "promoter": "promoter-pw-1", "reader": "reader-pw-123"}
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    not glob.glob("/usr/lib/postgresql/*/bin/initdb") and not shutil.which("pg_config"),
-    reason="PostgreSQL server binaries not installed (apt-get install postgresql)")]
+pytestmark = [pytest.mark.slow, requires_postgres]
 
 
 def as_user(name: str | None, password: str | None = None, **extra: str) -> dict[str, str]:
@@ -52,10 +48,8 @@ def script(cmd: list[str], cwd: Path, env: dict[str, str],
 
 
 class Server:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.pgdata = Path(tempfile.mkdtemp(prefix="mnist-mlops-pg-"))
-        os.chmod(self.pgdata, 0o755)   # PostgreSQL runs as `postgres` when we are root
+    def __init__(self, tmp: Path, pgdata: Path) -> None:
+        self.tmp, self.pgdata = tmp, pgdata
         self.port = free_port()
         self.env = tool_env(DATA=str(tmp / "team"), PORT=str(self.port),
                             PGPORT=str(free_port()), PGDATA_DIR=str(self.pgdata / "cluster"),
@@ -81,17 +75,17 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("auth-server"))
-    try:
-        script(["start"], srv.tmp, {**srv.env, "MLFLOW_ADMIN_PASSWORD": ADMIN_PW})
-        for name in PASSWORDS:   # the role of the same name
-            script(["user", name, name], srv.tmp, {**srv.env, "MLFLOW_ADMIN_PASSWORD": ADMIN_PW,
-                                                   "USER_PASSWORD": PASSWORDS[name]})
-        yield srv
-    finally:
-        subprocess.run(["bash", str(SCRIPT), "stop"], cwd=srv.tmp, env=srv.env, timeout=120,
-                       capture_output=True)
-        shutil.rmtree(srv.pgdata, ignore_errors=True)
+    with pg_folder() as pgdata:
+        srv = Server(tmp_path_factory.mktemp("auth-server"), pgdata)
+        try:
+            script(["start"], srv.tmp, {**srv.env, "MLFLOW_ADMIN_PASSWORD": ADMIN_PW})
+            for name in PASSWORDS:   # the role of the same name
+                script(["user", name, name], srv.tmp, {
+                    **srv.env, "MLFLOW_ADMIN_PASSWORD": ADMIN_PW, "USER_PASSWORD": PASSWORDS[name]})
+            yield srv
+        finally:
+            subprocess.run(["bash", str(SCRIPT), "stop"], cwd=srv.tmp, env=srv.env,
+                           timeout=120, capture_output=True)
 
 
 @pytest.fixture(scope="module")

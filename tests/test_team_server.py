@@ -4,13 +4,9 @@ files predicting with `models:/mnist-digits@champion` through the server alone."
 
 from __future__ import annotations
 
-import glob
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from .conftest import ROOT, free_port, run, synthetic_digits, synthetic_project, tool_env
+from .postgres import pg_folder, requires_postgres
 
 SCRIPT = ROOT / "scripts" / "team-server.sh"
 CLI = str(Path(sys.executable).parent / "mnist-mlops")
@@ -26,28 +23,23 @@ MODEL = "mlp_512x2"
 ADMIN = ("admin", "team-admin-password")   # the server authenticates (test_auth_server.py)
 CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": ADMIN[0], "MLFLOW_TRACKING_PASSWORD": ADMIN[1]}
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    not glob.glob("/usr/lib/postgresql/*/bin/initdb") and not shutil.which("pg_config"),
-    reason="PostgreSQL server binaries not installed (apt-get install postgresql)")]
+pytestmark = [pytest.mark.slow, requires_postgres]
 
 
 @pytest.fixture
 def team_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     data = tmp_path / "team"
-    # PostgreSQL runs as `postgres` when we are root: its cluster must be where it can write
-    pgdata = Path(tempfile.mkdtemp(prefix="mnist-mlops-pg-"))
-    os.chmod(pgdata, 0o755)
-    env = tool_env(DATA=str(data), PORT=str(free_port()), PGPORT=str(free_port()),
-                   PGDATA_DIR=str(pgdata / "cluster"), DB_PASSWORD="s3cret", WORKERS="1",
-                   MLFLOW=str(Path(sys.executable).parent / "mlflow"), PYTHON=sys.executable,
-                   MLFLOW_ADMIN_PASSWORD=ADMIN[1])
-    try:
-        out = run(["bash", str(SCRIPT), "start"], tmp_path, env, timeout=300).stdout
-        yield out.split("MLflow tracking server on ")[1].split()[0], data
-    finally:
-        subprocess.run(["bash", str(SCRIPT), "stop"], cwd=tmp_path, env=env, timeout=120,
-                       capture_output=True)
-        shutil.rmtree(pgdata, ignore_errors=True)
+    with pg_folder() as pgdata:
+        env = tool_env(DATA=str(data), PORT=str(free_port()), PGPORT=str(free_port()),
+                       PGDATA_DIR=str(pgdata / "cluster"), DB_PASSWORD="s3cret", WORKERS="1",
+                       MLFLOW=str(Path(sys.executable).parent / "mlflow"), PYTHON=sys.executable,
+                       MLFLOW_ADMIN_PASSWORD=ADMIN[1])
+        try:
+            out = run(["bash", str(SCRIPT), "start"], tmp_path, env, timeout=300).stdout
+            yield out.split("MLflow tracking server on ")[1].split()[0], data
+        finally:
+            subprocess.run(["bash", str(SCRIPT), "stop"], cwd=tmp_path, env=env, timeout=120,
+                           capture_output=True)
 
 
 def test_pipeline_registry_and_predict_through_a_postgres_backed_server(
