@@ -259,6 +259,8 @@ def synthetic_project(dest: Path, models: tuple[str, ...] = ("mlp_512x2",),
         "download.files": files, "download.mirrors": [], "preprocess.folds": 2,
         "train.max_epochs": 2, "train.verbose": 2, "register.floor": 0.0,
         "realworld.count": 30,
-        "models": {m: raw["models"][m] for m in models}, **overrides}
+        "models": {m: raw["models"][m] for m in models},
+        "sweep": {m: s for m, s in (raw.get("sweep") or {}).items() if m in models},
+        **overrides}
     root = make_project(dest, settings)
     return root, tool_env(MNIST_MIRROR=str(mirror))
