@@ -108,6 +108,9 @@ def yaml_value(value: Any) -> str:
     """A value as `dvc exp run -S` parses it (YAML flow): [128,128], null, 0.001, true."""
     if isinstance(value, tuple | list):
         return "[" + ",".join(yaml_value(v) for v in value) + "]"
+    if isinstance(value, float):   # a float keeps its point: YAML reads 1e-05 as a string
+        mantissa, e, exponent = repr(value).partition("e")
+        return f"{mantissa if '.' in mantissa else mantissa + '.0'}{e}{exponent}"
     return json.dumps(value) if not isinstance(value, str) else value
 
 

@@ -241,6 +241,7 @@ def counts(study: optuna.Study) -> tuple[int, int]:
 def run_worker(sweep: Sweep, poll_s: float | None = None) -> optuna.Study:
     """Trials until the study has its finished trials (or this worker's time is up)."""
     spec = sweep.spec
+    optuna.logging.set_verbosity(optuna.logging.WARNING)   # our lines say what it would
     data = load_data(sweep.params)
     storage = open_storage(sweep.storage, sweep.heartbeat_s)
     study, created = open_study(sweep, storage)
@@ -250,7 +251,6 @@ def run_worker(sweep: Sweep, poll_s: float | None = None) -> optuna.Study:
     deadline = time.monotonic() + (timeout if timeout is not None else math.inf)
     poll = poll_s if poll_s is not None else min(5.0, float(sweep.heartbeat_s))
     failures: list[TrialState] = []
-    optuna.logging.set_verbosity(optuna.logging.WARNING)   # our lines say what it would
     while True:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,7 @@ def study_files(study: optuna.Study, out: Path) -> list[Path]:
 
     matplotlib.use("Agg")   # files only, never a window
     import matplotlib.pyplot as plt
+    from optuna.exceptions import ExperimentalWarning
     from optuna.visualization import matplotlib as ovm
 
     files = [out / "trials.csv"]
@@ -137,7 +139,9 @@ def study_files(study: optuna.Study, out: Path) -> list[Path]:
              "param_importances.png": ovm.plot_param_importances}
     for name, plot in plots.items():
         try:
-            ax = plot(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                ax = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # too few trials
             log.info("study %s: no %s yet (%s)", study.study_name, name, exc)
             continue
