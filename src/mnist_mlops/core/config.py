@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from mnist_mlops.core.config_monitor import MonitorParams
 from mnist_mlops.core.config_sweep import SweepParams, check_sweeps
 from mnist_mlops.core.runtime import UserError
 
@@ -119,6 +120,8 @@ class Paths(Section):
     checkpoints: PathParam = Path(".checkpoints")
     realworld: PathParam = Path("data/realworld")
     user_digits: PathParam = Path("data/user-digits")
+    prediction_log: PathParam = Path("logs/predictions.jsonl")   # serve (monitoring/)
+    monitor_reports: PathParam = Path("reports/monitor")   # mnist-mlops monitor
 
     def model_file(self, name: str) -> Path:
         return self.models / f"{name}.h5"
@@ -258,6 +261,7 @@ with warnings.catch_warnings():
         register: RegisterParams = RegisterParams()
         realworld: RealworldParams = RealworldParams()
         models: dict[str, ModelParams] = Field(min_length=1)
+        monitor: MonitorParams = MonitorParams()
         sweep: dict[str, SweepParams] = {}    # per model: mnist-mlops sweep (config_sweep.py)
 
         @model_validator(mode="before")
