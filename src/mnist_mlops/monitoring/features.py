@@ -1,0 +1,94 @@
+"""What the prediction log keeps of an input: a few numbers that say whether a 28x28 digit
+still looks like MNIST, and the model's penultimate-layer embedding.
+
+The same description of the training images is the drift reference (monitoring/drift.py),
+so both sides are computed here, by one function, on the pixels the model saw (after
+`digits.prepare` or the scoring JSON). The numbers are cheap (a few microseconds per image
+with numpy) and chosen to move when inputs change in the ways that hurt a digit model:
+
+- `ink`: mean intensity (0-1); thicker pens, inverted pictures, noise raise it;
+- `cx`, `cy`: centre of mass (pixels); MNIST digits are centred at about (14, 14);
+- `spread`: radius of gyration (pixels): how far the ink lies from that centre;
+- `width`, `height`: the bounding box of the ink (pixels above half intensity);
+- `stroke`: mean stroke width, twice the ink area over its perimeter (pixels);
+- `slant`: the ink's shear from vertical (degrees, atan of the second moments' ratio);
+- `border`: mean intensity of the 3-pixel frame (0-1): MNIST's frame is blank; an inverted
+  or badly cropped picture fills it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+FEATURES = ("ink", "cx", "cy", "spread", "width", "height", "stroke", "slant", "border")
+FRAME = 3          # pixels of the border frame
+INK_LEVEL = 128    # a pixel is ink at half intensity or more (MNIST ink is 0-255 on black)
+
+
+def describe(images: np.ndarray) -> np.ndarray:
+    """The FEATURES of each of `images` ((n, 28, 28[, 1]) uint8, white ink on black),
+    as an (n, len(FEATURES)) float array; a blank image gets zeros."""
+    x = np.asarray(images, dtype=np.float64).reshape(len(images), 28, 28) / 255.0
+    n = len(x)
+    rows, cols = np.mgrid[0:28, 0:28].astype(np.float64)
+    mass = x.sum(axis=(1, 2))
+    safe = np.where(mass > 0, mass, 1.0)
+    cy = (x * rows).sum(axis=(1, 2)) / safe
+    cx = (x * cols).sum(axis=(1, 2)) / safe
+    dy = rows[None] - cy[:, None, None]
+    dx = cols[None] - cx[:, None, None]
+    myy = (x * dy * dy).sum(axis=(1, 2)) / safe
+    mxx = (x * dx * dx).sum(axis=(1, 2)) / safe
+    mxy = (x * dx * dy).sum(axis=(1, 2)) / safe
+    spread = np.sqrt(myy + mxx)
+    # shear from vertical, as deskewing measures it: 0 upright, about -6 for MNIST's mean
+    slant = np.degrees(np.arctan(mxy / np.where(myy > 0, myy, 1.0)))
+    ink_px = images.reshape(n, 28, 28) >= INK_LEVEL
+    any_r, any_c = ink_px.any(axis=2), ink_px.any(axis=1)
+    height = np.where(any_r.any(axis=1), 28 - any_r[:, ::-1].argmax(1) - any_r.argmax(1), 0)
+    width = np.where(any_c.any(axis=1), 28 - any_c[:, ::-1].argmax(1) - any_c.argmax(1), 0)
+    stroke = 2 * ink_px.sum(axis=(1, 2)) / np.maximum(_perimeter(ink_px), 1)
+    frame = np.ones((28, 28), bool)
+    frame[FRAME:-FRAME, FRAME:-FRAME] = False
+    border = x[:, frame].mean(axis=1)
+    out = np.stack([x.mean(axis=(1, 2)), cx, cy, spread, width, height, stroke, slant, border],
+                   axis=1)
+    out[mass == 0] = 0.0
+    return out
+
+
+def _perimeter(ink: np.ndarray) -> np.ndarray:
+    """Ink pixels with a 4-neighbour that is not ink (the image edge counts as blank)."""
+    padded = np.pad(ink, ((0, 0), (1, 1), (1, 1)))
+    inner = (padded[:, :-2, 1:-1] & padded[:, 2:, 1:-1] & padded[:, 1:-1, :-2]
+             & padded[:, 1:-1, 2:])
+    return (ink & ~inner).sum(axis=(1, 2))
+
+
+def two_outputs(model: Any) -> Any:
+    """`model` with a second output, the input of its last layer (the penultimate layer's
+    activations; for an ensemble, its members' probabilities side by side), so that one
+    call gives both the embedding and the probabilities: (embedding, probabilities)."""
+    import keras
+
+    last = model.layers[-1]
+    feats = last.input
+    if isinstance(feats, list | tuple):
+        feats = keras.layers.Concatenate(name="members")(list(feats))
+    return keras.Model(model.inputs, [feats, model.outputs[0]], name=f"{model.name}_logged")
+
+
+def call_two_outputs(both: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, embedding) of uint8 `images` (n, 28, 28[, 1]) in one model call."""
+    import keras
+
+    x = np.asarray(images, dtype=np.uint8).reshape(-1, 28, 28, 1).astype("float32")
+    if len(x) <= 256:
+        emb, proba = both.predict_on_batch(x)
+        emb, proba = keras.ops.convert_to_numpy(emb), keras.ops.convert_to_numpy(proba)
+    else:
+        emb, proba = both.predict(x, batch_size=256, verbose=0)
+    return (np.asarray(proba, dtype=np.float64).reshape(len(x), -1),
+            np.asarray(emb, dtype=np.float32).reshape(len(x), -1))

@@ -1,0 +1,198 @@
+"""The monitoring package on its own: the description of a digit, the rotating prediction
+log, the drift comparison (real Evidently), the `monitor:` params. The served path, end to
+end, is tests/test_monitor_served.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnist_mlops.core.config import ConfigError, parse_params
+from mnist_mlops.core.config_monitor import MonitorParams
+from mnist_mlops.core.runtime import UserError
+from mnist_mlops.monitoring import drift, predlog
+from mnist_mlops.monitoring.features import FEATURES, describe
+from mnist_mlops.monitoring.monitor import window
+
+from .test_config import with_change
+
+ABOUT = {"version": "3", "architecture": "cnn_32_64_64"}
+
+
+def feature(images: np.ndarray, name: str) -> np.ndarray:
+    return describe(images)[:, FEATURES.index(name)]
+
+
+def test_description_of_simple_shapes() -> None:
+    bar = np.zeros((1, 28, 28), np.uint8)
+    bar[0, 4:24, 12:15] = 255                      # an upright stroke 3 pixels wide
+    lying = np.rot90(bar, 1, axes=(1, 2)).copy()
+    f = dict(zip(FEATURES, describe(bar)[0], strict=True))
+    assert f["cx"] == pytest.approx(13) and f["cy"] == pytest.approx(13.5)
+    assert (f["width"], f["height"]) == (3, 20) and f["stroke"] == pytest.approx(3, abs=0.6)
+    assert f["border"] == 0 and f["ink"] == pytest.approx(60 / 784)
+    assert (feature(lying, "width")[0], feature(lying, "height")[0]) == (20, 3)
+    assert feature(255 - bar, "border")[0] == 1          # inverted: the frame is ink
+    assert not describe(np.zeros((2, 28, 28), np.uint8)).any()   # blank: zeros, no NaN
+
+
+def test_mnist_description_is_stable_and_perturbations_move_it(mnist: dict) -> None:
+    x = mnist["x_test"][:500]
+    assert abs(feature(x, "cx").mean() - 14) < 0.5 and feature(x, "border").max() < 0.05
+    assert feature(255 - x, "border").min() > 0.9
+    rot = np.rot90(x, 1, axes=(1, 2))
+    assert feature(rot, "width").mean() > feature(x, "width").mean() + 3
+
+
+def batch(n: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n images and probabilities whose confidence counts down from 1 - start/1e4 (an
+    order tag)."""
+    proba = np.full((n, 10), 0.0)
+    proba[:, 0] = (start + np.arange(n)) / 1e4
+    proba[:, 1] = 1 - proba[:, 0]
+    return np.zeros((n, 28, 28), np.uint8), proba
+
+
+def test_log_rotates_at_its_bound_keeps_order_and_survives_a_restart(tmp_path: Path) -> None:
+    opts = predlog.LogOptions(tmp_path / "logs" / "p.jsonl", max_bytes=10_000, backups=2)
+    plog = predlog.PredictionLog(opts)
+    for i in range(30):
+        plog.append(*batch(4, 4 * i), np.ones((4, 8), np.float32), ABOUT)
+    plog.close()
+    files = predlog.log_files(opts.path)
+    assert [f.name for f in files] == ["p.jsonl.2", "p.jsonl.1", "p.jsonl"]
+    assert all(f.stat().st_size <= opts.max_bytes for f in files)
+    kept = [r["confidence"] for r in predlog.records(opts.path)]
+    assert kept == sorted(kept, reverse=True) and kept[-1] == pytest.approx(1 - 119 / 1e4)
+    first = json.loads(files[-1].read_text().splitlines()[0])
+    assert first["model"] == ABOUT and set(first["features"]) == set(FEATURES)
+    assert len(first["embedding"]) == 8 and first["digit"] == 1 and first["v"] == 1
+
+    before = len(kept)
+    again = predlog.PredictionLog(opts)          # a restarted server: appends, never truncates
+    again.append(*batch(2, 120), None, ABOUT)
+    again.close()
+    after = [r["confidence"] for r in predlog.records(opts.path)]
+    assert after[-2:] == pytest.approx([1 - 120 / 1e4, 1 - 121 / 1e4])
+    assert len(after) >= min(before, 20)
+
+
+def test_a_cut_line_is_skipped_and_embedding_off_is_honoured(tmp_path: Path) -> None:
+    opts = predlog.LogOptions(tmp_path / "p.jsonl", embedding=False)
+    plog = predlog.PredictionLog(opts)
+    plog.append(*batch(3), np.ones((3, 4), np.float32), ABOUT)
+    plog.close()
+    with open(opts.path, "ab") as f:
+        f.write(b'{"v":1,"time":"2026-')            # a crash mid-line
+    recs = list(predlog.records(opts.path))
+    assert len(recs) == 3 and "embedding" not in recs[0]
+
+
+def test_a_log_that_cannot_be_written_warns_once_and_never_raises(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    plog = predlog.PredictionLog(predlog.LogOptions(tmp_path / "file" / "p.jsonl"))
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            plog.append(*batch(2), None, ABOUT)
+        plog.close()
+    warnings = [r for r in caplog.records if "cannot write the prediction log" in r.message]
+    assert len(warnings) == 1 and plog.written == 0
+
+
+def test_several_writers_share_one_log(tmp_path: Path) -> None:
+    opts = predlog.LogOptions(tmp_path / "p.jsonl", max_bytes=20_000, backups=50)
+
+    def writer(k: int) -> None:
+        for i in range(20):
+            predlog.write(opts, predlog.lines(*batch(2, 100 * k + 2 * i), None, ABOUT, 0.0))
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(list(predlog.records(opts.path))) == 160      # no line lost or torn
+
+
+def fake_side(images: np.ndarray) -> drift.Described:
+    """What a model would log for `images`: the description, a fixed random projection of
+    the pixels as embedding, and confident answers."""
+    emb = images.reshape(len(images), -1).astype(np.float32) @ np.random.default_rng(0).normal(
+        size=(784, 16)).astype(np.float32) / 255
+    proba = np.full((len(images), 10), 0.01)
+    proba[np.arange(len(images)), np.arange(len(images)) % 10] = 0.91
+    return drift.from_predictions(describe(images), proba, emb)
+
+
+@pytest.fixture(scope="module")
+def reference(mnist: dict) -> drift.Described:
+    pick = np.random.default_rng(0).choice(60000, 1000, replace=False)
+    return fake_side(mnist["x_train"][pick])
+
+
+def test_mnist_test_digits_do_not_drift(mnist: dict, reference: drift.Described) -> None:
+    pick = np.random.default_rng(1).choice(10000, 300, replace=False)
+    _, s = drift.compare(reference, fake_side(mnist["x_test"][pick]), MonitorParams())
+    assert not s["drift"] and s["reasons"] == [] and s["drift_share"] < 0.3, s
+    assert s["embedding"]["auc"] < 0.6 and s["window"] == 300 and s["reference"] == 1000
+
+
+@pytest.mark.parametrize("change", ["inverted", "rotated"])
+def test_inverted_or_rotated_digits_drift(mnist: dict, reference: drift.Described,
+                                          change: str) -> None:
+    x = mnist["x_test"][np.random.default_rng(1).choice(10000, 300, replace=False)]
+    x = 255 - x if change == "inverted" else np.rot90(x, 1, axes=(1, 2)).copy()
+    snapshot, s = drift.compare(reference, fake_side(x), MonitorParams())
+    assert s["drift"] and s["drift_share"] >= 0.3, s
+    assert s["embedding"]["drifted"] or change == "rotated"   # a random projection: blind
+    assert "width" in s["drifted_features"]
+    assert json.loads(json.dumps(s)) == s                  # the summary is plain JSON
+    assert "ValueDrift" in snapshot.json()
+
+
+def test_falling_confidence_is_drift_a_new_class_mix_is_only_reported(
+        mnist: dict, reference: drift.Described) -> None:
+    x = mnist["x_test"][np.random.default_rng(1).choice(10000, 300, replace=False)]
+    side = fake_side(x)
+    unsure = drift.Described(side.features, side.confidence - 0.2, side.digit, side.embedding)
+    _, s = drift.compare(reference, unsure, MonitorParams())
+    assert s["drift"] and s["confidence"]["drop"] == pytest.approx(0.2, abs=1e-6)
+    sevens = drift.Described(side.features, side.confidence, np.full(300, 7), side.embedding)
+    _, s = drift.compare(reference, sevens, MonitorParams())
+    assert not s["drift"] and s["class_mix"]["drifted"] and s["class_mix"]["current"][7] == 1
+
+
+def record(version: str | None, arch: str) -> dict:
+    return {"model": {"version": version, "architecture": arch}, "time": "t"}
+
+
+def test_the_window_is_the_latest_answers_of_the_model(tmp_path: Path) -> None:
+    recs = [record("2", "a")] * 40 + [record("3", "b")] * 50
+    got = window(recs, {"version": "3", "architecture": "b"}, 30, tmp_path)
+    assert len(got) == 30 and all(r["model"]["version"] == "3" for r in got)
+    with pytest.raises(UserError, match=r"holds 0 answers of model v4 \(b\).*2/a, 3/b"):
+        window(recs, {"version": "4", "architecture": "b"}, 30, tmp_path)
+
+
+@pytest.mark.parametrize(("key", "value", "needle"), [
+    ("monitor.windoww", 10, "monitor.windoww"),
+    ("monitor.window", 5, "monitor.window"),
+    ("monitor.retrain", [], "monitor.retrain"),
+    ("monitor.stattest", "t-test", "monitor.stattest"),
+    ("monitor.embedding_auc", 0.4, "monitor.embedding_auc"),
+    ("monitor.log", "yes", "monitor.log"),
+])
+def test_bad_monitor_params_name_the_key(key: str, value: object, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        parse_params(with_change(key, value))
+
+
+def test_repo_monitor_params() -> None:
+    p = parse_params(with_change("monitor.retrain", ["python", "x.py"]))
+    assert p.monitor.retrain == ("python", "x.py") and p.monitor.log
+    assert p.paths.prediction_log == Path("logs/predictions.jsonl")
