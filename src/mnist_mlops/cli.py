@@ -11,6 +11,7 @@
     mnist-mlops copy-store --to URI                     publish runs + registry to a server
     mnist-mlops params [--schema]                       check params.yaml / print its schema
     mnist-mlops sweep MODEL [--storage URL] [--apply]   Optuna study of a recipe; best as DVC exp
+    mnist-mlops monitor [--retrain]                     drift of served inputs vs training data
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from mnist_mlops.core.config import Params, load_params
 from mnist_mlops.core.runtime import UserError, configure_logging
+from mnist_mlops.monitoring.monitor import add_command as add_monitor_command
 from mnist_mlops.sweep.cli import add_sweep_command
 
 log = logging.getLogger("mnist_mlops")
@@ -279,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, help="destination tracking URI, e.g. http://host:5000")
     p.set_defaults(func=cmd_copy_store)
     add_sweep_command(command)
+    add_monitor_command(command)
     return ap
 
 
