@@ -196,3 +196,27 @@ def test_repo_monitor_params() -> None:
     p = parse_params(with_change("monitor.retrain", ["python", "x.py"]))
     assert p.monitor.retrain == ("python", "x.py") and p.monitor.log
     assert p.paths.prediction_log == Path("logs/predictions.jsonl")
+
+
+def test_one_call_gives_the_answer_and_the_penultimate_layer() -> None:
+    import keras
+
+    from mnist_mlops.monitoring.features import call_two_outputs, two_outputs
+    from mnist_mlops.training.models import ensemble
+
+    def small(seed: int) -> keras.Model:
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                                 keras.layers.Dense(6, activation="relu", name="hidden"),
+                                 keras.layers.Dense(10, activation="softmax")])
+    x = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    xf = x[..., None].astype("float32")
+    model = small(0)
+    proba, emb = call_two_outputs(two_outputs(model), x)
+    hidden = keras.Model(model.inputs, model.get_layer("hidden").output)
+    assert np.allclose(proba, model.predict(xf, verbose=0), atol=1e-6)
+    assert np.allclose(emb, hidden.predict(xf, verbose=0), atol=1e-5) and emb.shape == (5, 6)
+    both = ensemble([small(1), small(2)], "e")          # an ensemble: its members' answers
+    proba, emb = call_two_outputs(two_outputs(both), x)
+    assert emb.shape == (5, 20) and np.allclose(proba, (emb[:, :10] + emb[:, 10:]) / 2,
+                                                atol=1e-6)

@@ -18,9 +18,12 @@ with numpy) and chosen to move when inputs change in the ways that hurt a digit 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 FEATURES = ("ink", "cx", "cy", "spread", "width", "height", "stroke", "slant", "border")
 FRAME = 3          # pixels of the border frame
@@ -92,3 +95,23 @@ def call_two_outputs(both: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndar
         emb, proba = both.predict(x, batch_size=256, verbose=0)
     return (np.asarray(proba, dtype=np.float64).reshape(len(x), -1),
             np.asarray(emb, dtype=np.float32).reshape(len(x), -1))
+
+
+class LoggedCall:
+    """A Predictor's probabilities and embedding from one model call. A model with no
+    Keras graph to extend (a python-function MLflow model) gives no embedding."""
+
+    def __init__(self, predictor: Any) -> None:
+        self.predictor = predictor
+        self.both = None
+        model = predictor.keras_model
+        if model is not None:
+            try:
+                self.both = two_outputs(model)
+            except Exception as exc:  # a graph without a last layer to read: answers only
+                log.warning("no embedding for the prediction log: %s", exc)
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.both is None:
+            return self.predictor.predict_proba(images), None
+        return call_two_outputs(self.both, images)

@@ -23,7 +23,7 @@ import numpy as np
 from mnist_mlops.core.config import Params
 from mnist_mlops.core.runtime import UserError
 from mnist_mlops.monitoring import drift, predlog
-from mnist_mlops.monitoring.features import describe
+from mnist_mlops.monitoring.features import LoggedCall, describe
 
 log = logging.getLogger(__name__)
 MIN_WINDOW = 30          # fewer answers say nothing about a distribution
@@ -159,7 +159,7 @@ def cmd_monitor(args: argparse.Namespace, params: Params) -> int:
     predictor = load_predictor(args.model, params, args.trust_model)
     about = {k: predictor.about.get(k) for k in ("version", "architecture")}
     current = window(records, about, args.window or mp.window, where)
-    snapshot, summary = drift.compare(reference(params, predictor.predict_logged),
+    snapshot, summary = drift.compare(reference(params, LoggedCall(predictor)),
                                       drift.from_records(current), mp)
     summary = {"model": about, "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                             time.gmtime()),

@@ -21,7 +21,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ import numpy as np
 
 from mnist_mlops.core.config import Params
 from mnist_mlops.core.fsio import file_lock
-from mnist_mlops.monitoring.features import FEATURES, describe
+from mnist_mlops.monitoring.features import FEATURES, LoggedCall, describe
 
 log = logging.getLogger(__name__)
 FORMAT = 1            # the "v" of every line; bumped when a field changes meaning
@@ -63,6 +63,22 @@ def opened(params: Params | None, command: str = "serve") -> PredictionLog | Non
     """The prediction log `command` writes to, started; None where params switch it off."""
     opts = options(params, command)
     return PredictionLog(LogOptions(**opts)) if opts else None
+
+
+def logged_call(params: Params | None, predictor: Any, command: str = "predict"
+                ) -> Callable[[np.ndarray], np.ndarray] | None:
+    """For `predict`: images -> probabilities, logging each answer with its embedding (one
+    model call); None where params leave the command's answers unlogged."""
+    plog = opened(params, command)
+    if plog is None:
+        return None
+    call = LoggedCall(predictor)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        proba, emb = call(images)
+        plog.append(images, proba, emb, predictor.about)
+        return proba
+    return predict
 
 
 def backup_path(path: Path, i: int) -> Path:
