@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 import warnings
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_FAILURES = 3           # a worker stops after this many failed trials in a row
+CREATE_ATTEMPTS = 5        # opening a new database while another worker creates it
 SURPLUS_ATTR = "surplus"   # a trial started as another worker took the budget's last one
 
 
@@ -69,12 +71,20 @@ class Sweep:
 
 
 def storage_url(url: str) -> str:
-    """A relative SQLite path is the project's (also from a DVC temp workspace)."""
+    """A relative SQLite path is the project's (also from a DVC temp workspace); a plain
+    postgresql:// URL uses psycopg2 (the `server` extra's driver) unless psycopg 3, which
+    SQLAlchemy 2.1 takes by default, is installed."""
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/"):
         from mnist_mlops.core.fsio import project_root
 
         return f"{prefix}{project_root() / url[len(prefix):]}"
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres"):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            return f"postgresql+psycopg2://{rest}"
     return url
 
 
@@ -89,18 +99,26 @@ def open_storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
         end_stale_trial(study, trial)
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, trial)
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
-                grace_period=2 * heartbeat_s, heartbeat_stale_trial_callback=stale)
-    except ImportError as exc:
-        raise UserError(f"no database driver for {url.split(':')[0]} ({exc}): "
-                        "pip install -e '.[server]' (psycopg2 for PostgreSQL)") from None
-    except Exception as exc:   # sqlalchemy.exc.OperationalError: unreachable, refused
-        reason = str(exc).splitlines()[0][:300]
-        raise UserError(f"cannot open the study storage {_safe(url)}: {reason}") from None
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
+                    grace_period=2 * heartbeat_s, heartbeat_stale_trial_callback=stale)
+        except ImportError as exc:
+            raise UserError(f"no database driver for {url.split(':')[0]} ({exc}): "
+                            "pip install -e '.[server]' (psycopg2 for PostgreSQL)") from None
+        except Exception as exc:   # sqlalchemy.exc.OperationalError: unreachable, refused
+            reason = str(exc).splitlines()[0][:300]
+            # workers starting together on a new database race to create its tables: the
+            # loser's CREATE fails, and its next try finds them made
+            if attempt + 1 < CREATE_ATTEMPTS and ("already exists" in reason
+                                                  or "duplicate key" in reason):
+                time.sleep(0.5 + random.random())
+                continue
+            raise UserError(f"cannot open the study storage {_safe(url)}: {reason}") from None
+    raise AssertionError("unreachable")
 
 
 def _safe(url: str) -> str:
