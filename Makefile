@@ -51,8 +51,11 @@ quick: setup
 	$(if $(wildcard dvc.lock),,dvc repro download)
 	dvc exp run --temp -C dvc.lock --downstream download $(QUICK)
 
+# Test files run on TEST_WORKERS processes (pytest-xdist), each file on one worker (its
+# module fixtures, servers and trainings made once); `pytest tests/test_x.py` runs serially.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"

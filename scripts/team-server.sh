@@ -29,6 +29,8 @@
 #                               (the server holds those credentials, not the clients)
 #   PGDATA_DIR=$DATA/pg         the cluster folder (must be writable by `postgres` if root)
 #   WORKERS=2                   mlflow server workers
+#   MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false   MLflow's job runners (GenAI jobs, four extra
+#                               processes): off, as nothing of this project uses them
 #   EXPERIMENT=mnist-mlops MODEL=mnist-digits   what `user` grants on
 # Needs PostgreSQL's server binaries (Debian: apt-get install postgresql) and
 # `pip install -e '.[server]'` (psycopg2, Flask-WTF for basic-auth) in the environment that
@@ -126,6 +128,7 @@ start() {
   fi
   write_auth_config
   local cors=(); [ -z "${CORS_ORIGINS:-}" ] || cors=(--cors-allowed-origins "$CORS_ORIGINS")
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}" \
   MLFLOW_AUTH_CONFIG_PATH="$AUTH_INI" MLFLOW_AUTH_ADMIN_USERNAME="$ADMIN_USER" \
   MLFLOW_AUTH_ADMIN_PASSWORD="$admin_pw" MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$DATA/secret_key")" \
   nohup "$MLFLOW" server --app-name basic-auth --host "$HOST" --port "$PORT" --workers "$WORKERS" \

@@ -70,6 +70,9 @@ def tool_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # `mlflow server` starts four job-runner processes (GenAI jobs) unless told not to:
+    # this project runs no MLflow jobs, and each costs an MLflow import
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     env.pop("MLFLOW_TRACKING_URI", None)
     env.update(extra)
     return env
@@ -126,21 +129,50 @@ def mnist(mnist_mirror: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def model_file(mnist: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """cnn_32_64_64 trained briefly on real MNIST (about 98% test accuracy), as .h5."""
-    import keras
+    """cnn_32_64_64 trained briefly on real MNIST (about 98% test accuracy), as .h5.
+    Trained once per test run: parallel workers (pytest -n) share it through a file lock."""
+    from filelock import FileLock
 
-    from mnist_mlops.core.config import load_params
-    from mnist_mlops.training.models import build_model, compile_model
+    shared = shared_dir(tmp_path_factory)
+    path = shared / "cnn.h5"
+    with FileLock(str(shared / "cnn.h5.lock")):
+        if not path.exists():
+            import keras
 
-    keras.utils.set_random_seed(0)
-    p = load_params(ROOT / "params.yaml").models["cnn_32_64_64"]
-    model = compile_model(build_model(p), p)
-    x = mnist["x_train"][:20000, ..., None].astype("float32")
-    y = keras.utils.to_categorical(mnist["y_train"][:20000], 10)
-    model.fit(x, y, batch_size=64, epochs=2, verbose=0)
-    path = tmp_path_factory.mktemp("model") / "cnn.h5"
-    model.save(path)
+            from mnist_mlops.core.config import load_params
+            from mnist_mlops.training.models import build_model, compile_model
+
+            keras.utils.set_random_seed(0)
+            p = load_params(ROOT / "params.yaml").models["cnn_32_64_64"]
+            model = compile_model(build_model(p), p)
+            x = mnist["x_train"][:20000, ..., None].astype("float32")
+            y = keras.utils.to_categorical(mnist["y_train"][:20000], 10)
+            model.fit(x, y, batch_size=64, epochs=2, verbose=0)
+            model.save(shared / "cnn.partial.h5")
+            os.replace(shared / "cnn.partial.h5", path)
     return path
+
+
+def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every worker of this test run sees (the parent of a pytest -n worker's
+    base temp; the base temp itself in a run without workers)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / "shared"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+# Modules that take minutes: started first, so that under `pytest -n 2 --dist loadfile`
+# (`make test`) the short ones fill in around them instead of one long module running last.
+LONGEST_FIRST = ("test_pipeline", "test_registry_cli", "test_auth_server", "test_serve",
+                 "test_predict", "test_train", "test_store", "test_retrain", "test_experiments",
+                 "test_logs", "test_team_server", "test_serve_load", "test_journal")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))   # stable: order kept
 
 
 def free_port() -> int:
