@@ -279,7 +279,7 @@ def run_worker(sweep: Sweep, poll_s: float | None = None) -> optuna.Study:
         if done + running >= budget:   # the others run the last trials: wait for them
             time.sleep(poll)
             continue
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
+        study.optimize(objective, n_trials=1, catch=(Exception,),   # clear_session: gc
                        callbacks=[lambda _s, t: failures.append(t.state)])
         if failures[-MAX_FAILURES:] == [TrialState.FAIL] * MAX_FAILURES:
             raise UserError(f"study {sweep.study}: {MAX_FAILURES} trials failed in a row; "

@@ -141,6 +141,7 @@ def study_files(study: optuna.Study, out: Path) -> list[Path]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
+                warnings.simplefilter("ignore", UserWarning)   # "too few trials": drawn equal
                 ax = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # too few trials
             log.info("study %s: no %s yet (%s)", study.study_name, name, exc)
