@@ -52,10 +52,11 @@ quick: setup
 	dvc exp run --temp -C dvc.lock --downstream download $(QUICK)
 
 # Test files run on TEST_WORKERS processes (pytest-xdist), each file on one worker (its
-# module fixtures, servers and trainings made once); `pytest tests/test_x.py` runs serially.
+# module fixtures, servers and trainings made once), in the order tests/conftest.py gives
+# (longest first: --no-loadscope-reorder); `pytest tests/test_x.py` runs serially.
 TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
