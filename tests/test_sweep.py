@@ -171,8 +171,15 @@ def test_the_ablation_grid_visits_exactly_its_nine_configurations(project: Path)
                                       .sweep["mlp_512x2"].variants)
     assert len(variants) == 9 and all(t.state == FINISHED[0] for t in study.trials)
     assert "train it through the pipeline: dvc exp run -n sweep-mlp_512x2-trial-" in out
-    _, children = mlflow_runs(project, "sweep-mlp_512x2")
-    assert len(children) == 9
+    parent, children = mlflow_runs(project, "sweep-mlp_512x2")
+    assert sorted(int(c.data.tags["optuna.trial"]) for c in children) == list(range(9))
+    wide = next(t.number for t in study.trials if t.params["variant"] == "units-2048")
+    (wide_run,) = [c for c in children if c.data.tags["optuna.trial"] == str(wide)]
+    assert wide_run.data.params["model.hidden_units"] == "2048,2048"   # the trial's own recipe
+    files = {f.path for f in MlflowClient(f"sqlite:///{project}/mlflow.db").list_artifacts(
+        parent.info.run_id, "study")}
+    assert files == {"study/optimization_history.png", "study/param_importances.png",
+                     "study/trials.csv"}
 
 
 def test_apply_makes_the_best_trial_a_dvc_experiment(tmp_path: Path) -> None:
