@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,11 @@ class Predictor:
             except Exception as exc:  # MlflowException, OSError, ... : all mean "can't load"
                 raise ModelLoadError(source, str(exc).strip()) from None
 
+    @property
+    def keras_model(self) -> Any:
+        """The Keras model that answers; None for a python-function model."""
+        return self._keras
+
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         x = np.asarray(images, dtype=np.uint8).reshape(-1, *INPUT_SHAPE)
         if self._keras is not None:
@@ -179,9 +185,10 @@ def top3(proba: np.ndarray) -> list[tuple[int, float]]:
     return [(int(k), float(proba[k])) for k in order]
 
 
-def predict_files(predictor: Predictor, files: list[Path], threshold: float | None = None
-                  ) -> list[Result]:
-    """Per-file results; a bad file gets an error entry and the others still run."""
+def predict_files(predictor: Predictor, files: list[Path], threshold: float | None = None,
+                  call: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Result]:
+    """Per-file results; a bad file gets an error entry and the others still run.
+    `call` replaces predictor.predict_proba (the prediction log's, monitoring/)."""
     results: list[Result] = []
     ready: list[tuple[Result, np.ndarray]] = []
     for f in files:
@@ -197,7 +204,7 @@ def predict_files(predictor: Predictor, files: list[Path], threshold: float | No
         else:
             ready.append((r, arr))
     if ready:
-        proba = predictor.predict_proba(np.stack([a for _, a in ready]))
+        proba = (call or predictor.predict_proba)(np.stack([a for _, a in ready]))
         for (r, _), p in zip(ready, proba, strict=True):
             r.top3 = top3(p)
             r.digit, r.probability = r.top3[0]
