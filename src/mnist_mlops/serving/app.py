@@ -26,6 +26,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mnist_mlops.monitoring.features import LoggedCall
+from mnist_mlops.monitoring.predlog import LogOptions, PredictionLog
 from mnist_mlops.serving import inputs
 from mnist_mlops.serving.batcher import Batcher, BatchOptions, Overloaded
 from mnist_mlops.serving.metrics import Metrics, MetricsMiddleware
@@ -40,6 +42,7 @@ class ServeOptions:
     body_timeout_s: float = 10.0   # a request body not received by then: 408, closed
     decode_threads: int = 2        # PNG decode + to_mnist (CPU-bound: about one per core)
     max_decoding: int = 256        # drawings waiting for or in the pool; more get 503
+    log: dict[str, Any] | None = None  # the prediction log's LogOptions (monitoring/)
 
 
 class Refused(Exception):
@@ -69,10 +72,19 @@ class Service:
         self.page = resources.files("mnist_mlops.serving").joinpath("web/index.html"
                                                                     ).read_bytes()
         self.batcher: Batcher | None = None
+        self.plog = PredictionLog(LogOptions(**opts.log)) if opts.log else None
+        self.logged: LoggedCall | None = None
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
         assert self.predictor is not None
-        return self.predictor.predict_proba(x)
+        if self.plog is None:
+            return self.predictor.predict_proba(x)
+        if self.logged is None:      # answer + embedding in one call (monitoring/)
+            self.logged = LoggedCall(self.predictor)
+        proba, embedding = self.logged(x)
+        if self.ready:               # the warm-up's blank pictures are not answers
+            self.plog.append(x, proba, embedding, self.predictor.about)
+        return proba
 
     async def start(self) -> None:
         self.batcher = Batcher(self._predict, self.opts.batch,
@@ -98,6 +110,8 @@ class Service:
         if self.batcher is not None:
             await self.batcher.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.plog is not None:            # what is queued reaches the log
+            await asyncio.to_thread(self.plog.close)
 
     async def body(self, request: Request) -> bytes:
         """The request body, at most MAX_BODY bytes, received within body_timeout_s."""
