@@ -45,8 +45,10 @@ def cmd_predict(args: argparse.Namespace, params: Params) -> int:
     files = expand_inputs(args.images)
     if not files:
         raise UserError("no image files found in the given folder(s)")
-    results = predict_files(load_predictor(args.model, params, args.trust_model), files,
-                            args.threshold)
+    from mnist_mlops.monitoring.predlog import logged_call
+
+    predictor = load_predictor(args.model, params, args.trust_model)
+    results = predict_files(predictor, files, args.threshold, logged_call(params, predictor))
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
@@ -102,6 +104,7 @@ def cmd_rollback(args: argparse.Namespace, params: Params) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, params: Params) -> int:
+    from mnist_mlops.monitoring.predlog import options as log_options
     from mnist_mlops.serving.app import ServeOptions
     from mnist_mlops.serving.batcher import BatchOptions
     from mnist_mlops.serving.predict import load_predictor
@@ -109,7 +112,7 @@ def cmd_serve(args: argparse.Namespace, params: Params) -> int:
 
     opts = ServeOptions(BatchOptions(args.max_batch, args.max_wait_ms / 1000, args.max_queue,
                                      args.deadline_ms / 1000),
-                        body_timeout_s=args.body_timeout)
+                        body_timeout_s=args.body_timeout, log=log_options(params))
     limits = Limits(args.header_timeout, args.limit_concurrency)
     print(f"serving on http://{args.host}:{args.port}/ (Ctrl-C to stop; /ready once the "
           "model is loaded)", flush=True)
