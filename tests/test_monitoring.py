@@ -220,3 +220,24 @@ def test_one_call_gives_the_answer_and_the_penultimate_layer() -> None:
     proba, emb = call_two_outputs(two_outputs(both), x)
     assert emb.shape == (5, 20) and np.allclose(proba, (emb[:, :10] + emb[:, 10:]) / 2,
                                                 atol=1e-6)
+
+
+def test_predict_logs_its_answers_only_when_params_ask(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from mnist_mlops.serving.predict import Predictor, predict_files
+
+    from .conftest import wait_for
+    from .test_predict import save_untrained_model
+
+    predictor = Predictor(str(save_untrained_model(tmp_path / "mlp.h5")))
+    Image.fromarray(np.eye(28, dtype=np.uint8) * 255).save(tmp_path / "d.png")
+    raw = with_change("paths.prediction_log", str(tmp_path / "p.jsonl"))
+    assert predlog.logged_call(parse_params(raw), predictor) is None     # off by default
+    raw["monitor"]["log_predict"] = True
+    call = predlog.logged_call(parse_params(raw), predictor)
+    result = predict_files(predictor, [tmp_path / "d.png"], None, call)[0]
+    wait_for(lambda: len(list(predlog.records(tmp_path / "p.jsonl"))) == 1, 10, "a line")
+    rec = next(predlog.records(tmp_path / "p.jsonl"))
+    assert rec["digit"] == result.digit and rec["confidence"] == round(result.probability, 5)
+    assert len(rec["embedding"]) == 512 and rec["model"]["architecture"] == "mlp_512x2"
