@@ -18,6 +18,7 @@ with numpy) and chosen to move when inputs change in the ways that hurt a digit 
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -30,34 +31,39 @@ FRAME = 3          # pixels of the border frame
 INK_LEVEL = 128    # a pixel is ink at half intensity or more (MNIST ink is 0-255 on black)
 
 
+@functools.cache
+def _moments() -> np.ndarray:
+    """Pixel weights whose products with an image's pixels give its mass, first and second
+    moments and the frame's mean: one matrix product describes a whole batch."""
+    rows, cols = np.mgrid[0:28, 0:28].reshape(2, -1).astype(np.float64)
+    frame = np.ones((28, 28), bool)
+    frame[FRAME:-FRAME, FRAME:-FRAME] = False
+    frame_mean = frame.ravel() / frame.sum()
+    return np.stack([np.ones(784), rows, cols, rows * rows, cols * cols, rows * cols,
+                     frame_mean], axis=1)
+
+
 def describe(images: np.ndarray) -> np.ndarray:
     """The FEATURES of each of `images` ((n, 28, 28[, 1]) uint8, white ink on black),
     as an (n, len(FEATURES)) float array; a blank image gets zeros."""
-    x = np.asarray(images, dtype=np.float64).reshape(len(images), 28, 28) / 255.0
-    n = len(x)
-    rows, cols = np.mgrid[0:28, 0:28].astype(np.float64)
-    mass = x.sum(axis=(1, 2))
+    n = len(images)
+    pixels = np.asarray(images, dtype=np.uint8).reshape(n, 784)
+    mass, sr, sc, srr, scc, src, border = (pixels @ _moments()).T
     safe = np.where(mass > 0, mass, 1.0)
-    cy = (x * rows).sum(axis=(1, 2)) / safe
-    cx = (x * cols).sum(axis=(1, 2)) / safe
-    dy = rows[None] - cy[:, None, None]
-    dx = cols[None] - cx[:, None, None]
-    myy = (x * dy * dy).sum(axis=(1, 2)) / safe
-    mxx = (x * dx * dx).sum(axis=(1, 2)) / safe
-    mxy = (x * dx * dy).sum(axis=(1, 2)) / safe
+    cy, cx = sr / safe, sc / safe
+    myy = np.maximum(srr / safe - cy * cy, 0)
+    mxx = np.maximum(scc / safe - cx * cx, 0)
+    mxy = src / safe - cx * cy
     spread = np.sqrt(myy + mxx)
     # shear from vertical, as deskewing measures it: 0 upright, about -6 for MNIST's mean
     slant = np.degrees(np.arctan(mxy / np.where(myy > 0, myy, 1.0)))
-    ink_px = images.reshape(n, 28, 28) >= INK_LEVEL
+    ink_px = pixels.reshape(n, 28, 28) >= INK_LEVEL
     any_r, any_c = ink_px.any(axis=2), ink_px.any(axis=1)
     height = np.where(any_r.any(axis=1), 28 - any_r[:, ::-1].argmax(1) - any_r.argmax(1), 0)
     width = np.where(any_c.any(axis=1), 28 - any_c[:, ::-1].argmax(1) - any_c.argmax(1), 0)
     stroke = 2 * ink_px.sum(axis=(1, 2)) / np.maximum(_perimeter(ink_px), 1)
-    frame = np.ones((28, 28), bool)
-    frame[FRAME:-FRAME, FRAME:-FRAME] = False
-    border = x[:, frame].mean(axis=1)
-    out = np.stack([x.mean(axis=(1, 2)), cx, cy, spread, width, height, stroke, slant, border],
-                   axis=1)
+    out = np.stack([mass / (255 * 784), cx, cy, spread, width, height, stroke, slant,
+                    border / 255], axis=1)
     out[mass == 0] = 0.0
     return out
 
