@@ -37,7 +37,7 @@ def test_description_of_simple_shapes() -> None:
     assert (f["width"], f["height"]) == (3, 20) and f["stroke"] == pytest.approx(3, abs=0.6)
     assert f["border"] == 0 and f["ink"] == pytest.approx(60 / 784)
     assert (feature(lying, "width")[0], feature(lying, "height")[0]) == (20, 3)
-    assert feature(255 - bar, "border")[0] == 1          # inverted: the frame is ink
+    assert feature(255 - bar, "border")[0] == pytest.approx(1)   # inverted: the frame is ink
     assert not describe(np.zeros((2, 28, 28), np.uint8)).any()   # blank: zeros, no NaN
 
 
