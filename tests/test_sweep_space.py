@@ -99,3 +99,17 @@ def test_the_winners_overrides_make_exactly_its_recipe_in_params_yaml(tmp_path: 
     after = load_params(path)
     assert after.model(model) == space.recipe(load_params(ROOT / "params.yaml").model(model),
                                               changes)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["lenet_28_50"], "params.yaml has no sweep for 'lenet_28_50'"),
+    (["mlp_512x2", "--queue"], "--queue goes with --apply"),
+])
+def test_the_command_refuses_what_it_cannot_run_in_one_line(
+        args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from mnist_mlops.cli import main
+
+    assert main(["--params", str(ROOT / "params.yaml"), "sweep", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mnist-mlops sweep: error: ") and message in err
+    assert err.count("\n") == 1
