@@ -113,3 +113,21 @@ def test_the_command_refuses_what_it_cannot_run_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith("mnist-mlops sweep: error: ") and message in err
     assert err.count("\n") == 1
+
+
+def test_budget_sampler_and_pruner_follow_the_params() -> None:
+    from mnist_mlops.sweep.study import Sweep
+
+    raw = raw_params()
+    raw["sweep"]["cnn_28_dense128"].update(n_trials=None, timeout_s=600.0, pruner="hyperband")
+    params = parse_params(raw)
+    grid, tpe = (Sweep(params, m, "s") for m in ("mlp_512x2", "cnn_28_dense128"))
+    assert grid.budget() == 9 and Sweep(params, "mlp_512x2", "s", n_trials=4).budget() == 4
+    assert tpe.budget() == float("inf")          # a time budget only
+    assert isinstance(space.sampler(grid.spec, 0), optuna.samplers.GridSampler)
+    assert isinstance(space.sampler(tpe.spec, 0), optuna.samplers.TPESampler)
+    assert isinstance(space.pruner(tpe.spec, 10), optuna.pruners.HyperbandPruner)
+    assert isinstance(space.pruner(grid.spec, 10), optuna.pruners.NopPruner)
+    capped = space.train_params(params.train.model_copy(update={"max_epochs": 3}),
+                                params.sweep["mlp_512x2"].model_copy(update={"max_epochs": 5}))
+    assert capped.max_epochs == 3                # the lower of the two caps
