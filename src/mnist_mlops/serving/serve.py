@@ -103,7 +103,7 @@ def worker_app() -> Any:
     raw = json.loads(os.environ[WORKER_ENV])
     settings = Settings(raw["source"], raw["trusted"], raw["version"],
                         ServeOptions(BatchOptions(**raw["opts"].pop("batch")), **raw["opts"]))
-    return create_app(lambda: _load(settings))[0]
+    return create_app(lambda: _load(settings), settings.opts)[0]
 
 
 def _load(settings: Settings) -> Predictor:
