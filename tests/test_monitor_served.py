@@ -132,7 +132,7 @@ def test_mnist_digits_do_not_drift(server: MonitoredServer, project: Project, mn
     wait_for(lambda: logged(project) == N, 30, f"{N} logged answers")
     first = next(predlog.records(project.log))
     assert first["model"] == {"version": None, "architecture": "cnn_32_64_64"}
-    assert len(first["embedding"]) == 64 and 0 <= first["digit"] <= 9
+    assert len(predlog.embedding(first)) == 64 and 0 <= first["digit"] <= 9
 
     code, s, out = monitor(project, model_file)
     assert code == 0 and not s["drift"] and out.startswith("no drift"), out

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mnist_mlops.core.config_monitor import MonitorParams
+from mnist_mlops.monitoring import predlog
 from mnist_mlops.monitoring.features import FEATURES
 
 EMBEDDING_PCS = ("embedding_pc1", "embedding_pc2")
@@ -55,7 +56,7 @@ def from_predictions(features: np.ndarray, proba: np.ndarray,
 def from_records(records: list[dict[str, Any]]) -> Described:
     """A window of the prediction log (monitoring/predlog.py records)."""
     feats = np.array([[r["features"][k] for k in FEATURES] for r in records], float)
-    embs = [r.get("embedding") for r in records]
+    embs = [predlog.embedding(r) for r in records]
     same = all(e is not None for e in embs) and len({len(e) for e in embs}) == 1
     return Described(feats, np.array([r["confidence"] for r in records], float),
                      np.array([r["digit"] for r in records], int),

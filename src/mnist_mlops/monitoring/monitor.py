@@ -84,6 +84,7 @@ def reference(params: Params, predict: Callable[[np.ndarray], tuple[np.ndarray, 
                                                  replace=False)
     images = x[np.sort(pick)]
     proba, emb = predict(images)
+    emb = predlog.as_logged(emb).astype(np.float32) if emb is not None else None
     return drift.from_predictions(describe(images), proba, emb if mp.embedding else None)
 
 
