@@ -76,6 +76,7 @@ def main() -> None:
     from mnist_mlops.core.config_monitor import MonitorParams
     from mnist_mlops.monitoring import drift
     from mnist_mlops.monitoring.features import call_two_outputs, describe, two_outputs
+    from mnist_mlops.monitoring.predlog import as_logged
     from mnist_mlops.serving.predict import load_keras_model
 
     header(f"drift figures per window ({machine()})")
@@ -85,8 +86,8 @@ def main() -> None:
     mp = MonitorParams()
 
     def side(x: np.ndarray) -> drift.Described:
-        proba, emb = call_two_outputs(both, x)
-        return drift.from_predictions(describe(x), proba, emb)
+        proba, emb = call_two_outputs(both, x)         # as the log keeps it: float16
+        return drift.from_predictions(describe(x), proba, as_logged(emb).astype(np.float32))
 
     pick = np.random.default_rng(mp.seed).choice(60000, mp.reference_size, replace=False)
     ref = side(data["x_train"][np.sort(pick)])
