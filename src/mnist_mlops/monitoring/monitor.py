@@ -153,6 +153,8 @@ def cmd_monitor(args: argparse.Namespace, params: Params) -> int:
 
     mp = params.monitor
     where = params.paths.prediction_log
+    if args.window is not None and args.window < MIN_WINDOW:
+        raise UserError(f"--window {args.window}: compare at least {MIN_WINDOW} answers")
     records = list(predlog.records(where))
     if not records:
         raise UserError(f"{where} holds no predictions: serve the model (`mnist-mlops "
