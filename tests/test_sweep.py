@@ -106,6 +106,7 @@ def test_two_workers_share_a_postgres_study_and_run_each_trial_once(
     ran_a, ran_b = trials_run(a), trials_run(b)
     assert ran_a and ran_b and not ran_a & ran_b, (ran_a, ran_b)   # shared, none twice
     assert ran_a | ran_b == {t.number for t in finished}
+    assert len({str(sorted(t.params.items())) for t in finished}) == 3   # each its own
 
     parent, children = mlflow_runs(project, "shared")
     assert sorted(int(c.data.tags["optuna.trial"]) for c in children) == sorted(ran_a | ran_b)

@@ -131,3 +131,17 @@ def test_budget_sampler_and_pruner_follow_the_params() -> None:
     capped = space.train_params(params.train.model_copy(update={"max_epochs": 3}),
                                 params.sweep["mlp_512x2"].model_copy(update={"max_epochs": 5}))
     assert capped.max_epochs == 3                # the lower of the two caps
+
+
+def test_workers_joining_a_study_sample_their_own_configurations() -> None:
+    spec = load_params(ROOT / "params.yaml").sweep["cnn_28_dense128"]
+
+    def first(joined: bool) -> dict[str, Any]:
+        study = optuna.create_study(sampler=space.sampler(spec, 42, joined),
+                                    direction="maximize")
+        trial = study.ask()
+        space.suggest(trial, spec)
+        return trial.params
+
+    assert first(False) == first(False)          # the creator repeats itself exactly
+    assert first(True) != first(True)            # two joiners do not repeat each other

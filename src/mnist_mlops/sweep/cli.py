@@ -39,8 +39,8 @@ def add_sweep_command(command: Callable[[str, str], argparse.ArgumentParser]) ->
     p.add_argument("--timeout", type=float, help="seconds after which this worker starts "
                    "no new trial (default: sweep.<model>.timeout_s)")
     p.add_argument("--heartbeat", type=int, default=60, help="seconds between a running "
-                   "trial's heartbeats; a trial silent for twice as long (its worker died) "
-                   "fails and is retried by another worker (default: 60)")
+                   "trial's heartbeats; a trial silent for twice as long, at least 10 s (its "
+                   "worker died), fails and is retried by another worker (default: 60)")
     p.add_argument("--apply", action="store_true", help="run the best trial's recipe as a "
                    "DVC experiment of the pipeline (dvc exp run -S ...)")
     p.add_argument("--queue", action="store_true", help="with --apply: queue the experiment "

@@ -39,13 +39,18 @@ def grid(spec: SweepParams) -> dict[str, list[Any]]:
             if isinstance(d, Choices)}
 
 
-def sampler(spec: SweepParams, seed: int) -> optuna.samplers.BaseSampler:
-    """TPE by default; the grid visits every point once; seeded, so that workers agree."""
+def sampler(spec: SweepParams, seed: int, joined: bool = False
+            ) -> optuna.samplers.BaseSampler:
+    """TPE by default (Optuna 5's constant liar: workers steer clear of each other's running
+    trials); the grid visits every point once, in an order seeded alike in every worker.
+    TPE and random: the study's creator samples from `seed`, a worker that joins from a seed
+    of its own (one seed would make every worker try the same configurations)."""
     if spec.sampler == "grid":
         return optuna.samplers.GridSampler(grid(spec), seed=seed)
+    own = None if joined else seed
     if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.RandomSampler(seed=own)
+    return optuna.samplers.TPESampler(seed=own)
 
 
 def pruner(spec: SweepParams, epochs: int) -> optuna.pruners.BasePruner:

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_FAILURES = 3           # a worker stops after this many failed trials in a row
+MIN_GRACE_S = 10           # a busy machine can delay a live trial's beat by seconds
 CREATE_ATTEMPTS = 5        # opening a new database while another worker creates it
 SURPLUS_ATTR = "surplus"   # a trial started as another worker took the budget's last one
 
@@ -89,8 +90,9 @@ def storage_url(url: str) -> str:
 
 
 def open_storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
-    """The study's database, with heartbeats: a trial silent for 2 x `heartbeat_s` fails
-    and comes back as a waiting trial with the same params (retried once)."""
+    """The study's database, with heartbeats: a trial silent for 2 x `heartbeat_s` (at
+    least `MIN_GRACE_S`) fails and comes back as a waiting trial with the same params
+    (retried once)."""
     url = storage_url(url)
     engine: dict[str, Any] = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite")
                               else {"pool_pre_ping": True})
@@ -105,7 +107,8 @@ def open_storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
                     url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
-                    grace_period=2 * heartbeat_s, heartbeat_stale_trial_callback=stale)
+                    grace_period=max(2 * heartbeat_s, MIN_GRACE_S),
+                    heartbeat_stale_trial_callback=stale)
         except ImportError as exc:
             raise UserError(f"no database driver for {url.split(':')[0]} ({exc}): "
                             "pip install -e '.[server]' (psycopg2 for PostgreSQL)") from None
@@ -143,7 +146,7 @@ def open_study(sweep: Sweep, storage: optuna.storages.RDBStorage
         study.set_user_attr("model", sweep.model)
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(**kwargs)
+        study = optuna.load_study(**{**kwargs, "sampler": space.sampler(spec, seed, True)})
     if study.user_attrs.get("model", sweep.model) != sweep.model:
         raise UserError(f"study {sweep.study} searches {study.user_attrs['model']}, not "
                         f"{sweep.model}: give another --study")
@@ -279,8 +282,12 @@ def run_worker(sweep: Sweep, poll_s: float | None = None) -> optuna.Study:
         if done + running >= budget:   # the others run the last trials: wait for them
             time.sleep(poll)
             continue
-        study.optimize(objective, n_trials=1, catch=(Exception,),   # clear_session: gc
-                       callbacks=[lambda _s, t: failures.append(t.state)])
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,),   # clear_session: gc
+                           callbacks=[lambda _s, t: failures.append(t.state)])
+        except optuna.exceptions.UpdateFinishedTrialError as exc:
+            log.warning("study %s: another worker took this worker's trial for dead (%s): "
+                        "its heartbeat came late; give a longer --heartbeat", sweep.study, exc)
         if failures[-MAX_FAILURES:] == [TrialState.FAIL] * MAX_FAILURES:
             raise UserError(f"study {sweep.study}: {MAX_FAILURES} trials failed in a row; "
                             "see the errors above (run with -v for more)")
