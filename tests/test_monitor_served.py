@@ -119,7 +119,7 @@ def logged(project: Project) -> int:
 
 def monitor(project: Project, model: Path, *options: str) -> tuple[int, dict, str]:
     proc = subprocess.run([CLI, "--params", str(project.params), "monitor", "--model",
-                           str(model), *options], cwd=ROOT, env=project.env,
+                           str(model), *options], cwd=project.params.parent, env=project.env,
                           capture_output=True, text=True, timeout=300)
     summary = json.loads((project.reports / "summary.json").read_text())
     return proc.returncode, summary, proc.stdout + proc.stderr
@@ -180,6 +180,7 @@ def test_monitoring_runs_in_mlflow(project: Project) -> None:
     assert [(m.step, m.value) for m in history] == [(0, 0.0), (1, 1.0)]   # one point a check
     assert {f.path for f in client.list_artifacts(runs[0].info.run_id, "checks/0001")} == {
         "checks/0001/report.html", "checks/0001/summary.json"}
+    assert (project.params.parent / "mlruns" / "mnist-mlops-monitoring").is_dir()  # its own
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
