@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -106,18 +107,27 @@ def test_a_log_that_cannot_be_written_warns_once_and_never_raises(
     assert len(warnings) == 1 and plog.written == 0
 
 
-def test_several_writers_share_one_log(tmp_path: Path) -> None:
-    opts = predlog.LogOptions(tmp_path / "p.jsonl", max_bytes=20_000, backups=50)
+WRITER = """
+import sys, numpy as np
+from mnist_mlops.monitoring import predlog
+opts = predlog.LogOptions(sys.argv[1], max_bytes=20_000, backups=50)
+k = int(sys.argv[2])
+for i in range(20):
+    proba = np.full((2, 10), 0.1)
+    predlog.write(opts, predlog.lines(np.zeros((2, 28, 28), np.uint8), proba, None,
+                                      {"version": str(k)}, 0.0))
+"""
 
-    def writer(k: int) -> None:
-        for i in range(20):
-            predlog.write(opts, predlog.lines(*batch(2, 100 * k + 2 * i), None, ABOUT, 0.0))
-    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(list(predlog.records(opts.path))) == 160      # no line lost or torn
+
+def test_several_processes_share_one_log(tmp_path: Path) -> None:
+    """serve --workers N: N processes append to and rotate one log, under its lock file."""
+    log = tmp_path / "p.jsonl"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(log), str(k)])
+             for k in range(4)]
+    assert [p.wait(60) for p in procs] == [0] * 4
+    recs = list(predlog.records(log))                      # no line lost or torn
+    assert len(recs) == 160 and len(predlog.log_files(log)) > 2
+    assert sorted({r["model"]["version"] for r in recs}) == ["0", "1", "2", "3"]
 
 
 def fake_side(images: np.ndarray) -> drift.Described:
