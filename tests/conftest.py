@@ -166,7 +166,8 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # Modules that take minutes: started first, so that under `pytest -n 2 --dist loadfile`
 # (`make test`) the short ones fill in around them instead of one long module running last.
 LONGEST_FIRST = ("test_pipeline", "test_registry_cli", "test_auth_server", "test_sweep",
-                 "test_serve", "test_predict", "test_train", "test_store", "test_retrain",
+                 "test_serve", "test_monitor_served", "test_predict", "test_train", "test_store",
+                 "test_retrain",
                  "test_experiments", "test_logs", "test_team_server", "test_serve_load",
                  "test_journal")
 
