@@ -167,9 +167,8 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # (`make test`) the short ones fill in around them instead of one long module running last.
 LONGEST_FIRST = ("test_pipeline", "test_registry_cli", "test_auth_server", "test_sweep",
                  "test_serve", "test_monitor_served", "test_predict", "test_train", "test_store",
-                 "test_retrain",
-                 "test_experiments", "test_logs", "test_team_server", "test_serve_load",
-                 "test_journal")
+                 "test_retrain", "test_experiments", "test_logs", "test_team_server",
+                 "test_serve_load", "test_journal")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

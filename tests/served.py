@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .conftest import ROOT, Spawned, free_port, wait_for
+from .conftest import Spawned, free_port, wait_for
 
 CLI = str(Path(sys.executable).parent / "mnist-mlops")
 
@@ -31,8 +32,11 @@ class Served(Spawned):
     def __init__(self, model: Path, *options: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
+        # in a folder of its own: a .h5 model needs no project, and whatever the server
+        # writes (its prediction log) stays out of the checkout
         super().__init__([CLI, "serve", "--model", str(model), "--port", str(self.port),
-                          *options], ROOT, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                          *options], Path(tempfile.mkdtemp(prefix="served-")),
+                         {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
 
     def status(self, path: str) -> int:
         try:
