@@ -6,7 +6,8 @@ Servers: ours on /invocations (one 28x28 uint8 image per request, MLflow's JSON)
 store). For 1, 8, 64 and 256 concurrent clients (keep-alive connections) a fixed number of
 requests: p50 and p99 latency, the share answered 200, requests/s, the mean batch size
 (ours: from /metrics) and the server's peak resident memory. First, `digits.to_mnist` on
-280x280 drawings (the preprocessing /predict runs).
+280x280 drawings (the preprocessing /predict runs), and the model call the server makes
+(Keras's compiled predict step) beside an eager call, for 1 and 32 images.
 
     python benchmarks/bench_serve.py [--levels 1,8,64,256] [--requests 400] [--no-mlflow]
 """
@@ -151,6 +152,25 @@ def time_to_mnist(drawings: list[bytes]) -> None:
           f"{(time.perf_counter() - t0) / len(imgs) * 1000:.1f} ms (mean of {len(imgs)})")
 
 
+def time_model_call(h5: Path) -> None:
+    """The server's model call (the compiled predict step) beside an eager call of the
+    model, for 1 and 32 images: what batching and the compiled step each save."""
+    from mnist_mlops.serving.predict import load_keras_model
+
+    model = load_keras_model(h5)
+    for n in (1, 32):
+        x = np.zeros((n, 28, 28, 1), np.float32)
+        for name, call in (("compiled predict step", lambda x=x: model.predict_on_batch(x)),
+                           ("eager call", lambda x=x: np.asarray(model(x, training=False)))):
+            for _ in range(5):
+                call()
+            t0 = time.perf_counter()
+            for _ in range(50):
+                call()
+            print(f"model call on {n:2d} image(s), {name:<21}: "
+                  f"{(time.perf_counter() - t0) / 50 * 1000:.2f} ms (mean of 50)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--levels", default="1,8,64,256")
@@ -175,6 +195,7 @@ def main() -> None:
                            ).encode() for p in pngs]
     with tempfile.TemporaryDirectory() as tmp:
         h5 = model_file(Path(tmp))
+        time_model_call(h5)
         servers = {f"ours x{w}": ([str(BIN / "mnist-mlops"), "serve", "--model", str(h5),
                                    "--port", "8765", "--workers", w], 8765, "/ready")
                    for w in args.workers.split(",")}
