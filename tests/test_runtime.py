@@ -95,3 +95,25 @@ def test_killing_dvc_ends_the_stage_and_the_next_repro_resumes(tmp_path: Path) -
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}  # continued
     assert all(r.data.tags["mnist_mlops.pid"] != str(stage) for r in runs)   # by a new process
+
+
+def test_a_stop_signal_whose_interrupt_was_swallowed_still_stops_the_loop() -> None:
+    """An interrupt raised inside a finaliser is only printed by Python: the stage's epoch
+    loop asks again (`raise_if_stopped`) and stops."""
+    import mnist_mlops.core.runtime as rt
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        rt.raise_if_stopped()                 # nothing received yet: no interrupt
+        rt.sigterm_as_interrupt()
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass                              # swallowed, as a finaliser would
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            rt.raise_if_stopped()
+    finally:
+        rt._stop_signal = None
+        for s, h in old.items():
+            signal.signal(s, h)

@@ -116,13 +116,28 @@ def quiet_native_stderr() -> None:
     atexit.register(restore)
 
 
+_stop_signal: int | None = None     # the SIGTERM/SIGINT received, once one has been
+
+
 def _raise_interrupt(signum: int, _frame: Any) -> None:
+    global _stop_signal
+    _stop_signal = signum
     raise KeyboardInterrupt(f"received signal {signal.Signals(signum).name}")
 
 
 def sigterm_as_interrupt() -> None:
-    """Make SIGTERM unwind like Ctrl-C (KeyboardInterrupt in the main thread)."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    """Make SIGTERM unwind like Ctrl-C (KeyboardInterrupt in the main thread), and remember
+    either signal for `raise_if_stopped`."""
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, _raise_interrupt)
+
+
+def raise_if_stopped() -> None:
+    """KeyboardInterrupt again if a stop signal came earlier. Python cannot raise in every
+    place: an interrupt that lands in a finaliser (`__del__`, a weakref callback) is only
+    printed, and training would go on; a loop calls this at each step to stop after all."""
+    if _stop_signal is not None:
+        raise KeyboardInterrupt(f"received signal {signal.Signals(_stop_signal).name}")
 
 
 @contextlib.contextmanager

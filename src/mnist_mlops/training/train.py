@@ -18,7 +18,7 @@ import numpy as np
 
 from mnist_mlops.core.config import Params, load_params
 from mnist_mlops.core.fsio import sha256_files
-from mnist_mlops.core.runtime import UserError, run_main
+from mnist_mlops.core.runtime import UserError, raise_if_stopped, run_main
 from mnist_mlops.tracking import mlflow_io
 from mnist_mlops.tracking.journal import Journal, short_reason
 from mnist_mlops.training import backend
@@ -62,6 +62,7 @@ class TrackedHooks:
                   seconds: float) -> None:
         self.journal.metrics(job.key, {**logs, "epoch_time_s": seconds}, step=epoch)
         self.progress.epoch(job.label, epoch, self.epochs, logs, seconds)
+        raise_if_stopped()   # a SIGTERM whose interrupt was lost stops here
 
     def fit_end(self, job: FitJob, result: FitResult) -> None:
         summary: dict[str, Any] = {"train_time_s": result.seconds}
