@@ -36,7 +36,9 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, np.ndarr
     np.save(tmp / "example.npy", x[:1])
     uri = f"sqlite:///{tmp}/mlflow.db"
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run() as run:
+    # the new store's Default experiment, named: another module run earlier in this
+    # process (pytest -n) may have left an active experiment of its own store
+    with mlflow.start_run(experiment_id="0") as run:
         model_uri = log_keras_model(run.info.run_id, tmp / "m.h5", tmp / "example.npy")
     np.save(tmp / "expected.npy", model.predict(x.astype("float32"), verbose=0))
     return uri, model_uri, x
