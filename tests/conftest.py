@@ -20,6 +20,8 @@ import yaml
 
 from mnist_mlops.data.idx import write_idx
 
+from . import needs
+
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -169,6 +171,13 @@ LONGEST_FIRST = ("test_pipeline", "test_registry_cli", "test_auth_server", "test
                  "test_serve", "test_monitor_served", "test_predict", "test_train", "test_store",
                  "test_retrain", "test_experiments", "test_logs", "test_team_server",
                  "test_serve_load", "test_journal")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Load tests/needs.py as a plugin: its `requires` mark skips a test, or fails it when CI
+    is set, when a Debian program it drives is missing."""
+    if not config.pluginmanager.is_registered(needs):
+        config.pluginmanager.register(needs, "needs")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

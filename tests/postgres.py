@@ -1,12 +1,12 @@
 """Throwaway PostgreSQL for tests: Debian's server binaries, a cluster in a temp folder on a
-free port, gone afterwards. Tests that need one skip, saying why, when the binaries are
-absent (`.ci/run` installs them). Used for the team server (scripts/team-server.sh runs its
+free port, gone afterwards. Tests that need one use `requires("postgresql")` or
+`need("postgresql")` (tests/needs.py): without the binaries they skip, or fail when CI is set
+(`.ci/run` installs them). Used for the team server (scripts/team-server.sh runs its
 own cluster in `pg_folder()`) and for a bare database (`cluster`, Optuna's shared study)."""
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
 import subprocess
@@ -14,13 +14,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from .conftest import free_port
-
-requires_postgres = pytest.mark.skipif(
-    not glob.glob("/usr/lib/postgresql/*/bin/initdb") and not shutil.which("pg_config"),
-    reason="PostgreSQL server binaries not installed (apt-get install postgresql)")
+from .needs import need
 
 
 @contextlib.contextmanager
@@ -36,13 +31,8 @@ def pg_folder() -> Iterator[Path]:
 
 
 def bindir() -> Path:
-    found = shutil.which("pg_config")
-    if found:
-        d = Path(subprocess.run([found, "--bindir"], capture_output=True, text=True,
-                                check=True).stdout.strip())
-        if (d / "initdb").exists():
-            return d
-    return Path(sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1])
+    """The folder of the server programs; skips the test (fails it under CI) without them."""
+    return Path(need("postgresql"))
 
 
 def _as_postgres(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,8 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from .conftest import ROOT, free_port, run, synthetic_digits, synthetic_project, tool_env
-from .postgres import pg_folder, requires_postgres
+from .needs import requires
+from .postgres import pg_folder
 
 SCRIPT = ROOT / "scripts" / "team-server.sh"
 CLI = str(Path(sys.executable).parent / "mnist-mlops")
@@ -29,7 +30,7 @@ MODEL, REGISTERED = "mlp_512x2", "mnist-digits"
 ADMIN_PW = "admin-pw-for-tests"
 PASSWORDS = {"writer": "writer-pw-123", "promoter": "promoter-pw-1", "reader": "reader-pw-123"}
 
-pytestmark = [pytest.mark.slow, requires_postgres]
+pytestmark = [pytest.mark.slow, requires("postgresql")]
 
 
 def as_user(name: str | None, password: str | None = None, **extra: str) -> dict[str, str]:

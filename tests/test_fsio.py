@@ -5,7 +5,6 @@ them survive a power cut, not only a killed process."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,9 @@ import pytest
 
 from mnist_mlops.core.fsio import atomic_path, write_text_atomic
 
-pytestmark = pytest.mark.skipif(shutil.which("strace") is None,
-                                reason="strace is not installed (.ci/run installs it)")
+from .needs import requires
+
+pytestmark = requires("strace")   # skips without strace; fails when CI is set
 
 WRITE = """
 import sys

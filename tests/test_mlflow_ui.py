@@ -3,7 +3,6 @@ that has never seen the UI (a real `mlflow server`, headless Chromium)."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +12,8 @@ from mlflow.tracking import MlflowClient
 from mnist_mlops.tracking import mlflow_io
 
 from .conftest import MlflowServer
+from .needs import need, requires
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 RUN_NAME = "mlp_512x2-parent"
 GENAI = ("Detect Issues", "Overview")   # what the GenAI view opens with
 
@@ -41,11 +40,10 @@ def test_the_address_names_the_runs_page() -> None:
 @pytest.fixture
 def fresh_browser() -> Iterator[object]:
     """A new page of a browser with an empty profile (no remembered UI settings)."""
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed")
+    chromium = need("chromium")   # skips without Chromium; fails when CI is set
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+        browser = pw.chromium.launch(executable_path=chromium, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         try:
@@ -55,6 +53,7 @@ def fresh_browser() -> Iterator[object]:
 
 
 @pytest.mark.slow
+@requires("chromium")   # before the server starts: skips, or fails when CI is set
 def test_the_printed_address_opens_the_runs_in_a_fresh_browser(
         experiment: tuple[str, str], mlflow_server: MlflowServer, fresh_browser: object,
         tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import base64
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,11 +25,11 @@ from mnist_mlops.data.realworld import photograph
 from mnist_mlops.monitoring import predlog
 
 from .conftest import ROOT, Spawned, free_port, wait_for
+from .needs import need, requires
 from .served import CLI, Served, fetch
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 N = 200                 # answers per phase: a window of monitor
 MAX_BYTES = 60_000      # about 80 answers of cnn_32_64_64 (64-number embedding) per file
 RETRAIN_SCRIPT = """import sys, pathlib
@@ -183,10 +182,10 @@ def test_monitoring_runs_in_mlflow(project: Project) -> None:
     assert (project.params.parent / "mlruns" / "mnist-mlops-monitoring").is_dir()  # its own
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+@requires("chromium")   # skips without Chromium; fails when CI is set
 def test_the_report_draws_its_charts_in_headless_chromium(project: Project) -> None:
     report = project.reports / "report.html"
-    proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+    proc = subprocess.run([need("chromium"), "--headless", "--no-sandbox", "--disable-gpu",
                            "--no-first-run", "--disable-background-networking",
                            "--virtual-time-budget=15000", "--dump-dom", report.as_uri()],
                           capture_output=True, text=True, timeout=120)

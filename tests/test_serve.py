@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
 import socket
 import struct
 import threading
@@ -25,12 +24,11 @@ from mnist_mlops.serving.serve import make_server
 
 from .conftest import wait_for
 from .drawing import draw_digit
+from .needs import need, requires
 from .served import Served, fetch
 from .test_predict import save_untrained_model
 
 pytestmark = pytest.mark.slow   # real training, processes or servers
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -178,11 +176,11 @@ def test_overload_gets_503_instead_of_resets(model_file: Path) -> None:
     assert all(h.get("retry-after") for code, h, _ in answers if code == 503)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+@requires("chromium")   # skips without Chromium; fails when CI is set
 def test_draw_in_a_real_browser(page_url: str, tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+        browser = pw.chromium.launch(executable_path=need("chromium"), args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         try:

@@ -27,7 +27,8 @@ from mnist_mlops.sweep import space
 from mnist_mlops.sweep.study import storage_url
 
 from .conftest import ROOT, Spawned, run, synthetic_digits, synthetic_project, tool_env
-from .postgres import cluster, requires_postgres
+from .needs import need
+from .postgres import cluster
 
 pytestmark = pytest.mark.slow   # real training, processes and databases
 
@@ -68,8 +69,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def postgres() -> Any:
-    if requires_postgres.args[0]:
-        pytest.skip(requires_postgres.kwargs["reason"])
+    need("postgresql")      # skips without PostgreSQL; fails when CI is set
     with cluster(db="optuna") as url:
         yield url
 

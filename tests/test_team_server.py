@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from .conftest import ROOT, free_port, run, synthetic_digits, synthetic_project, tool_env
-from .postgres import pg_folder, requires_postgres
+from .needs import requires
+from .postgres import pg_folder
 
 SCRIPT = ROOT / "scripts" / "team-server.sh"
 CLI = str(Path(sys.executable).parent / "mnist-mlops")
@@ -23,7 +24,7 @@ MODEL = "mlp_512x2"
 ADMIN = ("admin", "team-admin-password")   # the server authenticates (test_auth_server.py)
 CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": ADMIN[0], "MLFLOW_TRACKING_PASSWORD": ADMIN[1]}
 
-pytestmark = [pytest.mark.slow, requires_postgres]
+pytestmark = [pytest.mark.slow, requires("postgresql")]
 
 
 @pytest.fixture
