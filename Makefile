@@ -1,16 +1,22 @@
-# make run   : set up .venv, then run the whole pipeline (dvc repro)
-# make test  : set up .venv, then run the test suite
-# make quick : the whole pipeline on the quick profile (small subset, 2 folds, 2 epochs),
-#              as a temporary experiment: params.yaml stays as written
+# make setup : create .venv and install the package with its dev extra (and gpu where
+#              nvidia-smi lists a GPU), from requirements.lock; every target but clean runs it
+# make quick : the whole pipeline on the quick profile (3,000-image subset, 2 folds, at most
+#              2 epochs), as a temporary experiment: params.yaml stays as written
+# make test  : the whole test suite (what CI runs), on TEST_WORKERS pytest processes
+# make test-fast : the suite without the `slow` tests
+# make run   : the whole pipeline with the full recipes (dvc repro)
+# make lint  : ruff check src tests benchmarks
 # make bench : benchmark figures (see benchmarks/)
 # make ablation : tutorial 001's ablation grid as queued DVC experiments
 # make reproduce : full recipes, then the table of results vs the tutorials'
 # make retrain : the retrain loop (pull, repro, push, commit to a branch, report);
 #                RETRAIN_ARGS='--profile quick --push' etc.
+# make clean : remove .venv
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
-# Stages run `python -m mnist_mlops.<stage>`: put the venv first on PATH for dvc.
+# dvc.yaml's stage commands run `python -m mnist_mlops...`: the venv first on PATH makes
+# that the venv's python (and `dvc` the venv's dvc).
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 # The one place that knows where a local copy of the MNIST files may be: beside the
@@ -24,6 +30,8 @@ GPU ?= $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo 1)
 # A literal comma inside $(if ...), whose arguments are separated by commas
 COMMA := ,
 EXTRAS := dev$(if $(GPU),$(COMMA)gpu)
+# The quick profile as `dvc exp run` overrides. `mnist-mlops retrain --profile quick` has
+# its own copy of the same three values: change both together.
 QUICK := -S preprocess.subset=3000 -S preprocess.folds=2 -S train.max_epochs=2
 
 .PHONY: setup run quick test test-fast lint bench ablation reproduce retrain clean
