@@ -161,9 +161,11 @@ def measure(p, tp, n: int, epochs: int, versus: int | None = None  # noqa: ANN00
 
 def projected_s(p, tp, folds: int, images_per_s: float, n_train: int = 60000) -> float:  # noqa: ANN001
     """Training time of `dvc repro train@<model>` at this speed (evaluation ~1/3 of a step)."""
-    epochs = p.effective_epochs(tp)
+    from mnist_mlops.training.recipe import effective_epochs, final_kind
+
+    epochs = effective_epochs(p, tp)
     per_fold = n_train * (folds - 1) / folds + n_train / folds / 3
-    refit = 0 if p.final_model(tp) == "ensemble" else n_train
+    refit = 0 if final_kind(p, tp) == "ensemble" else n_train
     return epochs * (folds * per_fold + refit) / images_per_s
 
 

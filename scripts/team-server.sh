@@ -34,7 +34,7 @@
 #   EXPERIMENT=mnist-mlops MODEL=mnist-digits   what `user` grants on
 # Needs PostgreSQL's server binaries (Debian: apt-get install postgresql) and
 # `pip install -e '.[server]'` (psycopg2, Flask-WTF for basic-auth) in the environment that
-# runs `mlflow`; `user` runs `python -m mnist_mlops.tracking.auth` (PYTHON=python3).
+# runs `mlflow`; `user` runs `mnist-mlops team user` as `python -m mnist_mlops` (PYTHON=python3).
 set -euo pipefail
 DATA="${DATA:-./team-server}"
 mkdir -p "$DATA"
@@ -186,7 +186,7 @@ case "${1:-}" in
     if [ -z "$pw" ]; then read -rsp "password for $2: " pw; echo >&2; fi
     admin_pw="$(admin_password)" || exit 1
     MLFLOW_TRACKING_USERNAME="$ADMIN_USER" MLFLOW_TRACKING_PASSWORD="$admin_pw" USER_PASSWORD="$pw" \
-      "$PYTHON" -m mnist_mlops.tracking.auth "$URL" "$2" "$3" \
+      "$PYTHON" -m mnist_mlops team user "$URL" "$2" "$3" \
       --experiment "${EXPERIMENT:-mnist-mlops}" --model "${MODEL:-mnist-digits}" ;;
   *) echo "usage: $0 start|stop|status|user NAME ROLE" >&2; exit 2 ;;
 esac

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from mnist_mlops.core.config import ConfigError, load_params, parse_params
+from mnist_mlops.training.recipe import effective_epochs, final_kind
 
 from .conftest import ROOT
 
@@ -29,9 +30,9 @@ def test_repo_params_load_and_cover_the_six_models_and_the_projects_own() -> Non
                               "cnn_28_dense128", "cnn_deep_dropout", "cnn_bn_aug"]
     assert p.models["cnn_deep_dropout"].batch_size == 512
     assert p.models["cnn_28_dense128"].loss == "sparse"
-    assert {m.final_model(p.train) for n, m in p.models.items() if n != "cnn_bn_aug"} == {
+    assert {final_kind(m, p.train) for n, m in p.models.items() if n != "cnn_bn_aug"} == {
         p.train.final}                                   # the tutorials follow train.final
-    assert p.models["cnn_bn_aug"].final_model(p.train) == "ensemble"
+    assert final_kind(p.models["cnn_bn_aug"], p.train) == "ensemble"
     assert p.paths.model_file("x") == Path("models/x.h5")
 
 
@@ -79,9 +80,9 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 
 def test_max_epochs_caps_recipe() -> None:
     p = parse_params(with_change("train.max_epochs", 3))
-    assert p.models["cnn_deep_dropout"].effective_epochs(p.train) == 3
+    assert effective_epochs(p.models["cnn_deep_dropout"], p.train) == 3
     p = parse_params(RAW)
-    assert p.models["cnn_deep_dropout"].effective_epochs(p.train) == 60
+    assert effective_epochs(p.models["cnn_deep_dropout"], p.train) == 60
 
 
 def test_env_tracking_uri_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -133,7 +134,7 @@ def test_cli_prints_the_schema_that_params_yaml_satisfies(capsys: pytest.Capture
 
     import jsonschema
 
-    from mnist_mlops.cli import main
+    from mnist_mlops.commands import main
 
     monkeypatch.chdir(tmp_path)                       # no params.yaml here
     assert main(["params", "--schema"]) == 0

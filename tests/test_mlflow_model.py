@@ -61,7 +61,7 @@ def test_one_python_function_model_with_the_h5_and_a_uint8_signature(logged: tup
 def test_pyfunc_and_predictor_give_the_models_answers(logged: tuple) -> None:
     import mlflow
 
-    from mnist_mlops.serving.predict import Predictor
+    from mnist_mlops.inference.predictor import Predictor
 
     uri, model_uri, x = logged
     expected = np.load(Path(uri.removeprefix("sqlite:///")).parent / "expected.npy")

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from mnist_mlops.core.config import ConfigError, parse_params
-from mnist_mlops.core.config_monitor import MonitorParams
 from mnist_mlops.core.runtime import UserError
 from mnist_mlops.monitoring import drift, predlog
 from mnist_mlops.monitoring.features import FEATURES, describe
 from mnist_mlops.monitoring.monitor import window
+from mnist_mlops.monitoring.settings import MonitorParams, monitor_params
 
 from .test_config import with_change
 
@@ -199,13 +199,15 @@ def test_the_window_is_the_latest_answers_of_the_model(tmp_path: Path) -> None:
     ("monitor.log", "yes", "monitor.log"),
 ])
 def test_bad_monitor_params_name_the_key(key: str, value: object, needle: str) -> None:
+    p = parse_params(with_change(key, value))    # the pipeline's schema leaves monitor: be
     with pytest.raises(ConfigError, match=needle):
-        parse_params(with_change(key, value))
+        monitor_params(p)
 
 
 def test_repo_monitor_params() -> None:
     p = parse_params(with_change("monitor.retrain", ["python", "x.py"]))
-    assert p.monitor.retrain == ("python", "x.py") and p.monitor.log
+    mp = monitor_params(p)
+    assert mp.retrain == ("python", "x.py") and mp.log
     assert p.paths.prediction_log == Path("logs/predictions.jsonl")
 
 
@@ -236,7 +238,8 @@ def test_one_call_gives_the_answer_and_the_penultimate_layer() -> None:
 def test_predict_logs_its_answers_only_when_params_ask(tmp_path: Path) -> None:
     from PIL import Image
 
-    from mnist_mlops.serving.predict import Predictor, predict_files
+    from mnist_mlops.inference.predictor import Predictor
+    from mnist_mlops.serving.predict import predict_files
 
     from .conftest import wait_for
     from .test_predict import save_untrained_model

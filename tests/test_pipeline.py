@@ -85,7 +85,7 @@ def assert_record_matches_aliases(project: Path) -> dict:
     import contextlib
 
     from mnist_mlops.core.config import load_params
-    from mnist_mlops.serving.predict import recorded_champion
+    from mnist_mlops.registry.records import recorded_champion
 
     with contextlib.chdir(project):
         found = recorded_champion(load_params())

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from mnist_mlops.data.digits import to_mnist
-from mnist_mlops.serving.predict import Predictor, predict_files
+from mnist_mlops.inference.predictor import Predictor
+from mnist_mlops.serving.predict import predict_files
 
 from .conftest import ROOT, run, tool_env
 from .drawing import draw_digit, drawn_set

@@ -164,14 +164,18 @@ def test_register_says_how_to_deliver_a_trainings_undelivered_mlflow_writes(
     """train@ keeps its outputs when the store is unreachable at its end, with no model URI
     in run.json (tests/test_journal.py makes that for real); register then stops."""
     root, env = project
+    record = root / "reports" / "registry.json"
+    before, status_before = record.read_bytes(), status(root, env)
     run_file = root / "reports" / "train" / "mlp_512x2" / "run.json"
     kept = run_file.read_text()
     run_file.write_text(json.dumps({**json.loads(kept), "model_uri": None}))
     try:
         proc = run(["dvc", "repro", "-s", "register"], root, env, check=False)
+        # the failed registration left the previous record as it was (persist: true)
+        assert record.read_bytes() == before
     finally:
         run_file.write_text(kept)
-        run(["git", "checkout", "reports/registry.json"], root)  # DVC removed it to rerun
+    assert status(root, env) == status_before
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in out
     assert "non-TensorFlow" not in out

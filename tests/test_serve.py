@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mnist_mlops.serving.predict import Predictor
+from mnist_mlops.inference.predictor import Predictor
 from mnist_mlops.serving.serve import make_server
 
 from .conftest import wait_for

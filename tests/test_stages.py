@@ -65,7 +65,6 @@ def test_every_stage_depends_on_the_code_it_runs() -> None:
 # Modules that model code may import without being model code itself: they validate params
 # (whose values are dependencies of their own), write files atomically, or wire processes.
 NEUTRAL = {"src/mnist_mlops/core/config.py", "src/mnist_mlops/core/config_errors.py",
-           "src/mnist_mlops/core/config_monitor.py", "src/mnist_mlops/core/config_sweep.py",
            "src/mnist_mlops/core/fsio.py", "src/mnist_mlops/core/runtime.py"}
 
 

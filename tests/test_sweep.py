@@ -21,9 +21,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from mnist_mlops.core.config import load_params
-from mnist_mlops.core.config_sweep import as_params
 from mnist_mlops.data.dataset import folds_csv, save_dataset
 from mnist_mlops.sweep import space
+from mnist_mlops.sweep.settings import as_params, sweep_params
 from mnist_mlops.sweep.study import storage_url
 
 from .conftest import ROOT, Spawned, run, synthetic_digits, synthetic_project, tool_env
@@ -168,8 +168,8 @@ def test_the_ablation_grid_visits_exactly_its_nine_configurations(project: Path)
     out = run([CLI, "sweep", "mlp_512x2", "--storage", storage], project, timeout=600).stdout
     study = optuna.load_study(study_name="sweep-mlp_512x2", storage=storage)
     variants = [t.params["variant"] for t in study.trials]
-    assert sorted(variants) == sorted(load_params(project / "params.yaml")
-                                      .sweep["mlp_512x2"].variants)
+    assert sorted(variants) == sorted(sweep_params(load_params(project / "params.yaml"))
+                                      ["mlp_512x2"].variants)
     assert len(variants) == 9 and all(t.state == FINISHED[0] for t in study.trials)
     assert "train it through the pipeline: dvc exp run -n sweep-mlp_512x2-trial-" in out
     parent, children = mlflow_runs(project, "sweep-mlp_512x2")

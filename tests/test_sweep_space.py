@@ -14,6 +14,7 @@ import yaml
 
 from mnist_mlops.core.config import ConfigError, load_params, parse_params
 from mnist_mlops.sweep import space
+from mnist_mlops.sweep.settings import sweep_params
 
 from .conftest import ROOT
 
@@ -46,14 +47,14 @@ def with_sweep(model: str, sweep: dict[str, Any]) -> dict[str, Any]:
 def test_a_bad_sweep_is_one_line_naming_its_key(model: str, sweep: dict[str, Any],
                                                  message: str) -> None:
     with pytest.raises(ConfigError, match=r"^params: ") as exc:
-        parse_params(with_sweep(model, sweep))
+        sweep_params(parse_params(with_sweep(model, sweep)))
     assert message in str(exc.value)
     assert "\n" not in str(exc.value)
 
 
 def test_the_ablation_grid_is_tutorial_001s_nine_configurations() -> None:
     params = load_params(ROOT / "params.yaml")
-    spec, base = params.sweep["mlp_512x2"], params.model("mlp_512x2")
+    spec, base = sweep_params(params)["mlp_512x2"], params.model("mlp_512x2")
     assert spec.sampler == "grid" and spec.grid_size() == 9
     recipes = {name: space.recipe(base, space.changes_of({"variant": name}, spec))
                for name in space.grid(spec)["variant"]}
@@ -65,7 +66,7 @@ def test_the_ablation_grid_is_tutorial_001s_nine_configurations() -> None:
 
 def test_a_trials_values_make_a_valid_recipe_and_come_back_from_storage() -> None:
     params = load_params(ROOT / "params.yaml")
-    spec, base = params.sweep["cnn_28_dense128"], params.model("cnn_28_dense128")
+    spec, base = sweep_params(params)["cnn_28_dense128"], params.model("cnn_28_dense128")
     study = optuna.create_study(sampler=space.sampler(spec, seed=0), direction="maximize")
     seen = set()
     for _ in range(12):
@@ -107,7 +108,7 @@ def test_the_winners_overrides_make_exactly_its_recipe_in_params_yaml(tmp_path: 
 ])
 def test_the_command_refuses_what_it_cannot_run_in_one_line(
         args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from mnist_mlops.cli import main
+    from mnist_mlops.commands import main
 
     assert main(["--params", str(ROOT / "params.yaml"), "sweep", *args]) == 2
     err = capsys.readouterr().err
@@ -128,13 +129,13 @@ def test_budget_sampler_and_pruner_follow_the_params() -> None:
     assert isinstance(space.sampler(tpe.spec, 0), optuna.samplers.TPESampler)
     assert isinstance(space.pruner(tpe.spec, 10), optuna.pruners.HyperbandPruner)
     assert isinstance(space.pruner(grid.spec, 10), optuna.pruners.NopPruner)
-    capped = space.train_params(params.train.model_copy(update={"max_epochs": 3}),
-                                params.sweep["mlp_512x2"].model_copy(update={"max_epochs": 5}))
+    spec = sweep_params(params)["mlp_512x2"].model_copy(update={"max_epochs": 5})
+    capped = space.train_params(params.train.model_copy(update={"max_epochs": 3}), spec)
     assert capped.max_epochs == 3                # the lower of the two caps
 
 
 def test_workers_joining_a_study_sample_their_own_configurations() -> None:
-    spec = load_params(ROOT / "params.yaml").sweep["cnn_28_dense128"]
+    spec = sweep_params(load_params(ROOT / "params.yaml"))["cnn_28_dense128"]
 
     def first(joined: bool) -> dict[str, Any]:
         study = optuna.create_study(sampler=space.sampler(spec, 42, joined),

@@ -26,13 +26,12 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from mnist_mlops.core.config_monitor import MonitorParams
-from mnist_mlops.core.config_sweep import SweepParams, check_sweeps
+from mnist_mlops.core.config_errors import one_line
+from mnist_mlops.core.fsio import project_root
+from mnist_mlops.core.mnist import NUM_CLASSES
 from mnist_mlops.core.runtime import UserError
 
 DEFAULT_PARAMS = Path("params.yaml")
-INPUT_SHAPE = (28, 28, 1)     # what every model takes: raw 0-255 pixels
-NUM_CLASSES = 10
 
 Scaling = Literal["centered", "unit", "none"]
 Loss = Literal["categorical", "sparse"]
@@ -185,8 +184,6 @@ class MlflowParams(Section):
         uri = os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
         prefix = "sqlite:///"
         if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-            from mnist_mlops.core.fsio import project_root
-
             return f"{prefix}{project_root() / uri[len(prefix):]}"
         return uri
 
@@ -240,13 +237,6 @@ class ModelParams(Section):
                              f"layer size(s), got {len(self.hidden_units)}")
         return self
 
-    def effective_epochs(self, train: TrainParams) -> int:
-        return min(self.epochs, train.max_epochs) if train.max_epochs else self.epochs
-
-    def final_model(self, train: TrainParams) -> FinalModel:
-        """What ships: the recipe's own choice if it makes one, else `train.final`."""
-        return self.final or train.final
-
 
 with warnings.catch_warnings():
     # the `register` section shadows ABCMeta.register, which params never use
@@ -261,8 +251,11 @@ with warnings.catch_warnings():
         register: RegisterParams = RegisterParams()
         realworld: RealworldParams = RealworldParams()
         models: dict[str, ModelParams] = Field(min_length=1)
-        monitor: MonitorParams = MonitorParams()
-        sweep: dict[str, SweepParams] = {}    # per model: mnist-mlops sweep (config_sweep.py)
+        # Read by commands, not by stages: checked by their own concern's schema
+        # (monitoring/settings.py, sweep/settings.py), so that editing either schema
+        # changes no stage's code (dvc.yaml).
+        monitor: dict[str, Any] = {}
+        sweep: dict[str, Any] = {}
 
         @model_validator(mode="before")
         @classmethod
@@ -281,10 +274,6 @@ with warnings.catch_warnings():
                 data = {**data, "models": models}
             return data
 
-        @model_validator(mode="after")
-        def _sweeps_fit_the_models(self) -> Params:
-            return check_sweeps(self)
-
         def model(self, name: str) -> ModelParams:
             if name not in self.models:
                 raise ConfigError(
@@ -300,11 +289,7 @@ def parse_params(raw: Any) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        from mnist_mlops.core.config_errors import describe
-
-        errors = exc.errors(include_url=False)
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ConfigError(describe(errors[0]) + more) from None
+        raise ConfigError(one_line(exc, Params)) from None
 
 
 def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:

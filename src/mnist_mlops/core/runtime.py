@@ -1,7 +1,8 @@
 """Process-level wiring for stage entry points: logging, signals, parent watch, exit codes.
 
 Every stage runs its main() through `run_main`, which
-- logs one clear line and exits 1 for errors the user can fix (no traceback),
+- logs one clear line and exits 2 for errors the user can fix (no traceback), the same
+  status as every `mnist-mlops` command (EXIT_* below),
 - turns SIGTERM (what `kill` and CI cancellation send) into the same unwinding as Ctrl-C,
   so MLflow runs end KILLED and no half-written output is left (exit 130),
 - ends the stage when the `dvc repro` that started it dies: DVC does not pass signals on
@@ -42,9 +43,26 @@ NOISY_LOGGERS = ("absl", "tensorflow", "h5py", "urllib3.connectionpool", "mlflow
                  "mlflow.tensorflow", "mlflow.utils.environment", "mlflow.pyfunc")
 
 
+# Exit status of every stage and every `mnist-mlops` command (docs/everyday.md).
+EXIT_OK = 0
+EXIT_FAILURE = 1        # it ran and failed, or found what it checks for (monitor: drift)
+EXIT_USAGE = 2          # bad input, bad params or usage: the message says what to change
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM
+
+
 class UserError(Exception):
     """A problem the user can fix (bad input, bad params, missing file, unreachable store):
-    the one error base the entry points print as one line, without a traceback."""
+    the one error base the entry points print as one line, without a traceback, and exit
+    with `exit_code`."""
+
+    exit_code = EXIT_USAGE
+
+
+class OperationFailed(UserError):
+    """The input was right but the work could not be done (no mirror answered, the tracking
+    store is down): one line saying what to do, exit 1."""
+
+    exit_code = EXIT_FAILURE
 
 
 def verbose() -> bool:
@@ -211,7 +229,7 @@ def watch_launchers(interval_s: float = WATCH_INTERVAL_S) -> threading.Thread | 
 
 
 def run_main(main: Callable[[], None]) -> None:
-    """Run a stage's main(): one-line errors and exit 1 for user errors, 130 when stopped."""
+    """Run a stage's main(): one-line errors and exit 2 for user errors, 130 when stopped."""
     configure_logging()
     sigterm_as_interrupt()
     watch_launchers()
@@ -219,7 +237,7 @@ def run_main(main: Callable[[], None]) -> None:
         main()
     except UserError as exc:          # config.ConfigError included
         log.error("%s", exc)
-        sys.exit(1)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
         log.error("interrupted%s", f" ({exc})" if str(exc) else "")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)

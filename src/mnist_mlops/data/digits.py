@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
-from mnist_mlops.core.config import INPUT_SHAPE
+from mnist_mlops.core.mnist import INPUT_SHAPE
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MAX_PIXELS = 40_000_000        # larger images are refused (decompression-bomb guard)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from mnist_mlops.core.config import load_params
 from mnist_mlops.core.fsio import CHUNK, atomic_path
-from mnist_mlops.core.runtime import UserError, run_main
+from mnist_mlops.core.runtime import OperationFailed, run_main
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Retry:
     timeout_s: float = 60.0
 
 
-class DownloadError(UserError):
+class DownloadError(OperationFailed):
     """No mirror delivered a valid copy of a file."""
 
 

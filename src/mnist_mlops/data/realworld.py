@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from mnist_mlops.core.config import NUM_CLASSES, Params, RealworldParams, load_params
+from mnist_mlops.core.config import Params, RealworldParams, load_params
 from mnist_mlops.core.fsio import atomic_path
+from mnist_mlops.core.mnist import NUM_CLASSES
 from mnist_mlops.core.runtime import UserError, run_main
 from mnist_mlops.data.dataset import load_dataset
 from mnist_mlops.data.digits import IMAGE_SUFFIXES, ImageInputError, prepare

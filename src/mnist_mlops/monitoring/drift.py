@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from mnist_mlops.core.config_monitor import MonitorParams
 from mnist_mlops.monitoring import predlog
 from mnist_mlops.monitoring.features import FEATURES
+from mnist_mlops.monitoring.settings import MonitorParams
 
 EMBEDDING_PCS = ("embedding_pc1", "embedding_pc2")
 CLASS_METHOD, CLASS_THRESHOLD = "jensenshannon", 0.1

@@ -10,7 +10,6 @@ check). Exits 1 when the window has drifted, after starting `monitor.retrain` if
 
 from __future__ import annotations
 
-import argparse
 import logging
 import subprocess
 import time
@@ -19,33 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
 
 from mnist_mlops.core.config import Params
+from mnist_mlops.core.fsio import atomic_path, write_json_atomic
 from mnist_mlops.core.runtime import UserError
+from mnist_mlops.data.dataset import load_dataset
+from mnist_mlops.inference.predictor import Predictor
 from mnist_mlops.monitoring import drift, predlog
 from mnist_mlops.monitoring.features import LoggedCall, describe
+from mnist_mlops.monitoring.settings import monitor_params
+from mnist_mlops.tracking import mlflow_io
 
 log = logging.getLogger(__name__)
 MIN_WINDOW = 30          # fewer answers say nothing about a distribution
-DRIFTED = 1              # exit status when the window has drifted
-
-
-def add_command(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
-    """The `monitor` subcommand, on cli.py's parser."""
-    p = command("monitor", "compare the served model's recent inputs and answers (the "
-                "prediction log) with its training data; exit 1 on drift")
-    p.add_argument("--model", help="the model whose answers to check (a .h5 file or MLflow "
-                   "model); default: the champion, as for serve")
-    p.add_argument("--trust-model", action="store_true",
-                   help="load an MLflow model that runs its own code (as for serve)")
-    p.add_argument("--window", type=int, help="latest answers compared (default: "
-                   "monitor.window in params)")
-    p.add_argument("--out", type=Path, help="folder for report.html and summary.json "
-                   "(default: paths.monitor_reports)")
-    p.add_argument("--no-mlflow", action="store_true", help="do not log the check to MLflow")
-    p.add_argument("--retrain", action="store_true",
-                   help="on drift, run the retrain command of params (monitor.retrain)")
-    p.set_defaults(func=cmd_monitor)
 
 
 def same_model(model: dict[str, Any] | None, about: dict[str, Any]) -> bool:
@@ -76,10 +63,8 @@ def reference(params: Params, predict: Callable[[np.ndarray], tuple[np.ndarray, 
               ) -> drift.Described:
     """`monitor.reference_size` training images (a seeded sample), described with `predict`
     ((n, 28, 28) uint8 -> probabilities, embedding)."""
-    from mnist_mlops.data.dataset import load_dataset
-
     x = load_dataset(params.paths.dataset)["x_train"]
-    mp = params.monitor
+    mp = monitor_params(params)
     pick = np.random.default_rng(mp.seed).choice(len(x), min(mp.reference_size, len(x)),
                                                  replace=False)
     images = x[np.sort(pick)]
@@ -90,8 +75,6 @@ def reference(params: Params, predict: Callable[[np.ndarray], tuple[np.ndarray, 
 
 def write_outputs(snapshot: Any, summary: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """report.html and summary.json, each written whole (temporary file, then rename)."""
-    from mnist_mlops.core.fsio import atomic_path, write_json_atomic
-
     out.mkdir(parents=True, exist_ok=True)
     html, js = out / "report.html", out / "summary.json"
     with atomic_path(html, suffix=".tmp.html") as tmp:
@@ -102,11 +85,6 @@ def write_outputs(snapshot: Any, summary: dict[str, Any], out: Path) -> tuple[Pa
 
 def log_to_mlflow(params: Params, summary: dict[str, Any], files: tuple[Path, ...]) -> str:
     """One point per check on the model version's monitoring run; the files as artifacts."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    from mnist_mlops.tracking import mlflow_io
-
     mlflow_io.setup(params.mlflow)
     client = MlflowClient()
     uri = params.mlflow.resolved_tracking_uri()
@@ -148,36 +126,39 @@ def start_retrain(command: tuple[str, ...]) -> int:
                         f"in params.yaml): {exc}") from None
 
 
-def cmd_monitor(args: argparse.Namespace, params: Params) -> int:
-    from mnist_mlops.serving.predict import load_predictor
-
-    mp = params.monitor
+def logged(params: Params, window_size: int | None = None) -> list[dict[str, Any]]:
+    """The prediction log's records; checked before any model loads, so that an empty log
+    or a bad window is said at once."""
     where = params.paths.prediction_log
-    if args.window is not None and args.window < MIN_WINDOW:
-        raise UserError(f"--window {args.window}: compare at least {MIN_WINDOW} answers")
+    if window_size is not None and window_size < MIN_WINDOW:
+        raise UserError(f"--window {window_size}: compare at least {MIN_WINDOW} answers")
     records = list(predlog.records(where))
     if not records:
         raise UserError(f"{where} holds no predictions: serve the model (`mnist-mlops "
                         "serve`, with monitor.log: true in params.yaml) and let it answer")
-    predictor = load_predictor(args.model, params, args.trust_model)
+    return records
+
+
+def check(params: Params, predictor: Predictor, records: list[dict[str, Any]],
+          window_size: int | None = None, out: Path | None = None, to_mlflow: bool = True
+          ) -> dict[str, Any]:
+    """Compare the latest answers of `predictor`'s model among `records` (`logged`) with
+    its training data: the summary (also written with the report under `out`)."""
+    mp = monitor_params(params)
+    where = params.paths.prediction_log
     about = {k: predictor.about.get(k) for k in ("version", "architecture")}
-    current = window(records, about, args.window or mp.window, where)
+    current = window(records, about, window_size or mp.window, where)
     snapshot, summary = drift.compare(reference(params, LoggedCall(predictor)),
                                       drift.from_records(current), mp)
     summary = {"model": about, "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                             time.gmtime()),
                "log": str(where), "from": current[0]["time"], "to": current[-1]["time"],
                **summary}
-    files = write_outputs(snapshot, summary, args.out or params.paths.monitor_reports)
-    if not args.no_mlflow:
+    files = write_outputs(snapshot, summary, out or params.paths.monitor_reports)
+    summary["files"] = [str(f) for f in files]
+    if to_mlflow:
         summary["mlflow_run"] = log_to_mlflow(params, summary, files)
-    print(verdict(summary))
-    print(f"report: {files[0]}  summary: {files[1]}")
-    if not summary["drift"]:
-        return 0
-    if args.retrain:
-        print(f"retrain command exited with {start_retrain(mp.retrain)}")
-    return DRIFTED
+    return summary
 
 
 def verdict(summary: dict[str, Any]) -> str:

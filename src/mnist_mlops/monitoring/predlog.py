@@ -32,6 +32,7 @@ import numpy as np
 from mnist_mlops.core.config import Params
 from mnist_mlops.core.fsio import file_lock
 from mnist_mlops.monitoring.features import FEATURES, LoggedCall, describe
+from mnist_mlops.monitoring.settings import monitor_params
 
 log = logging.getLogger(__name__)
 FORMAT = 1            # the "v" of every line; bumped when a field changes meaning
@@ -53,7 +54,7 @@ def options(params: Params | None, command: str = "serve") -> dict[str, Any] | N
     (serve hands it to its --workers processes as JSON); None: no log."""
     if params is None:
         return None
-    mp = params.monitor
+    mp = monitor_params(params)
     if not (mp.log if command == "serve" else mp.log_predict):
         return None
     return {"path": str(params.paths.prediction_log.absolute()), "max_bytes": mp.max_bytes,

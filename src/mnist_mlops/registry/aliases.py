@@ -14,13 +14,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_mlops.core.fsio import write_json_atomic
 from mnist_mlops.core.runtime import UserError
 from mnist_mlops.registry.gate import Candidate
 
@@ -58,37 +56,6 @@ def candidate(client: MlflowClient, name: str, version: str) -> Candidate:
     return Candidate(str(mv.version), mv.tags.get("model_name", "?"),
                      float(mv.tags.get("test_accuracy", "nan")),
                      float(mv.tags.get("cv_val_accuracy_mean", "nan")))
-
-
-def _describe(client: MlflowClient, name: str, version: str | None) -> dict[str, Any] | None:
-    if version is None:
-        return None
-    mv = client.get_model_version(name, version)
-    # run_id: which training made it, so that a clone can tell whether its models/<model>.h5
-    # (whose run reports/train/<model>/run.json names) is this version's file
-    return {"version": str(version), "model": mv.tags.get("model_name"), "run_id": mv.run_id,
-            "test_accuracy": float(mv.tags.get("test_accuracy", "nan")),
-            "realworld_accuracy": (float(mv.tags["realworld_accuracy"])
-                                   if "realworld_accuracy" in mv.tags else None)}
-
-
-def write_record(client: MlflowClient, name: str, path: Path, action: str,
-                 **facts: Any) -> dict[str, Any]:
-    """A decision record after `action` (register, promote, rollback): the register stage's
-    reports/registry.json, or the record of promote and rollback beside it. Champion,
-    challenger and history are read back from the registry as it now is, so the record
-    cannot contradict the aliases; the history's length orders the records (it only grows)."""
-    changes = history(client, name)
-    record = {
-        "registered_model": name, "action": action, "decided_at": now(), **facts,
-        "champion": alias_version(client, name, CHAMPION),
-        "champion_model": _describe(client, name, alias_version(client, name, CHAMPION)),
-        "challenger": _describe(client, name, alias_version(client, name, CHALLENGER)),
-        "champion_history": [c.version for c in changes],
-        "champion_changes": [c.to_dict() for c in changes],
-    }
-    write_json_atomic(path, record)
-    return record
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
@@ -196,3 +163,20 @@ def rollback(client: MlflowClient, name: str) -> str:
     _append(client, name, changes, [Change(ROLLBACK, target, current, now())])
     log.info("%s@champion rolled back: v%s -> v%s", name, current, target)
     return target
+
+
+def version_behind(client: MlflowClient, uri: str) -> dict[str, str]:
+    """Version and architecture behind `models:/NAME@alias` or `models:/NAME/VERSION`
+    (empty for any other model URI): which registered model answers."""
+    name, _, ref = uri.removeprefix("models:/").partition("@")
+    if ref:
+        mv = client.get_model_version_by_alias(name, ref)
+    else:
+        name, _, version = name.partition("/")
+        if not version.isdigit():
+            return {}
+        mv = client.get_model_version(name, version)
+    about = {"version": str(mv.version)}
+    if mv.tags.get("architecture"):
+        about["architecture"] = mv.tags["architecture"]
+    return about

@@ -19,8 +19,8 @@ from mnist_mlops.core.config import Params, load_params
 from mnist_mlops.core.runtime import UserError, run_main
 from mnist_mlops.data import realworld
 from mnist_mlops.data.dataset import load_dataset
-from mnist_mlops.registry import aliases, gate
-from mnist_mlops.serving.predict import Predictor, by_hand_record
+from mnist_mlops.inference.predictor import Predictor
+from mnist_mlops.registry import aliases, gate, records
 from mnist_mlops.tracking import mlflow_io
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def _register(params: Params) -> dict[str, Any]:
     if not new:
         reason = "no new model versions; nothing to decide"
         log.info("%s: %s", reg, reason)
-        return aliases.write_record(client, reg, params.paths.registry, "register",
+        return records.write_record(client, reg, params.paths.registry, "register",
                                      **facts, candidate=None, promoted=False, reason=reason)
     # chosen by cross-validation, so the test set judges it without having picked it
     def rank(c: gate.Candidate) -> tuple[float, float, int]:
@@ -177,7 +177,7 @@ def _register(params: Params) -> dict[str, Any]:
                                          "had the best CV accuracy of this run")
     log.info("%s: challenger v%s (%s); %s: %s", reg, best.version, best.model,
              "promoted" if decision.promote else "champion kept", decision.reason)
-    return aliases.write_record(client, reg, params.paths.registry, "register", **facts,
+    return records.write_record(client, reg, params.paths.registry, "register", **facts,
                                  candidate=best.version, gate_passed=decision.promote,
                                  **decision.record())
 
@@ -230,8 +230,8 @@ def _hand_record(client: MlflowClient, params: Params, action: str, **facts: Any
     """The record of a promote or rollback, in its own file: the register stage's
     reports/registry.json stays as the stage wrote it, so DVC sees no change. An offline
     `predict` (a clone without the store) reads whichever record is newer."""
-    path = by_hand_record(params.paths)
-    record = aliases.write_record(client, params.mlflow.registered_model, path, action,
+    path = records.by_hand_record(params.paths)
+    record = records.write_record(client, params.mlflow.registered_model, path, action,
                                   **facts)
     log.info("recorded in %s: commit it, so that a clone without the tracking store "
              "predicts with this champion", path)

@@ -2,7 +2,8 @@
 
 A trial's values become recipe changes (`changes`), the recipe they make is validated by
 the same model as params.yaml's own (`recipe`), and the same changes become the `-S`
-overrides of the DVC experiment that trains the winner (`dvc_overrides`). Optuna stores
+overrides of the DVC experiment that trains the winner (`dvc_overrides`,
+`experiment_command`). Optuna stores
 only numbers, strings, booleans and None: a list of sizes (`hidden_units`) travels as the
 string "128,128" and is decoded here.
 """
@@ -10,12 +11,14 @@ string "128,128" and is decoded here.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from mnist_mlops.core.config import ConfigError, ModelParams, TrainParams
-from mnist_mlops.core.config_sweep import Choices, Range, SweepParams, as_params
+from mnist_mlops.sweep.settings import Choices, Range, SweepParams, as_params
 
 VARIANT = "variant"     # the one parameter of a variants grid: the variant's name
 
@@ -125,3 +128,15 @@ def dvc_overrides(model: str, changes: dict[str, Any]) -> list[str]:
     for key, value in sorted(changes.items()):
         args += ["-S", f"models.{model}.{key}={yaml_value(value)}"]
     return args
+
+
+def experiment_command(study: optuna.Study, model: str, spec: SweepParams, queue: bool
+                       ) -> list[str] | None:
+    """`dvc exp run` with the best trial's changes to the recipe; None before any trial
+    completed."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    best = study.best_trial
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{study.study_name}-trial-{best.number}")
+    return ["dvc", "exp", "run", "-n", name, *(["--queue"] if queue else []),
+            *dvc_overrides(model, changes_of(best.params, spec))]

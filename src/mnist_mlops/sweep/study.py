@@ -27,11 +27,12 @@ import optuna
 from optuna.trial import TrialState
 
 from mnist_mlops.core.config import ModelParams, Params
-from mnist_mlops.core.config_sweep import SweepParams
 from mnist_mlops.core.runtime import UserError
 from mnist_mlops.sweep import space
+from mnist_mlops.sweep.settings import SweepParams, sweep_params
 from mnist_mlops.sweep.tracking import Tracker, end_stale_trial
 from mnist_mlops.training.fit import FitContext, FitJob, FitResult, Split, configure, fit
+from mnist_mlops.training.recipe import effective_epochs
 
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -56,11 +57,12 @@ class Sweep:
 
     @property
     def spec(self) -> SweepParams:
-        if self.model not in self.params.sweep:
+        sweeps = sweep_params(self.params)
+        if self.model not in sweeps:
             raise UserError(f"params.yaml has no sweep for {self.model!r} (sweeps: "
-                            f"{', '.join(self.params.sweep) or 'none'}): add "
+                            f"{', '.join(sweeps) or 'none'}): add "
                             f"sweep.{self.model} (docs/sweeps.md)")
-        return self.params.sweep[self.model]
+        return sweeps[self.model]
 
     def budget(self) -> float:
         """How many trials the study finishes: asked, else the grid's size, else no cap."""
@@ -138,7 +140,7 @@ def open_study(sweep: Sweep, storage: optuna.storages.RDBStorage
     """The study, created by the first worker (which the second value says)."""
     spec, seed = sweep.spec, sweep.params.train.seed
     tp = space.train_params(sweep.params.train, spec)
-    epochs = sweep.params.model(sweep.model).effective_epochs(tp)
+    epochs = effective_epochs(sweep.params.model(sweep.model), tp)
     kwargs = {"study_name": sweep.study, "storage": storage,
               "sampler": space.sampler(spec, seed), "pruner": space.pruner(spec, epochs)}
     try:
@@ -236,7 +238,7 @@ class Objective:
         keras.backend.clear_session()   # earlier trials' graphs: memory stays flat
         configure(self.tp)
         (x, y), folds = self.data
-        ctx_epochs = p.effective_epochs(self.tp)
+        ctx_epochs = effective_epochs(p, self.tp)
         hooks = PruneHooks(trial, self.tracker, run_id, ctx_epochs)
         ctx = FitContext(p, self.tp, None, hooks)
         ks = np.unique(folds)[:self.spec.folds]

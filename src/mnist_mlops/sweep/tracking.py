@@ -25,6 +25,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from mnist_mlops.core.config import ModelParams, Params
+from mnist_mlops.sweep.settings import sweep_params
 from mnist_mlops.tracking import mlflow_io
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Tracker:
     @staticmethod
     def _create_parent(client: MlflowClient, exp_id: str, params: Params, model: str,
                        study: optuna.Study) -> str:
-        spec = params.sweep[model]
+        spec = sweep_params(params)[model]
         run = client.create_run(exp_id, run_name=f"sweep/{study.study_name}", tags={
             "role": "sweep", "model_name": model, "optuna.study": study.study_name,
             **mlflow_io.git_info()})

@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_mlops.core.fsio import fsync_path, write_json_atomic, write_text_atomic
 from mnist_mlops.core.runtime import UserError
-from mnist_mlops.tracking import auth, logged_model, mlflow_io
+from mnist_mlops.tracking import logged_model, mlflow_io, refusals
 
 log = logging.getLogger(__name__)
 DELIVERY_INTERVAL_S = 2.0
@@ -64,7 +64,7 @@ class Journal:
         """Append one write. Writes other than starting and ending a run are recorded once:
         work a kill interrupted after it was recorded (but before it was checkpointed) is
         done again on resume, and must not log twice."""
-        if self.fatal is not None and auth.refusal_status(self.fatal) is not None:
+        if self.fatal is not None and refusals.refusal_status(self.fatal) is not None:
             raise self._refused(self.fatal)   # wrong credentials: stop, keep the journal
         entry = {"op": op, "key": key, **fields}
         if op not in ("start", "end") and any(_same(entry, o) for o in reversed(self.ops)):
@@ -208,8 +208,8 @@ class Journal:
             return True
 
     def _refused(self, exc: Exception) -> UserError:
-        if auth.refusal_status(exc) is not None:
-            return UserError(f"{auth.refusal(exc, self.uri)}. {self.pending} MLflow writes "
+        if refusals.refusal_status(exc) is not None:
+            return UserError(f"{refusals.refusal(exc, self.uri)}. {self.pending} MLflow writes "
                              f"wait in {self.ops_file}: rerun with the right credentials "
                              "delivers them without retraining what is done")
         op = self.ops[self.delivered] if self.delivered < len(self.ops) else {}

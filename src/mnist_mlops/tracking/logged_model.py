@@ -17,7 +17,7 @@ def log_keras_model(run_id: str, h5: Path, example: Path) -> str:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from mnist_mlops.core.config import INPUT_SHAPE, NUM_CLASSES
+    from mnist_mlops.core.mnist import INPUT_SHAPE, NUM_CLASSES
     from mnist_mlops.tracking.mlflow_io import H5_ARTIFACT, MLFLOW_MODEL_CODE
 
     sig = ModelSignature(

@@ -26,8 +26,8 @@ from pydantic import BaseModel
 
 from mnist_mlops.core.config import MlflowParams
 from mnist_mlops.core.fsio import file_lock, project_root
-from mnist_mlops.core.runtime import UserError
-from mnist_mlops.tracking import auth
+from mnist_mlops.core.runtime import OperationFailed, UserError
+from mnist_mlops.tracking import refusals
 
 log = logging.getLogger(__name__)
 MLFLOW_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # the model each run logs
@@ -54,7 +54,7 @@ UI_ADDRESS = "http://127.0.0.1:5000"   # where `mlflow ui` serves by default
 def is_outage(exc: BaseException) -> bool:
     """Whether `exc` from a tracking call may go away by itself (server down, store busy).
     A refusal of the credentials (HTTP 401/403, also from the artifact proxy) is not."""
-    if isinstance(exc, UserError) or auth.refusal_status(exc) is not None:
+    if isinstance(exc, UserError) or refusals.refusal_status(exc) is not None:
         return False
     return not (isinstance(exc, MlflowException) and exc.error_code in PERMANENT_ERRORS)
 
@@ -126,7 +126,7 @@ def connect(params: MlflowParams) -> str:
     mlflow.set_tracking_uri(uri)
     init_lock = file_lock(store_lock_path(uri, "init", Path())) if _sqlite_path(uri) \
         else contextlib.nullcontext()
-    with auth.refusals_as_user_error(uri), init_lock:
+    with refusals.refusals_as_user_error(uri), init_lock:
         exp_id = ensure_experiment(MlflowClient(), params.experiment, uri)
     mlflow.set_experiment(experiment_id=exp_id)
     log.info("MLflow tracking at %s, experiment %r", uri, params.experiment)
@@ -141,9 +141,9 @@ def setup(params: MlflowParams) -> str:
         raise unreachable(params.resolved_tracking_uri(), exc) from None
 
 
-def unreachable(uri: str, exc: BaseException) -> UserError:
+def unreachable(uri: str, exc: BaseException) -> OperationFailed:
     reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-    return UserError(
+    return OperationFailed(
         f"MLflow tracking store {uri} is unreachable ({reason}); start it (or fix "
         f"MLFLOW_TRACKING_URI) and rerun `dvc repro`: finished stages are not run again")
 
@@ -154,8 +154,8 @@ def outage_as_user_error() -> Iterator[None]:
     try:
         yield
     except MlflowException as exc:
-        if auth.refusal_status(exc) is not None:
-            raise auth.refusal(exc, mlflow.get_tracking_uri()) from None
+        if refusals.refusal_status(exc) is not None:
+            raise refusals.refusal(exc, mlflow.get_tracking_uri()) from None
         if not is_outage(exc):
             raise
         raise unreachable(mlflow.get_tracking_uri(), exc) from None
@@ -237,8 +237,8 @@ def require_run(run_id: str, name: str) -> Any:
     try:
         return MlflowClient().get_run(run_id)
     except MlflowException as exc:
-        if auth.refusal_status(exc) is not None:
-            raise auth.refusal(exc, mlflow.get_tracking_uri()) from None
+        if refusals.refusal_status(exc) is not None:
+            raise refusals.refusal(exc, mlflow.get_tracking_uri()) from None
         if is_outage(exc):
             raise unreachable(mlflow.get_tracking_uri(), exc) from None
         raise UserError(

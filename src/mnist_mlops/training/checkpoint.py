@@ -53,8 +53,8 @@ COSMETIC_TRAIN_PARAMS = {"verbose"}
 # discards a checkpoint. tests/test_stages.py keeps dvc.yaml, this list and the imports of
 # these modules in step.
 MODEL_CODE = (
-    "data/dataset.py", "training/backend.py", "training/checkpoint.py", "training/fit.py",
-    "training/models.py",
+    "core/mnist.py", "data/dataset.py", "training/backend.py", "training/checkpoint.py",
+    "training/fit.py", "training/models.py", "training/recipe.py",
 )
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 

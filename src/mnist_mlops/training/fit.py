@@ -24,6 +24,7 @@ from mnist_mlops.core.config import ModelParams, TrainParams
 from mnist_mlops.data.dataset import load_dataset, load_folds
 from mnist_mlops.training import backend
 from mnist_mlops.training.checkpoint import Checkpoint, FitProgress
+from mnist_mlops.training.recipe import effective_epochs, final_kind
 
 if TYPE_CHECKING:  # Keras is imported where it is used: after run_main has quietened
     import keras  # TensorFlow's start-up lines (runtime.quiet_native_stderr)
@@ -98,7 +99,7 @@ class FitContext:
 
     @property
     def epochs(self) -> int:
-        return self.p.effective_epochs(self.tp)
+        return effective_epochs(self.p, self.tp)
 
 
 def configure(tp: TrainParams) -> None:
@@ -199,7 +200,7 @@ def fold_model(ctx: FitContext, r: FitResult, key: str, index: int) -> keras.Mod
 def final_model(ctx: FitContext, train: Split, cv: list[FitResult]) -> FitResult:
     """The model that ships: refit on all images, the best fold, or the fold ensemble."""
     keys = [f"fold-{k}" for k in range(len(cv))]
-    final = ctx.p.final_model(ctx.tp)
+    final = final_kind(ctx.p, ctx.tp)
     if final == "best_fold":
         i = min(range(len(cv)), key=lambda j: cv[j].val_loss)
         return FitResult(fold_model(ctx, cv[i], keys[i], i), {})

@@ -18,8 +18,10 @@ import keras
 import numpy as np
 from keras import layers as L
 
-from mnist_mlops.core.config import INPUT_SHAPE, NUM_CLASSES, ModelParams, TrainParams
+from mnist_mlops.core.config import ModelParams, TrainParams
+from mnist_mlops.core.mnist import INPUT_SHAPE, NUM_CLASSES
 from mnist_mlops.training import backend
+from mnist_mlops.training.recipe import effective_epochs
 
 
 def _fc_1024_512(p: ModelParams) -> list[Any]:
@@ -227,7 +229,7 @@ def new_model(p: ModelParams, tp: TrainParams, fit_index: int, n_train: int) -> 
     so a resumed stage builds exactly what an uninterrupted one would have. `n_train` sets
     the length of a learning-rate schedule (steps per epoch x epochs)."""
     keras.utils.set_random_seed(tp.seed + 1000 * fit_index)
-    steps = max(1, math.ceil(n_train / p.batch_size)) * p.effective_epochs(tp)
+    steps = max(1, math.ceil(n_train / p.batch_size)) * effective_epochs(p, tp)
     model = build_model(p)
     compile_model(model, p, jit_compile=step_compiled(model, tp), total_steps=steps,
                   steps_per_execution=backend.steps_per_execution(tp.steps_per_execution))

@@ -10,10 +10,10 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mnist_mlops.core import figures
 from mnist_mlops.core.config import Paths
 from mnist_mlops.core.fsio import atomic_path, write_json_atomic, write_text_atomic
 from mnist_mlops.core.runtime import signals_deferred
-from mnist_mlops.evaluation import figures
 from mnist_mlops.training.checkpoint import Checkpoint
 from mnist_mlops.training.fit import FitResult
 from mnist_mlops.training.progress import HISTORY_KEYS

@@ -36,6 +36,7 @@ from mnist_mlops.training.fit import (
 )
 from mnist_mlops.training.outputs import commit_outputs, stage_outputs
 from mnist_mlops.training.progress import Progress
+from mnist_mlops.training.recipe import effective_epochs, final_kind
 
 log = logging.getLogger(__name__)
 DATASET_DIGEST_CHARS = 32   # MLflow caps a dataset digest at 36 characters
@@ -184,17 +185,17 @@ def _train_tracked(run: StageRun, train_set: Split, folds: np.ndarray) -> dict[s
                     f"(sha256 {run.data_digest})", n_images)
     journal.params("parent", {
         **mlflow_io.flat_params(p, "model."), **mlflow_io.flat_params(tp, "train."),
-        "model.effective_epochs": p.effective_epochs(tp), "data.n_train_images": n_images,
+        "model.effective_epochs": effective_epochs(p, tp), "data.n_train_images": n_images,
         "data.folds": n_folds})
-    n_fits = n_folds + (p.final_model(tp) == "refit")
+    n_fits = n_folds + (final_kind(p, tp) == "refit")
     done_epochs = sum(len(f["history"].get("loss", [])) for f in ckpt.state["fits"].values())
-    epochs = p.effective_epochs(tp)
+    epochs = effective_epochs(p, tp)
     progress = Progress(name, n_fits * epochs, done_epochs, tp.verbose)
     ctx = FitContext(p, tp, ckpt, TrackedHooks(name, journal, progress, epochs))
     cv, final = train_model(ctx, train_set, folds)
     seconds = sum(r.seconds for r in cv) + (final.seconds if final.history else 0.0)
     summary = {**cv_summary(cv), "train_time_s": seconds,
-               "n_params": int(final.model.count_params()), "final": p.final_model(tp)}
+               "n_params": int(final.model.count_params()), "final": final_kind(p, tp)}
     journal.metrics("parent", {k: v for k, v in summary.items() if isinstance(v, int | float)})
     stage_outputs(name, cv, final, summary, ckpt)
     example = ckpt.dir / "input_example.npy"

@@ -3,16 +3,21 @@
 A search is over the model's own recipe params (the keys of `models.<name>`), declared
 either as ranges and choices (`space:`, sampled by TPE, or a full grid when every entry is
 a list of choices) or as named variants of the recipe (`variants:`, a grid of exactly those
-configurations, as tutorial 001's ablation). Strict like every section (core/config.py);
-`check_sweeps` then validates every variant as the recipe it makes, with the recipe's own
-model (ModelParams), so a sweep never starts on a configuration `train` would refuse.
+configurations, as tutorial 001's ablation). Strict like every section (core/config.py),
+and checked here rather than by the pipeline's schema: no stage reads it, so editing it
+reruns no stage. `sweep_params` then validates every variant as the recipe it makes, with
+the recipe's own model (ModelParams), so a sweep never starts on a configuration `train`
+would refuse.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from mnist_mlops.core.config import ConfigError, Params, Section
+from mnist_mlops.core.config_errors import one_line
 
 # The recipe params a search may set: what a `dvc exp run -S models.<name>.<key>` may set.
 TUNABLE = ("scaling", "loss", "optimizer", "learning_rate", "batch_size", "epochs",
@@ -21,11 +26,7 @@ Scalar = bool | int | float | str | None
 Choice = Scalar | tuple[int, ...]     # hidden_units' choices are lists of sizes
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
-
-
-class Range(_Strict):
+class Range(Section):
     """A number between `low` and `high`: integers when both are integers (then `step`,
     default 1), else floats; `log` samples on a log scale (learning rates)."""
 
@@ -48,7 +49,7 @@ class Range(_Strict):
             self.step is None or isinstance(self.step, int))
 
 
-class Choices(_Strict):
+class Choices(Section):
     """One of these values (a list of sizes for `hidden_units`)."""
 
     choices: tuple[Choice, ...] = Field(min_length=1)
@@ -62,7 +63,7 @@ class Choices(_Strict):
         return data
 
 
-class SweepParams(_Strict):
+class SweepParams(Section):
     """One model's search: its space (or variants), budget, sampler and pruner."""
 
     sampler: Literal["tpe", "grid", "random"] = "tpe"   # grid: every point once
@@ -100,12 +101,24 @@ class SweepParams(_Strict):
         return size
 
 
-def check_sweeps(params: Any) -> Any:
-    """Every sweep names a model under `models:`, and every variant is a valid recipe."""
-    for name, sweep in params.sweep.items():
+class Sweeps(Section):
+    """The whole `sweep:` section: one search per model (the root its errors are named
+    from)."""
+
+    sweep: dict[str, SweepParams] = {}
+
+
+def sweep_params(params: Params) -> dict[str, SweepParams]:
+    """The `sweep:` section of `params`, validated; every sweep names a model under
+    `models:`, and every variant is a valid recipe (ConfigError naming the key)."""
+    try:
+        sweeps = Sweeps.model_validate({"sweep": params.sweep}).sweep
+    except ValidationError as exc:
+        raise ConfigError(one_line(exc, Sweeps)) from None
+    for name, sweep in sweeps.items():
         if name not in params.models:
-            raise ValueError(f"@sweep.{name} names no model under models: "
-                             f"(defined: {', '.join(params.models)})")
+            raise ConfigError(f"params: sweep.{name} names no model under models: "
+                              f"(defined: {', '.join(params.models)})")
         base = params.models[name]
         for variant, changes in sweep.variants.items():
             try:
@@ -113,10 +126,10 @@ def check_sweeps(params: Any) -> Any:
             except ValidationError as exc:
                 err = exc.errors(include_url=False)[0]
                 where = ".".join(str(p) for p in err["loc"])
-                raise ValueError(f"@sweep.{name}.variants.{variant} makes an invalid recipe: "
-                                 f"{where} {err['msg'].removeprefix('Value error, ')}"
-                                 ) from None
-    return params
+                raise ConfigError(f"params: sweep.{name}.variants.{variant} makes an invalid "
+                                  f"recipe: {where} "
+                                  f"{err['msg'].removeprefix('Value error, ')}") from None
+    return sweeps
 
 
 def as_params(changes: dict[str, Any]) -> dict[str, Any]:

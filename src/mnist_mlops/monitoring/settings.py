@@ -1,15 +1,19 @@
 """The `monitor:` section of params.yaml: the prediction log and `mnist-mlops monitor`.
 
-Strict like every section (core/config.py); the log's path is `paths.prediction_log`, the
-reports' folder `paths.monitor_reports`. docs/monitoring.md explains each threshold and
-how its default was measured.
+Strict like every section (core/config.py), and checked here rather than by the pipeline's
+schema: no stage reads it, so editing it reruns no stage. The log's path is
+`paths.prediction_log`, the reports' folder `paths.monitor_reports`. docs/monitoring.md
+explains each threshold and how its default was measured.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from mnist_mlops.core.config import ConfigError, Params
+from mnist_mlops.core.config_errors import one_line
 
 # Evidently's numerical drift tests that take a threshold (p-value or distance)
 StatTest = Literal["ks", "wasserstein", "psi", "jensenshannon", "kl_div", "anderson",
@@ -43,3 +47,11 @@ class MonitorParams(BaseModel):
     confidence_drop: float = Field(0.05, ge=0, le=1)  # fall of mean confidence that is drift
     retrain: Annotated[tuple[str, ...], BeforeValidator(_command)] = (
         "mnist-mlops", "retrain", "--profile", "quick")   # what `monitor --retrain` runs
+
+
+def monitor_params(params: Params) -> MonitorParams:
+    """The `monitor:` section of `params`, validated (ConfigError naming the key)."""
+    try:
+        return MonitorParams.model_validate(params.monitor)
+    except ValidationError as exc:
+        raise ConfigError(one_line(exc, MonitorParams, "monitor")) from None

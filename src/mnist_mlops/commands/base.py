@@ -1,0 +1,50 @@
+"""What every command shares: its parser's shape, the params it reads, its exit status.
+
+Every `mnist-mlops` command is added with `command()`, so each `--help` has the same
+parts: what it does, its arguments, and the exit status it may end with.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from mnist_mlops.core.config import Params, load_params
+
+Handler = Callable[[argparse.Namespace], int]
+EXIT_STATUS = ("exit status: 0 ok, 1 failure (it ran and could not do it), 2 bad input or "
+               "usage (the message says what to change), 130 interrupted")
+TRUST_HELP = ("also load an MLflow model that is neither one this pipeline logged (a "
+              "python-function model carrying its .h5, loaded as Keras without running its "
+              "code) nor a TensorFlow-flavour one: loading such a model runs its own Python "
+              "code")
+
+
+class Commands:
+    """The subcommands of one parser: `add` gives each the same --help shape."""
+
+    def __init__(self, sub: argparse._SubParsersAction) -> None:
+        self._sub = sub
+
+    def add(self, name: str, help: str, run: Handler,  # noqa: A002
+            status: str = EXIT_STATUS) -> argparse.ArgumentParser:
+        """A subcommand whose `--help` says `help`, its arguments and `status`."""
+        p = self._sub.add_parser(name, help=help, description=help, epilog=status)
+        p.set_defaults(run=run)
+        return p
+
+
+def params(args: argparse.Namespace) -> Params:
+    """params.yaml (or --params), validated: what most commands read."""
+    return load_params(args.params)
+
+
+def params_unless_model_file(args: argparse.Namespace) -> Params | None:
+    """`predict`/`serve --model` with a model file or folder and no params file here: the
+    file is all they need (a missing one is named as such, not as a missing params.yaml)."""
+    model = args.model
+    if model and (Path(model).suffix in (".h5", ".keras") or Path(model).exists()) \
+            and not args.params.is_file():
+        return None
+    return params(args)
