@@ -30,9 +30,11 @@ GPU ?= $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo 1)
 # A literal comma inside $(if ...), whose arguments are separated by commas
 COMMA := ,
 EXTRAS := dev$(if $(GPU),$(COMMA)gpu)
-# The quick profile as `dvc exp run` overrides. `mnist-mlops retrain --profile quick` has
-# its own copy of the same three values: change both together.
-QUICK := -S preprocess.subset=3000 -S preprocess.folds=2 -S train.max_epochs=2
+# The quick profile as `dvc exp run` overrides, from its one definition in the package
+# (jobs/profiles.py, also what `mnist-mlops retrain --profile quick` uses). `=`: asked only
+# when a recipe needs it, once setup has installed the package; `make quick QUICK=...`
+# overrides it.
+QUICK = $(shell $(BIN)/mnist-mlops params --overrides quick)
 
 .PHONY: setup run quick test test-fast lint bench ablation reproduce retrain clean
 

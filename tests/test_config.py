@@ -146,3 +146,20 @@ def test_cli_prints_the_schema_that_params_yaml_satisfies(capsys: pytest.Capture
     resolved = json.loads(capsys.readouterr().out)
     assert resolved["models"]["cnn_bn_aug"]["lr_schedule"] == "cosine"
     assert resolved["paths"]["checkpoints"] == ".checkpoints"
+
+
+def test_a_bad_param_exits_2_from_a_stage_and_from_the_cli(tmp_path: Path) -> None:
+    """One exit status for bad input everywhere: a stage and a command given the same
+    invalid params.yaml both stop with 2 and one line naming the key."""
+    import subprocess
+    import sys
+
+    from .conftest import tool_env
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change("train.seedd", 1)))
+    cli = str(Path(sys.executable).parent / "mnist-mlops")
+    for cmd in ([sys.executable, "-m", "mnist_mlops.data.preprocess"], [cli, "params"]):
+        proc = subprocess.run(cmd, cwd=tmp_path, env=tool_env(), capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2, (cmd, proc.stderr)
+        assert "train.seedd" in proc.stderr and "Traceback" not in proc.stderr

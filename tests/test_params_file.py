@@ -9,6 +9,7 @@ import difflib
 import re
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,19 @@ from .conftest import ROOT
 
 
 def makefile_quick() -> list[str]:
-    """The overrides of `make quick` (the Makefile's QUICK)."""
-    line = re.search(r"^QUICK := (.*)$", (ROOT / "Makefile").read_text(), re.M)
-    assert line, "no QUICK in the Makefile"
-    return overrides(line.group(1))
+    """The overrides of `make quick`: the command `make -n quick` would run."""
+    out = subprocess.run(["make", "-n", "quick"], cwd=ROOT, capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    line = next(x for x in out.splitlines() if x.startswith("dvc exp run"))
+    return overrides(line)
+
+
+def test_make_quick_runs_the_packages_quick_profile() -> None:
+    """One definition of the quick profile: `make quick` passes exactly the overrides that
+    `retrain --profile quick` writes (jobs/profiles.py)."""
+    from mnist_mlops.jobs.profiles import profile
+
+    assert makefile_quick() == [f"{k}={v}" for k, v in profile("quick").items()]
 
 
 def readme_experiments() -> list[list[str]]:

@@ -159,3 +159,38 @@ def test_rewording_tracking_or_serving_code_retrains_nothing(tmp_path: Path) -> 
           'logs["val_loss"] <= prog.best_loss')
     assert stage in _train_status(root, stage), "a changed fit loop leaves train@ up to date"
     assert code_digest(package) != digest, "a changed fit loop resumes an old checkpoint"
+
+
+@pytest.mark.slow
+def test_editing_the_monitor_or_sweep_schema_reruns_no_stage(tmp_path: Path) -> None:
+    """Real DVC on a copy of the project, every stage recorded by `dvc commit` over
+    stand-in outputs: edits to the monitor and sweep schemas leave the whole pipeline up to
+    date (no stage reads them); an edit to the pipeline's own schema does not."""
+    import json
+
+    from dvc.repo import Repo
+
+    from .conftest import make_project, run
+
+    root = make_project(tmp_path / "project")
+    with Repo(str(root)) as repo:
+        outs = [Path(str(out.fs_path)) for out in repo.index.outs]
+    for out in outs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("stand-in\n")
+    run(["dvc", "commit", "-f", "-q"], root)
+
+    def changed() -> set[str]:
+        return set(json.loads(run(["dvc", "status", "--json"], root).stdout or "{}"))
+
+    assert changed() == set()
+    package = root / "src" / "mnist_mlops"
+    _edit(package / "monitoring" / "settings.py", "window: int = Field(500, ge=30)",
+          "window: int = Field(400, ge=30)")
+    _edit(package / "sweep" / "settings.py", 'pruner: Literal["median", "hyperband", "none"]'
+          ' = "median"', 'pruner: Literal["median", "hyperband", "none"] = "hyperband"')
+    assert changed() == set(), "an edit of the monitor or sweep schema reruns a stage"
+
+    _edit(package / "core" / "config.py", "retries: int = Field(3, ge=1)",
+          "retries: int = Field(4, ge=1)")
+    assert {"download", "parse", "register"} <= changed()

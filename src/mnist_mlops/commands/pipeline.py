@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 from pathlib import Path
 from typing import Any
 
 from mnist_mlops.commands.base import Commands, params
 from mnist_mlops.core.config import Params
 from mnist_mlops.core.fsio import write_text_atomic
+from mnist_mlops.jobs.profiles import as_dvc_args, profile
 from mnist_mlops.monitoring.settings import MonitorParams, monitor_params
 from mnist_mlops.sweep.settings import Sweeps, sweep_params
 
@@ -35,6 +37,9 @@ def whole_file_schema() -> dict[str, Any]:
 def cmd_params(args: argparse.Namespace) -> int:
     if args.schema:
         print(json.dumps(whole_file_schema(), indent=2))
+        return 0
+    if args.overrides:
+        print(shlex.join(as_dvc_args(profile(args.overrides))))
         return 0
     p = params(args)
     whole = json.loads(p.model_dump_json())
@@ -76,6 +81,8 @@ def add(commands: Commands) -> None:
                      "checked against", cmd_params)
     p.add_argument("--schema", action="store_true",
                    help="print the JSON schema of params.yaml (needs no params file)")
+    p.add_argument("--overrides", metavar="PROFILE", help="print a named profile's "
+                   "overrides as `dvc exp run` arguments (quick: what `make quick` runs)")
 
     p = commands.add("compare", "table of the latest run of each model", cmd_compare)
     p.add_argument("--markdown", type=Path, help="also write the table as Markdown here")

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# fcntl is POSIX-only: imported where a lock is taken, so the rest imports anywhere.
+
 CHUNK = 1 << 20
 
 

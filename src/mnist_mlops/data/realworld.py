@@ -12,6 +12,7 @@ promotion gate refuses a challenger that is worse there than the champion.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,8 +201,6 @@ def build(params: Params) -> RealworldSet:
 
 
 def main() -> None:
-    import shutil
-
     params = load_params()
     out, paths = params.paths.realworld.resolve(), params.paths
     for keep in (paths.user_digits, paths.dataset, paths.raw):

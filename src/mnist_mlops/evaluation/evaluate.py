@@ -29,6 +29,9 @@ from mnist_mlops.inference.predictor import BIG_BATCH, Predictor
 from mnist_mlops.tracking import mlflow_io
 
 log = logging.getLogger(__name__)
+# Keras is imported where it is used, not at the top: after run_main has quietened
+# TensorFlow's start-up lines (runtime.quiet_native_stderr).
+
 WORST = 24
 
 

@@ -25,13 +25,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dvc.utils.hydra import apply_overrides as dvc_set_params
+from mlflow.tracking import MlflowClient
+
 from mnist_mlops.core.config import Params
 from mnist_mlops.core.fsio import write_text_atomic
 from mnist_mlops.core.runtime import UserError
+from mnist_mlops.evaluation.compare import compare
+from mnist_mlops.jobs.profiles import profile
+from mnist_mlops.tracking import mlflow_io
 
 log = logging.getLogger(__name__)
-# The quick profile: a stratified 3,000-image subset, 2 folds, at most 2 epochs per model.
-QUICK = {"preprocess.subset": 3000, "preprocess.folds": 2, "train.max_epochs": 2}
 REMOTE_NAME = "retrain"
 
 
@@ -66,8 +70,6 @@ def dvc_remote() -> str | None:
 def apply_overrides(path: Path, overrides: dict[str, Any]) -> None:
     """Set dotted keys in a YAML file with DVC's own editor, as `dvc exp run -S` does: the
     file keeps its comments and layout (params.yaml is laid out for it)."""
-    from dvc.utils.hydra import apply_overrides as dvc_set_params
-
     dvc_set_params(path, [f"{key}={json.dumps(value)}" for key, value in overrides.items()])
 
 
@@ -168,11 +170,6 @@ def gate_lines(rec: dict[str, Any]) -> list[str]:
 
 def _comparison(params: Params) -> str:
     try:
-        from mlflow.tracking import MlflowClient
-
-        from mnist_mlops.evaluation.compare import compare
-        from mnist_mlops.tracking import mlflow_io
-
         mlflow_io.setup(params.mlflow)
         return compare(MlflowClient(), params.mlflow.experiment, markdown=True).strip()
     except Exception as exc:  # the report is still useful without it
@@ -187,7 +184,7 @@ def retrain(params: Params, opts: Options, params_file: Path = Path("params.yaml
     remote = dvc_remote()
     pull(remote)
     if opts.profile == "quick":
-        apply_overrides(params_file, QUICK)
+        apply_overrides(params_file, profile("quick"))
     stages_run = reproduce()
     if remote is not None:
         sh("dvc", "push", "--run-cache")

@@ -25,6 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from evidently import DataDefinition, Dataset, Report
+from evidently.metrics import DriftedColumnsCount, ValueDrift
+from evidently.metrics.embeddings import ModelDriftMethod
 
 from mnist_mlops.monitoring import predlog
 from mnist_mlops.monitoring.features import FEATURES
@@ -72,8 +76,6 @@ def _components(ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def _frame(d: Described, pcs: np.ndarray | None) -> Any:
-    import pandas as pd
-
     df = pd.DataFrame(d.features, columns=list(FEATURES))
     df["confidence"] = d.confidence
     df["digit"] = d.digit.astype(str)
@@ -84,9 +86,6 @@ def _frame(d: Described, pcs: np.ndarray | None) -> Any:
 
 
 def _report(mp: MonitorParams, with_pcs: bool) -> Any:
-    from evidently import Report
-    from evidently.metrics import DriftedColumnsCount, ValueDrift
-
     method, threshold = mp.stattest, mp.stattest_threshold
     cols = [*FEATURES, "confidence", *(EMBEDDING_PCS if with_pcs else ())]
     return Report([
@@ -99,9 +98,6 @@ def _report(mp: MonitorParams, with_pcs: bool) -> Any:
 
 def embedding_drift(ref: np.ndarray, cur: np.ndarray, auc: float) -> dict[str, Any]:
     """Evidently's classifier method on the raw embeddings: ROC AUC of reference vs window."""
-    import pandas as pd
-    from evidently.metrics.embeddings import ModelDriftMethod
-
     cols = [f"e{i}" for i in range(ref.shape[1])]
     score, drifted, method = ModelDriftMethod(threshold=auc)(
         pd.DataFrame(cur, columns=cols), pd.DataFrame(ref, columns=cols))
@@ -126,8 +122,6 @@ def _column_results(snapshot_dict: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def compare(ref: Described, cur: Described, mp: MonitorParams) -> tuple[Any, dict[str, Any]]:
     """Evidently's snapshot (for the HTML report) and the summary (JSON, MLflow, exit code)."""
-    from evidently import DataDefinition, Dataset
-
     embed = ref.embedding is not None and cur.embedding is not None and \
         ref.embedding.shape[1] == cur.embedding.shape[1]
     pcs = _components(ref.embedding, cur.embedding) if embed else (None, None)

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
+# Keras (7 s with TensorFlow) is imported where a model is reshaped or called: the
+# prediction log's readers describe pictures without TensorFlow.
 
 FEATURES = ("ink", "cx", "cy", "spread", "width", "height", "stroke", "slant", "border")
 FRAME = 3          # pixels of the border frame

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -145,8 +146,6 @@ class ThreadServer:
 
     def __init__(self, predictor: Predictor, host: str, port: int, opts: ServeOptions,
                  limits: Limits) -> None:
-        import socket
-
         self.sock = socket.create_server((host, port), backlog=limits.backlog)
         self.server_address = self.sock.getsockname()
         app, self.service = create_app(lambda: predictor, opts)

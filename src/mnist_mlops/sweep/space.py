@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from pydantic import ValidationError
 
 from mnist_mlops.core.config import ConfigError, ModelParams, TrainParams
 from mnist_mlops.sweep.settings import Choices, Range, SweepParams, as_params
@@ -94,8 +95,6 @@ def changes_of(params: dict[str, Any], spec: SweepParams) -> dict[str, Any]:
 
 def recipe(base: ModelParams, changes: dict[str, Any]) -> ModelParams:
     """The recipe with the trial's changes, validated as params.yaml's recipes are."""
-    from pydantic import ValidationError
-
     try:
         return ModelParams.model_validate({**base.model_dump(), **changes})
     except ValidationError as exc:

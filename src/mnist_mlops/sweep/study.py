@@ -27,14 +27,27 @@ import optuna
 from optuna.trial import TrialState
 
 from mnist_mlops.core.config import ModelParams, Params
+from mnist_mlops.core.fsio import project_root
 from mnist_mlops.core.runtime import UserError
 from mnist_mlops.sweep import space
 from mnist_mlops.sweep.settings import SweepParams, sweep_params
 from mnist_mlops.sweep.tracking import Tracker, end_stale_trial
-from mnist_mlops.training.fit import FitContext, FitJob, FitResult, Split, configure, fit
+from mnist_mlops.training.fit import (
+    FitContext,
+    FitJob,
+    FitResult,
+    Split,
+    configure,
+    fit,
+    load_training_set,
+)
 from mnist_mlops.training.recipe import effective_epochs
 
 log = logging.getLogger(__name__)
+# Keras is imported where it is used, not at the top: after run_main has quietened
+# TensorFlow's start-up lines (runtime.quiet_native_stderr);
+# psycopg is an optional driver, looked for only for a PostgreSQL storage.
+
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_FAILURES = 3           # a worker stops after this many failed trials in a row
@@ -79,8 +92,6 @@ def storage_url(url: str) -> str:
     SQLAlchemy 2.1 takes by default, is installed."""
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/"):
-        from mnist_mlops.core.fsio import project_root
-
         return f"{prefix}{project_root() / url[len(prefix):]}"
     scheme, sep, rest = url.partition("://")
     if sep and scheme in ("postgresql", "postgres"):
@@ -157,8 +168,6 @@ def open_study(sweep: Sweep, storage: optuna.storages.RDBStorage
 
 def load_data(params: Params) -> tuple[Split, np.ndarray]:
     """The pipeline's training images and folds (the parse and preprocess outputs)."""
-    from mnist_mlops.training.fit import load_training_set
-
     paths = params.paths
     missing = [str(p) for p in (paths.dataset, paths.folds) if not Path(p).is_file()]
     if missing:

@@ -23,7 +23,9 @@ from typing import Any
 import optuna
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+from optuna.exceptions import ExperimentalWarning
 
+from mnist_mlops.core import figures
 from mnist_mlops.core.config import ModelParams, Params
 from mnist_mlops.sweep.settings import sweep_params
 from mnist_mlops.tracking import mlflow_io
@@ -127,12 +129,8 @@ class Tracker:
 
 def study_files(study: optuna.Study, out: Path) -> list[Path]:
     """The study's trials table (CSV) and, once trials finished, its plots (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")   # files only, never a window
-    import matplotlib.pyplot as plt
-    from optuna.exceptions import ExperimentalWarning
-    from optuna.visualization import matplotlib as ovm
+    plt = figures.pyplot()
+    from optuna.visualization import matplotlib as ovm  # imports pyplot: after `pyplot()`
 
     files = [out / "trials.csv"]
     study.trials_dataframe().to_csv(files[0], index=False)

@@ -3,7 +3,20 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
+
+from mnist_mlops.core.mnist import INPUT_SHAPE, NUM_CLASSES
+from mnist_mlops.tracking.mlflow_io import H5_ARTIFACT, MLFLOW_MODEL_CODE
+
+# Keras is imported where it is used, not at the top: after run_main has quietened
+# TensorFlow's start-up lines (runtime.quiet_native_stderr):
+# the train stage imports this module before it starts.
 
 
 def log_keras_model(run_id: str, h5: Path, example: Path) -> str:
@@ -12,14 +25,6 @@ def log_keras_model(run_id: str, h5: Path, example: Path) -> str:
     The MLflow model is mlflow_model.py's python-function model with the .h5 inside and
     the uint8 signature of raw pixels: the same under every Keras backend (see there why)."""
     import keras
-    import mlflow
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    from mnist_mlops.core.mnist import INPUT_SHAPE, NUM_CLASSES
-    from mnist_mlops.tracking.mlflow_io import H5_ARTIFACT, MLFLOW_MODEL_CODE
-
     sig = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *INPUT_SHAPE))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, NUM_CLASSES))]))
@@ -36,8 +41,6 @@ def log_keras_model(run_id: str, h5: Path, example: Path) -> str:
 
 def backend_requirements() -> list[str]:
     """The Keras backend the model was trained with, pinned, for `mlflow models serve`."""
-    import importlib.metadata
-
     import keras
 
     package = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(

@@ -14,7 +14,11 @@ It needs only Keras and NumPy, not this package.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import mlflow
+import numpy as np
 from mlflow.pyfunc import PythonModel
 
 
@@ -22,9 +26,6 @@ class KerasH5Model(PythonModel):
     """uint8 (n, 28, 28, 1) raw pixels in, float32 (n, 10) class probabilities out."""
 
     def load_context(self, context):  # noqa: ANN001, ANN201 (MLflow reads the hints)
-        import os
-        import sys
-
         # the backend it was trained with (and pinned in requirements.txt), unless the
         # environment chooses one: a fresh serving environment may have only that one.
         # Only before Keras is imported: a process that already runs Keras keeps its own
@@ -38,7 +39,6 @@ class KerasH5Model(PythonModel):
         self.model = keras.saving.load_model(h5, compile=False)
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        import numpy as np
 
         x = np.asarray(model_input, dtype="float32").reshape(-1, 28, 28, 1)
         return np.asarray(self.model.predict(x, batch_size=256, verbose=0), dtype="float32")

@@ -21,6 +21,7 @@ from urllib.request import url2pathname
 
 from mnist_mlops.core.fsio import file_lock
 from mnist_mlops.core.runtime import UserError
+from mnist_mlops.tracking.mlflow_io import store_lock_path
 
 log = logging.getLogger(__name__)
 # (table, column) pairs that hold artifact locations, as plain paths or file:// URIs.
@@ -98,7 +99,6 @@ def relocate(db_path: Path, new_root: Path | None = None) -> int:
         raise UserError(f"{db_path} not found: run this in the project folder that holds "
                         "the copied mlflow.db and mlruns/")
     new_root = (new_root or db_path.parent).resolve()
-    from mnist_mlops.tracking.mlflow_io import store_lock_path  # (imports MLflow: only when used)
 
     with file_lock(store_lock_path(f"sqlite:///{db_path}", "init", db_path.parent)), \
             contextlib.closing(sqlite3.connect(db_path)) as db:

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from mlflow.tracking import MlflowClient
+
 from mnist_mlops.core.runtime import UserError
+from mnist_mlops.tracking import mlflow_io
 
 log = logging.getLogger(__name__)
 COPIED_FROM = "mnist_mlops.copied_from"   # on a copied run or logged model: its source id
@@ -49,10 +56,6 @@ def copy_store(src: str, dst: str, experiment: str, registered_model: str) -> di
     and skipped. The runs get new ids there; the project's `run.json` files keep the old
     ones, so keep using the old store for that project's `evaluate`/`register`, or retrain.
     """
-    from mlflow.tracking import MlflowClient
-
-    from mnist_mlops.tracking import mlflow_io
-
     s, d = MlflowClient(src), MlflowClient(dst)
     sexp = s.get_experiment_by_name(experiment)
     if sexp is None:
@@ -90,9 +93,6 @@ def copied_models(d: Any, experiment_id: str) -> dict[str, str]:
 
 def copy_run(c: Copy, r: Any, src: str) -> None:
     """One run, with the logged models it produced; its COPIED_FROM tag goes on last."""
-    import mlflow
-    from mlflow.entities import Metric, Param, RunTag
-
     s, d = c.s, c.d
     tags = {**r.data.tags, COPIED_FROM: r.info.run_id}
     if "mlflow.parentRunId" in tags:
@@ -122,10 +122,6 @@ def copy_run(c: Copy, r: Any, src: str) -> None:
 def copy_logged_model(c: Copy, model_id: str, step: int = 0) -> str:
     """Create the source's logged model `model_id` in the destination, as `log_model`
     does: its MLmodel names the new model id, run id and location; returns the new id."""
-    import mlflow
-    from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
-    from mlflow.models import Model
-
     lm = c.s.get_logged_model(model_id)
     run_id = c.runs.get(lm.source_run_id or "")
     tags = {k: v for k, v in lm.tags.items() if k != MODEL_VERSIONS_TAG}
@@ -157,8 +153,6 @@ def copy_logged_model(c: Copy, model_id: str, step: int = 0) -> str:
 def copy_registry(c: Copy, name: str) -> int:
     """The registered model's versions (each on its copied logged model), aliases and
     tags, the champion history in destination version numbers."""
-    from mlflow.exceptions import MlflowException
-
     s, d = c.s, c.d
     try:
         model = s.get_registered_model(name)

@@ -152,7 +152,6 @@ SCALING = {  # name -> (scale, offset) of a Rescaling layer; "none" feeds raw 0-
 
 def build_model(p: ModelParams) -> keras.Model:
     """The architecture of `p`, with its input scaling inside, uncompiled."""
-    import keras
     scaling = [L.Rescaling(*SCALING[p.scaling])] if p.scaling in SCALING else []
     return keras.Sequential(
         [

@@ -19,6 +19,7 @@ import numpy as np
 from mnist_mlops.core.config import Params, load_params
 from mnist_mlops.core.fsio import sha256_files
 from mnist_mlops.core.runtime import UserError, raise_if_stopped, run_main
+from mnist_mlops.data.dataset import load_dataset
 from mnist_mlops.tracking import mlflow_io
 from mnist_mlops.tracking.journal import Journal, short_reason
 from mnist_mlops.training import backend
@@ -39,6 +40,10 @@ from mnist_mlops.training.progress import Progress
 from mnist_mlops.training.recipe import effective_epochs, final_kind
 
 log = logging.getLogger(__name__)
+# Keras is imported where it is used, not at the top: after run_main has quietened
+# TensorFlow's start-up lines (runtime.quiet_native_stderr) and set up the backend;
+# training/models.py imports it, so it is imported in the functions that build models.
+
 DATASET_DIGEST_CHARS = 32   # MLflow caps a dataset digest at 36 characters
 
 
@@ -211,8 +216,6 @@ def _train_tracked(run: StageRun, train_set: Split, folds: np.ndarray) -> dict[s
 
 def _input_example(params: Params) -> np.ndarray:
     """Two test images as the model takes them (uint8, 28x28x1): the MLflow model's example."""
-    from mnist_mlops.data.dataset import load_dataset
-
     return load_dataset(params.paths.dataset)["x_test"][:2][..., None]
 
 

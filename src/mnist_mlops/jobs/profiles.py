@@ -1,0 +1,31 @@
+"""Named profiles: params overrides that run the whole pipeline for a purpose.
+
+`quick` (a stratified 3,000-image subset, 2 folds, at most 2 epochs per model) checks the
+plumbing in minutes: `make quick` passes it to `dvc exp run` (it asks
+`mnist-mlops params --overrides quick`), and `mnist-mlops retrain --profile quick` writes
+it into params.yaml. This is the one place its values are written.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mnist_mlops.core.runtime import UserError
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {"preprocess.subset": 3000, "preprocess.folds": 2, "train.max_epochs": 2},
+}
+
+
+def profile(name: str) -> dict[str, Any]:
+    """The overrides of profile `name` (dotted param key -> value)."""
+    if name not in PROFILES:
+        raise UserError(f"no profile {name!r}; the profiles are {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def as_dvc_args(overrides: dict[str, Any]) -> list[str]:
+    """`-S key=value` arguments of `dvc exp run`, values as YAML reads them."""
+    return [arg for key, value in overrides.items()
+            for arg in ("-S", f"{key}={json.dumps(value)}")]
