@@ -40,13 +40,11 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "\nmake test\n" in ci
 
 
-def test_code_stays_small_and_lint_clean() -> None:
-    """ruff with the project's limits (complexity 12, six parameters) and modules of a few
-    hundred lines: what keeps the code easy to change."""
+def test_code_is_lint_clean() -> None:
+    """ruff with the project's limits (complexity 12, six parameters): what keeps a function
+    easy to change. Files are split by meaning, not by a line count (docs/code.md), and
+    tests/test_layers.py keeps the imports running one way."""
     ruff = Path(sys.executable).parent / "ruff"
     proc = subprocess.run([str(ruff), "check", "src", "tests", "benchmarks"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    long = {str(f.relative_to(ROOT)): n for f in (ROOT / "src").rglob("*.py")
-            if (n := len(f.read_text().splitlines())) > 330}
-    assert not long, f"modules over ~300 lines: split them by concern: {long}"
