@@ -12,7 +12,7 @@ from PIL import Image
 
 from mnist_mlops.core.config import RealworldParams
 from mnist_mlops.core.runtime import UserError
-from mnist_mlops.data import realworld
+from mnist_mlops.data import realworld, realworld_set
 
 from .conftest import synthetic_digits
 from .drawing import draw_digit
@@ -57,9 +57,9 @@ def test_user_folder_is_read_by_digit_folder(tmp_path: Path) -> None:
                                                ("mine_7.png", 7)]
     rs = realworld.prepare_set(files, "user", tmp_path)
     assert rs.found.tolist() == [True, False, True]       # the blank one: no digit found
-    pred = realworld.predictions(lambda imgs: np.eye(10)[[3] * len(imgs)], rs)
+    pred = realworld_set.predictions(lambda imgs: np.eye(10)[[3] * len(imgs)], rs)
     assert pred.tolist() == [3, -1, 3]                     # no digit counts as wrong
-    assert realworld.accuracy(rs, pred) == {"realworld_accuracy": pytest.approx(1 / 3),
+    assert realworld_set.accuracy(rs, pred) == {"realworld_accuracy": pytest.approx(1 / 3),
                                             "user_digits_accuracy": pytest.approx(1 / 3)}
 
 
@@ -78,9 +78,9 @@ def test_prepared_set_round_trips(tmp_path: Path) -> None:
     x, y = synthetic_digits(100, seed=4)
     files = realworld.generate(x, y, RealworldParams(count=20), tmp_path / "g")
     rs = realworld.prepare_set(files, "generated", tmp_path)
-    realworld.save(rs, tmp_path / "p.npz")
-    back = realworld.load(tmp_path / "p.npz")
+    realworld_set.save(rs, tmp_path / "p.npz")
+    back = realworld_set.load(tmp_path / "p.npz")
     assert all(np.array_equal(getattr(rs, f), getattr(back, f))
                for f in ("x", "y", "found", "source", "names"))
     with pytest.raises(UserError, match="dvc repro realworld"):
-        realworld.load(tmp_path / "missing.npz")
+        realworld_set.load(tmp_path / "missing.npz")

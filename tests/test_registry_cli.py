@@ -92,6 +92,13 @@ def test_promote_and_rollback_keep_dvc_clean_and_a_clone_without_the_store_follo
     assert result["model"] == {"source": f"models/{model_of[champ]}.h5", "version": champ,
                                "architecture": model_of[champ]}
 
+    listed = run([CLI, "versions"], root, env).stdout.splitlines()
+    assert [line.split()[0] for line in listed] == [f"v{v}" for v in
+                                                     sorted(model_of, key=int, reverse=True)]
+    line_of = {line.split()[0]: line for line in listed}
+    assert line_of[f"v{champ}"].endswith("@champion") and model_of[champ] in line_of[f"v{champ}"]
+    assert "@champion" not in line_of[f"v{other}"]
+
     again = run([CLI, "rollback"], root, env, check=False)
     assert again.returncode == 2 and "no earlier champion to return to" in again.stderr
     tags = MlflowClient(f"sqlite:///{root}/mlflow.db").get_registered_model(REG).tags

@@ -32,9 +32,12 @@ def test_copied_project_store_opens_with_its_artifacts(tmp_path: Path) -> None:
     shutil.rmtree(original)                       # the old paths now lead nowhere
 
     env = tool_env()
+    warned = run([CLI, "compare"], copy, env).stderr
+    assert "run `mnist-mlops relocate-store`" in warned and str(original) in warned, warned
     out = run([CLI, "relocate-store"], copy, env).stdout
     assert int(out.split()[0]) >= 5                # experiment, runs, logged model
     assert run([CLI, "relocate-store"], copy, env).stdout.startswith("0 ")   # idempotent
+    assert "relocate-store" not in run([CLI, "compare"], copy, env).stderr
 
     mlflow.set_tracking_uri(f"sqlite:///{copy}/mlflow.db")
     info = json.loads((copy / "reports" / "train" / MODEL / "run.json").read_text())

@@ -16,20 +16,26 @@
 
 Exit status, of every command and every pipeline stage: 0 ok, 1 failure (it ran and could
 not do it; monitor: drift found), 2 bad input or usage (the message says what to change),
-130 interrupted.
+130 interrupted; 141 quietly when the reader of its output has gone (`... | head`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from mnist_mlops.commands import monitor, pipeline, registry, serving, store, sweep, team
 from mnist_mlops.commands.base import Commands
-from mnist_mlops.core.runtime import EXIT_INTERRUPTED, UserError, configure_logging
+from mnist_mlops.core.runtime import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    UserError,
+    configure_logging,
+)
 
 log = logging.getLogger("mnist_mlops")
 GROUPS = (pipeline, registry, serving, sweep, monitor, store, team)
@@ -68,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:      # `mnist-mlops ... | head`: the reader has gone
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())     # so that the exit's flush writes nowhere
+        return EXIT_BROKEN_PIPE
     except Exception as exc:   # the tracking server refused these credentials: one line
         from mnist_mlops.tracking.refusals import refusal, refusal_status
 

@@ -7,10 +7,13 @@ parts: what it does, its arguments, and the exit status it may end with.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from mnist_mlops.core.config import Params, load_params
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[argparse.Namespace], int]
 EXIT_STATUS = ("exit status: 0 ok, 1 failure (it ran and could not do it), 2 bad input or "
@@ -35,9 +38,20 @@ class Commands:
         return p
 
 
-def params(args: argparse.Namespace) -> Params:
-    """params.yaml (or --params), validated: what most commands read."""
-    return load_params(args.params)
+def params(args: argparse.Namespace, store_moved_warning: bool = True) -> Params:
+    """params.yaml (or --params), validated: what most commands read. A project folder
+    copied with its SQLite store still points at the old folder's artifacts: warned."""
+    p = load_params(args.params)
+    uri = p.mlflow.resolved_tracking_uri()
+    if store_moved_warning and uri.startswith("sqlite:///"):
+        from mnist_mlops.tracking.store import foreign_roots  # only with a SQLite store
+
+        db = Path(uri.removeprefix("sqlite:///"))
+        if roots := foreign_roots(db):
+            log.warning("the tracking store %s keeps its artifacts under %s, outside this "
+                        "project (a copied folder?): run `mnist-mlops relocate-store`",
+                        db, ", ".join(roots))
+    return p
 
 
 def params_unless_model_file(args: argparse.Namespace) -> Params | None:

@@ -29,6 +29,25 @@ def cmd_champion(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_versions(args: argparse.Namespace) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from mnist_mlops.registry import aliases
+    from mnist_mlops.tracking import mlflow_io
+
+    p = params(args)
+    mlflow_io.setup(p.mlflow)
+    name = p.mlflow.registered_model
+    rows = aliases.versions(MlflowClient(), name)
+    if not rows:
+        print(f"{name}: no versions yet (`dvc repro` registers them)")
+    for r in rows:
+        tags = " ".join(f"@{a}" for a in r["aliases"])
+        print(f"v{r['version']:<4} {r['model'] or '?':<18} test {r['test_accuracy']:.4f}  "
+              f"{r['registered']}  {tags}".rstrip())
+    return 0
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from mnist_mlops.registry.register import promote
 
@@ -49,12 +68,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def add(commands: Commands) -> None:
     commands.add("champion", "show the champion and challenger versions", cmd_champion)
+    commands.add("versions", "list the registered versions, newest first: number, model, "
+                 "test accuracy, when, aliases", cmd_versions)
 
     p = commands.add("promote", "make a registry version the champion, if the promotion "
                      "gate agrees (floor, margin, McNemar test, real-world set)", cmd_promote)
     p.add_argument("--version", required=True, type=int,
-                   help="the registry version to promote (`mnist-mlops champion` and the "
-                   "MLflow UI list them)")
+                   help="the registry version to promote (`mnist-mlops versions` lists "
+                   "them)")
     p.add_argument("--force", action="store_true",
                    help="promote even if the gate refuses (recorded on the version)")
 

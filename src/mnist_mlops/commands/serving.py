@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
+from pathlib import Path
 
 from mnist_mlops.commands.base import TRUST_HELP, Commands, params_unless_model_file
 from mnist_mlops.core.runtime import EXIT_FAILURE, UserError
@@ -16,13 +18,36 @@ MODEL_HELP = ("a .h5 file, or an MLflow model (URI or folder); default: "
               "champion recorded in reports/ (its models/*.h5)")
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from mnist_mlops.monitoring.predlog import logged_call
-    from mnist_mlops.serving.predict import expand_inputs, load_predictor, predict_files
+def port_free(host: str, port: int) -> None:
+    """Refuse, before anything loads, a port that another server holds (uvicorn would
+    say so only after the model has loaded, in its own words)."""
+    try:
+        with socket.create_server((host, port)):       # SO_REUSEADDR, as uvicorn binds
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host} port {port}: {exc.strerror or exc} "
+                        "(another server on it?); stop it, or pass --port with a free "
+                        "port") from None
 
-    files = expand_inputs(args.images)
+
+def pictures(images: list[str]) -> list[Path]:
+    """The picture files to read, checked before any model loads: none at all, or none
+    that exists, is bad input (one file among others that fails gets its own error)."""
+    from mnist_mlops.serving.predict import expand_inputs
+
+    files = expand_inputs(images)
     if not files:
         raise UserError("no image files found in the given folder(s)")
+    if not any(f.is_file() for f in files):
+        raise UserError(f"no such picture: {', '.join(str(f) for f in files)}")
+    return files
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mnist_mlops.monitoring.predlog import logged_call
+    from mnist_mlops.serving.predict import load_predictor, predict_files
+
+    files = pictures(args.images)
     p = params_unless_model_file(args)
     predictor = load_predictor(args.model, p, args.trust_model)
     results = predict_files(predictor, files, args.threshold, logged_call(p, predictor))
@@ -35,6 +60,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    port_free(args.host, args.port)
     from mnist_mlops.monitoring.predlog import options as log_options
     from mnist_mlops.serving.app import ServeOptions
     from mnist_mlops.serving.batcher import BatchOptions

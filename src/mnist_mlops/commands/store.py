@@ -15,7 +15,7 @@ from mnist_mlops.core.runtime import UserError
 def cmd_relocate_store(args: argparse.Namespace) -> int:
     from mnist_mlops.tracking.store import relocate
 
-    uri = params(args).mlflow.resolved_tracking_uri()
+    uri = params(args, store_moved_warning=False).mlflow.resolved_tracking_uri()
     if not uri.startswith("sqlite:///"):
         raise UserError(f"the tracking store is {uri}: only the embedded SQLite store records "
                         "local artifact paths")

@@ -48,6 +48,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1        # it ran and failed, or found what it checks for (monitor: drift)
 EXIT_USAGE = 2          # bad input, bad params or usage: the message says what to change
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM
+EXIT_BROKEN_PIPE = 141  # the reader of the output has gone, as a Unix tool SIGPIPE ends
 
 
 class UserError(Exception):

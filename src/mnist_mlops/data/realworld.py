@@ -13,38 +13,20 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from mnist_mlops.core.config import Params, RealworldParams, load_params
-from mnist_mlops.core.fsio import atomic_path
 from mnist_mlops.core.mnist import NUM_CLASSES
 from mnist_mlops.core.runtime import UserError, run_main
 from mnist_mlops.data.dataset import load_dataset
 from mnist_mlops.data.digits import IMAGE_SUFFIXES, ImageInputError, prepare
+from mnist_mlops.data.realworld_set import PREPARED, RealworldSet, concat, save
 
 log = logging.getLogger(__name__)
 GENERATED = "generated"
-PREPARED = "prepared.npz"
-
-
-@dataclass(frozen=True)
-class RealworldSet:
-    """Pictures after preprocessing: `x` (n, 28, 28) uint8, `found` False where
-    preprocessing saw no digit (always a wrong answer), `source` generated or user."""
-
-    x: np.ndarray
-    y: np.ndarray
-    found: np.ndarray
-    source: np.ndarray
-    names: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.y)
 
 
 def photograph(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
@@ -142,42 +124,6 @@ def prepare_set(files: list[tuple[Path, int]], source: str, root: Path) -> Realw
         x=np.stack(xs) if xs else np.zeros((0, 28, 28), np.uint8),
         y=np.array([d for _, d in files], dtype=np.int64), found=np.array(found, dtype=bool),
         source=np.array([source] * n), names=np.array([str(p.relative_to(root)) for p, _ in files]))
-
-
-def concat(sets: list[RealworldSet]) -> RealworldSet:
-    return RealworldSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in
-                          ("x", "y", "found", "source", "names")))
-
-
-def predictions(proba: Callable[[np.ndarray], np.ndarray], rs: RealworldSet) -> np.ndarray:
-    """Predicted digit per picture, from a uint8-images -> probabilities function; -1 where
-    preprocessing found no digit (a wrong answer: the user got "no digit found")."""
-    pred = np.full(len(rs), -1, dtype=np.int64)
-    if rs.found.any():
-        pred[rs.found] = np.asarray(proba(rs.x[rs.found])).argmax(axis=1)
-    return pred
-
-
-def accuracy(rs: RealworldSet, pred: np.ndarray) -> dict[str, float]:
-    """`realworld_accuracy` over every picture; `user_digits_accuracy` over the user's."""
-    out = {"realworld_accuracy": float((pred == rs.y).mean())}
-    user = rs.source == "user"
-    if user.any():
-        out["user_digits_accuracy"] = float((pred[user] == rs.y[user]).mean())
-    return out
-
-
-def save(rs: RealworldSet, path: Path) -> None:
-    with atomic_path(path, suffix=".tmp.npz") as tmp:
-        np.savez_compressed(tmp, x=rs.x, y=rs.y, found=rs.found, source=rs.source, names=rs.names)
-
-
-def load(path: Path) -> RealworldSet:
-    try:
-        with np.load(path) as z:
-            return RealworldSet(*(z[f] for f in ("x", "y", "found", "source", "names")))
-    except FileNotFoundError:
-        raise UserError(f"{path} not found: run `dvc repro realworld` first") from None
 
 
 def build(params: Params) -> RealworldSet:

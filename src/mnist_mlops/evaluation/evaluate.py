@@ -23,7 +23,7 @@ from mnist_mlops.core.config import Params, load_params
 from mnist_mlops.core.fsio import write_json_atomic, write_text_atomic
 from mnist_mlops.core.mnist import NUM_CLASSES
 from mnist_mlops.core.runtime import run_main
-from mnist_mlops.data import realworld
+from mnist_mlops.data import realworld_set
 from mnist_mlops.data.dataset import load_dataset
 from mnist_mlops.inference.predictor import BIG_BATCH, Predictor
 from mnist_mlops.tracking import mlflow_io
@@ -122,13 +122,13 @@ def evaluate(params: Params, name: str) -> dict[str, Any]:
     figures.digit_grid(x[worst], [f"true {y[i]} → {pred[i]} ({proba[i, pred[i]]:.2f})"
                                   for i in worst], out / "misclassified.png",
                        f"{name}: most confident mistakes")
-    rs = realworld.load(paths.realworld / realworld.PREPARED)
-    rw_pred = realworld.predictions(predictor.predict_proba, rs)
+    rs = realworld_set.load(paths.realworld / realworld_set.PREPARED)
+    rw_pred = realworld_set.predictions(predictor.predict_proba, rs)
     write_text_atomic(out / "realworld.csv", "file,actual,predicted\n" + "".join(
         f"{n},{a},{b}\n" for n, a, b in zip(rs.names, rs.y, rw_pred, strict=True)))
     metrics = {"test_accuracy": m["accuracy"], "test_loss": m["loss"],
                "test_macro_f1": m["macro_f1"], "test_errors": int((pred != y).sum()),
-               **member_metrics(model, x, y), **realworld.accuracy(rs, rw_pred)}
+               **member_metrics(model, x, y), **realworld_set.accuracy(rs, rw_pred)}
     timings = {f"infer_{k}": v for k, v in speed.items()}
     _log_to_mlflow(params, name, {**metrics, **timings}, m["per_class"], out)
     write_json_atomic(out / "speed.json", timings)

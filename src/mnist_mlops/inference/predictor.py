@@ -40,7 +40,13 @@ def load_keras_model(path: Path) -> Any:
 
     if not path.is_file():
         raise UserError(f"{path} not found")
-    return keras.saving.load_model(path, compile=False)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (OSError, ValueError, TypeError, KeyError) as exc:   # h5py's and Keras' refusals
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path} is not a Keras model file that can be loaded ({reason}): "
+                        "pass --model with a .h5 this pipeline saved (models/<model>.h5), "
+                        "or an MLflow model URI") from None
 
 
 def pipeline_h5(source: str, flavors: dict[str, Any]) -> Path | None:

@@ -33,6 +33,7 @@ from mnist_mlops.core.fsio import write_text_atomic
 from mnist_mlops.core.runtime import UserError
 from mnist_mlops.evaluation.compare import compare
 from mnist_mlops.jobs.profiles import profile
+from mnist_mlops.registry import records
 from mnist_mlops.tracking import mlflow_io
 
 log = logging.getLogger(__name__)
@@ -130,42 +131,14 @@ def report(params: Params, opts: Options, branch: str, commit_sha: str | None,
     if diff.returncode != 0 or "failed to load" in diff.stderr:
         lines += [f"(`{opts.base}` has no committed metrics yet: every value is new)", ""]
     lines += ["## Promotion gate", ""]
-    try:
-        rec = json.loads(params.paths.registry.read_text())
-        lines += gate_lines(rec)
-    except (OSError, ValueError):
-        lines += ["(no decision record)", ""]
+    rec = records.read_record(params.paths.registry)
+    lines += records.as_markdown(rec) if rec else ["(no decision record)", ""]
     lines += ["## Comparison", "", _comparison(params), "",
               "## Pictures", "",
               "Learning curves (`reports/train/<model>/curves.png`) and confusion matrices "
               "(`reports/evaluate/<model>/confusion.png`) are in the DVC remote "
               "(`dvc pull` on this branch) and attached to the workflow run.", ""]
     return "\n".join(lines)
-
-
-def gate_lines(rec: dict[str, Any]) -> list[str]:
-    """The decision record as Markdown: verdict, both models, and the gate's evidence."""
-    def who(m: dict[str, Any] | None) -> str:
-        if not m:
-            return "none"
-        rw = m.get("realworld_accuracy")
-        return (f"v{m['version']} {m.get('model') or ''} (test accuracy "
-                f"{m['test_accuracy']:.4f}" + (f", real-world {rw:.4f})" if rw else ")"))
-    lines = [f"- decision ({rec.get('action', 'register')}): "
-             f"**{'promoted' if rec.get('promoted') else 'champion kept'}** — {rec.get('reason')}",
-             f"- champion: {who(rec.get('champion_model'))}; previous champion: "
-             f"v{rec.get('previous_champion')}",
-             f"- challenger: {who(rec.get('challenger'))}"]
-    pt = rec.get("paired_test")
-    if pt:
-        lines.append(f"- paired test (McNemar, one-sided): {pt['better']} test digits only the "
-                     f"challenger gets right, {pt['worse']} only the champion; p = "
-                     f"{pt['p_value']:.3g} (alpha {rec.get('gate', {}).get('alpha', '?')})")
-    rw = rec.get("realworld_accuracy") or {}
-    if rw.get("challenger") is not None:
-        lines.append(f"- real-world set: challenger {rw['challenger']:.4f}, champion "
-                     f"{rw['champion']:.4f}")
-    return [*lines, ""]
 
 
 def _comparison(params: Params) -> str:

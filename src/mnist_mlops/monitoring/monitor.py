@@ -136,6 +136,10 @@ def logged(params: Params, window_size: int | None = None) -> list[dict[str, Any
     if not records:
         raise UserError(f"{where} holds no predictions: serve the model (`mnist-mlops "
                         "serve`, with monitor.log: true in params.yaml) and let it answer")
+    if len(records) < MIN_WINDOW:     # too few for any model: no need to load one
+        raise UserError(f"{where} holds {len(records)} answers; at least {MIN_WINDOW} of "
+                        "one model are needed. Serve it (`mnist-mlops serve`) and let it "
+                        "answer")
     return records
 
 

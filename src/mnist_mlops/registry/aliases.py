@@ -165,6 +165,21 @@ def rollback(client: MlflowClient, name: str) -> str:
     return target
 
 
+def versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    """Every version of registered model `name`, newest first: number, model, accuracies,
+    aliases, when it was registered and the gate's word on it."""
+    found = client.search_model_versions(f"name='{name}'")
+    return [{"version": str(mv.version), "model": mv.tags.get("model_name"),
+             "test_accuracy": float(mv.tags.get("test_accuracy", "nan")),
+             "realworld_accuracy": (float(mv.tags["realworld_accuracy"])
+                                    if "realworld_accuracy" in mv.tags else None),
+             "aliases": sorted(mv.aliases or ()),
+             "registered": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC)
+             .isoformat(timespec="seconds"),
+             "gate": mv.tags.get("gate_decision")}
+            for mv in sorted(found, key=lambda mv: -int(mv.version))]
+
+
 def version_behind(client: MlflowClient, uri: str) -> dict[str, str]:
     """Version and architecture behind `models:/NAME@alias` or `models:/NAME/VERSION`
     (empty for any other model URI): which registered model answers."""

@@ -65,11 +65,8 @@ def recorded_champion(params: Params) -> tuple[Path, dict[str, Any]] | None:
     only grows), the later one on a tie."""
     found = []
     for path in (params.paths.registry, by_hand_record(params.paths)):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and record.get("champion"):
+        record = read_record(path)
+        if record and record.get("champion"):
             order = (len(record.get("champion_history") or ()), record.get("decided_at", ""))
             found.append((order, path, record))
     return max(found, key=lambda f: f[0])[1:] if found else None
@@ -99,3 +96,37 @@ def recorded_champion_file(params: Params, record: dict[str, Any]) -> Path:
         raise UserError(f"is v{version} ({name}), but {path} is from another training run: "
                         "check out the commit that trained it and `dvc pull`")
     return path
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The decision record at `path`; None where there is none (or it is unreadable)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def as_markdown(rec: dict[str, Any]) -> list[str]:
+    """The decision record as Markdown: verdict, both models, and the gate's evidence."""
+    def who(m: dict[str, Any] | None) -> str:
+        if not m:
+            return "none"
+        rw = m.get("realworld_accuracy")
+        return (f"v{m['version']} {m.get('model') or ''} (test accuracy "
+                f"{m['test_accuracy']:.4f}" + (f", real-world {rw:.4f})" if rw else ")"))
+    lines = [f"- decision ({rec.get('action', 'register')}): "
+             f"**{'promoted' if rec.get('promoted') else 'champion kept'}** — {rec.get('reason')}",
+             f"- champion: {who(rec.get('champion_model'))}; previous champion: "
+             f"v{rec.get('previous_champion')}",
+             f"- challenger: {who(rec.get('challenger'))}"]
+    pt = rec.get("paired_test")
+    if pt:
+        lines.append(f"- paired test (McNemar, one-sided): {pt['better']} test digits only the "
+                     f"challenger gets right, {pt['worse']} only the champion; p = "
+                     f"{pt['p_value']:.3g} (alpha {rec.get('gate', {}).get('alpha', '?')})")
+    rw = rec.get("realworld_accuracy") or {}
+    if rw.get("challenger") is not None:
+        lines.append(f"- real-world set: challenger {rw['challenger']:.4f}, champion "
+                     f"{rw['champion']:.4f}")
+    return [*lines, ""]

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_mlops.core.config import Params, load_params
 from mnist_mlops.core.runtime import UserError, run_main
-from mnist_mlops.data import realworld
+from mnist_mlops.data import realworld_set
 from mnist_mlops.data.dataset import load_dataset
 from mnist_mlops.inference.predictor import Predictor
 from mnist_mlops.registry import aliases, gate, records
@@ -89,17 +89,17 @@ def register(params: Params) -> dict[str, Any]:
 def evidence(params: Params, version: str, champion: str) -> gate.Evidence:
     """Both versions' predictions on the same test images and real-world pictures."""
     paths, reg = params.paths, params.mlflow.registered_model
-    prepared = paths.realworld / realworld.PREPARED
+    prepared = paths.realworld / realworld_set.PREPARED
     for needed, stage in ((paths.dataset, "parse"), (prepared, "realworld")):
         if not needed.is_file():
             return gate.Evidence(missing=f"{needed} not found (`dvc repro {stage}` makes it)")
-    data, rs = load_dataset(paths.dataset), realworld.load(prepared)
+    data, rs = load_dataset(paths.dataset), realworld_set.load(prepared)
     x, y = data["x_test"], data["y_test"].astype(np.int64)
     right, rw = [], []
     for v in (version, champion):
         model = Predictor(f"models:/{reg}/{v}")
         right.append(model.predict_proba(x).argmax(axis=1) == y)
-        rw.append(realworld.accuracy(rs, realworld.predictions(model.predict_proba, rs))[
+        rw.append(realworld_set.accuracy(rs, realworld_set.predictions(model.predict_proba, rs))[
             "realworld_accuracy"])
     return gate.Evidence(gate.mcnemar(*right), rw[0], rw[1])
 

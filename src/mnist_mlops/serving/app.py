@@ -26,14 +26,19 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mnist_mlops.inference.predictor import Predictor
 from mnist_mlops.monitoring.features import LoggedCall
 from mnist_mlops.monitoring.predlog import LogOptions, PredictionLog
 from mnist_mlops.serving import inputs
 from mnist_mlops.serving.batcher import Batcher, BatchOptions, Overloaded
 from mnist_mlops.serving.metrics import Metrics, MetricsMiddleware
-from mnist_mlops.serving.predict import NO_DIGIT, Predictor
+from mnist_mlops.serving.predict import NO_DIGIT
 
 log = logging.getLogger(__name__)
+# MLflow's error codes (mlflow.protos.databricks_pb2) for the statuses this server answers
+ERROR_CODES = {400: "BAD_REQUEST", 404: "ENDPOINT_NOT_FOUND", 405: "BAD_REQUEST",
+               408: "BAD_REQUEST", 413: "REQUEST_LIMIT_EXCEEDED",
+               503: "TEMPORARILY_UNAVAILABLE"}
 
 
 @dataclass(frozen=True)
@@ -113,18 +118,21 @@ class Service:
         if self.plog is not None:            # what is queued reaches the log
             await asyncio.to_thread(self.plog.close)
 
-    async def body(self, request: Request) -> bytes:
-        """The request body, at most MAX_BODY bytes, received within body_timeout_s."""
+    async def body(self, request: Request, what: str) -> bytes:
+        """The request body, at most MAX_BODY bytes however it is sent (a Content-Length
+        over the cap is refused at once; a chunked body as soon as it passes the cap),
+        received within body_timeout_s. `what` names what the endpoint takes."""
         length = request.headers.get("content-length")
         if length is not None and int(length) > inputs.MAX_BODY:
-            raise Refused(413, "send a PNG of at most 5 MiB (Content-Length)")
+            raise Refused(413, f"send {what} of at most 5 MiB (Content-Length)",
+                          Connection="close")
         try:
-            body = await asyncio.wait_for(request.body(), self.opts.body_timeout_s)
+            body = await asyncio.wait_for(_capped(request, what), self.opts.body_timeout_s)
         except TimeoutError:
             raise Refused(408, f"request body not received within "
                           f"{self.opts.body_timeout_s:g} s", Connection="close") from None
         if not body:
-            raise Refused(400, "empty request: send a JSON body (Content-Length)")
+            raise Refused(400, f"empty request: send {what}")
         return body
 
     async def off_loop(self, fn: Callable[[bytes], Any], body: bytes) -> Any:
@@ -157,6 +165,24 @@ class Service:
         return proba
 
 
+async def _capped(request: Request, what: str) -> bytes:
+    """The body as it streams in, refused (413) the moment it passes MAX_BODY."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > inputs.MAX_BODY:
+            raise Refused(413, f"send {what} of at most 5 MiB", Connection="close")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def error(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    """Every error answer: MLflow's scoring-server shape (`error_code`, `message`), and
+    `error` as this server has always said it."""
+    return JSONResponse({"error": message, "error_code": ERROR_CODES.get(status, "BAD_REQUEST"),
+                         "message": message}, status, headers=headers)
+
+
 def _svc(request: Request) -> Service:
     return request.app.state.service
 
@@ -167,15 +193,14 @@ def answering(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
         try:
             return await handler(request)
         except inputs.BadRequest as exc:
-            return JSONResponse({"error": str(exc), "error_code": "BAD_REQUEST",
-                                 "message": str(exc)}, exc.status)
+            return error(str(exc), exc.status)
         except Refused as exc:
-            return JSONResponse({"error": str(exc)}, exc.status, headers=exc.headers)
+            return error(str(exc), exc.status, exc.headers)
         except ClientDisconnect:
             return Response(status_code=499)
         except ValueError:      # a Content-Length that is not a number
-            return JSONResponse({"error": "Content-Length must be a number of bytes"},
-                                400, headers={"Connection": "close"})
+            return error("Content-Length must be a number of bytes", 400,
+                         {"Connection": "close"})
     return endpoint
 
 
@@ -209,7 +234,8 @@ async def metrics(request: Request) -> Response:
 
 async def predict(request: Request) -> Response:
     t0, svc = time.perf_counter(), _svc(request)
-    arr = await svc.off_loop(inputs.drawing_to_mnist, await svc.body(request))
+    arr = await svc.off_loop(inputs.drawing_to_mnist,
+                             await svc.body(request, inputs.EXPECTED_WHAT))
     about = svc.predictor.about if svc.predictor else {}
     if arr is None:
         return JSONResponse({"digit": None, "probabilities": [], "message": NO_DIGIT,
@@ -223,17 +249,17 @@ async def predict(request: Request) -> Response:
 
 async def invocations(request: Request) -> Response:
     svc = _svc(request)
-    images = inputs.scoring_images(await svc.body(request))
+    images = inputs.scoring_images(await svc.body(request, inputs.EXPECTED_MLFLOW_WHAT))
     proba = await svc.probabilities(images)
     return JSONResponse({"predictions": proba.tolist()})
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"error": f"no endpoint {request.method} {request.url.path}"}, 404)
+    return error(f"no endpoint {request.method} {request.url.path}", 404)
 
 
 async def not_allowed(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"error": f"{request.method} not allowed on {request.url.path}"}, 405)
+    return error(f"{request.method} not allowed on {request.url.path}", 405)
 
 
 ROUTES = [

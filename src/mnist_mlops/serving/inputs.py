@@ -22,6 +22,8 @@ PAGE_MAX_PIXELS = 1_000_000
 MAX_IMAGES = 256           # images in one /invocations request
 EXPECTED = '{"image": "data:image/png;base64,..."}'
 EXPECTED_MLFLOW = '{"inputs": [[[0..255]*28]*28, ...]} or {"instances": ...}'
+EXPECTED_WHAT = f"a PNG drawing as JSON {EXPECTED}"               # what each endpoint takes
+EXPECTED_MLFLOW_WHAT = f"a scoring request as JSON {EXPECTED_MLFLOW}"
 
 
 class BadRequest(ValueError):
@@ -99,4 +101,8 @@ def scoring_images(body: bytes) -> np.ndarray:
         raise BadRequest(f"{len(arr)} images in one request: send at most {MAX_IMAGES}", 413)
     if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255:
         raise BadRequest("pixel values must be numbers from 0 to 255 (uint8, as MNIST)")
+    if 0 < arr.max() <= 1:       # x / 255: would round to a blank picture, answered anyway
+        raise BadRequest(f"pixel values are 0-255 (raw, as MNIST stores them), but the "
+                         f"largest sent is {arr.max():g}: values scaled to 0-1 look blank to "
+                         "the model; multiply them by 255")
     return np.rint(arr).astype(np.uint8)

@@ -23,9 +23,9 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from mnist_mlops.inference.predictor import Predictor
 from mnist_mlops.serving.app import ServeOptions, create_app
 from mnist_mlops.serving.batcher import BatchOptions
-from mnist_mlops.serving.predict import Predictor
 
 log = logging.getLogger(__name__)
 MAX_HEADER_BYTES = 16 * 1024

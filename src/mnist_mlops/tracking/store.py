@@ -84,6 +84,19 @@ def moved(location: str | None, roots: list[str], new_root: Path) -> str | None:
     return None
 
 
+def foreign_roots(db_path: Path) -> list[str]:
+    """The folders outside the store's own project folder that its artifact locations
+    point into (a copied project that `relocate-store` has not yet pointed home); a DVC
+    temporary workspace inside the project is home too."""
+    project = db_path.parent.resolve()
+    if not db_path.is_file():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
+        roots = recorded_roots(db)
+    return sorted(r for r in roots
+                  if not _same(r, project) and not Path(r).is_relative_to(project))
+
+
 def _same(root: str, new_root: Path) -> bool:
     try:
         return Path(root) == new_root or os.path.samefile(root, new_root)
