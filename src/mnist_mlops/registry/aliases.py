@@ -169,11 +169,15 @@ def versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
     """Every version of registered model `name`, newest first: number, model, accuracies,
     aliases, when it was registered and the gate's word on it."""
     found = client.search_model_versions(f"name='{name}'")
+    if not found:
+        return []
+    # the registered model holds the aliases (a searched version does not carry them)
+    held = client.get_registered_model(name).aliases or {}
     return [{"version": str(mv.version), "model": mv.tags.get("model_name"),
              "test_accuracy": float(mv.tags.get("test_accuracy", "nan")),
              "realworld_accuracy": (float(mv.tags["realworld_accuracy"])
                                     if "realworld_accuracy" in mv.tags else None),
-             "aliases": sorted(mv.aliases or ()),
+             "aliases": sorted(a for a, v in held.items() if str(v) == str(mv.version)),
              "registered": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC)
              .isoformat(timespec="seconds"),
              "gate": mv.tags.get("gate_decision")}
