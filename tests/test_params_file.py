@@ -103,3 +103,24 @@ def test_comments_point_at_pages_of_this_repository() -> None:
         assert title in headings, (page, title)
     assert "(README)" not in comments and "see README)" not in comments  # which section?
     assert yaml.safe_load(text)["models"]
+
+
+def test_overrides_keep_their_type_through_dvc(tmp_path: Path) -> None:
+    """What a sweep's winner, the quick profile and the retrain loop write: a float keeps
+    its point (YAML reads `1e-05` as a string), and after DVC's editor has set them a list
+    stays a list, an integer an integer, a float a float, null null."""
+    from dvc.utils.hydra import apply_overrides
+
+    from mnist_mlops.core.overrides import assignments, dvc_args
+
+    assert dvc_args({"models.mlp_512x2.learning_rate": 1e-05}) == [
+        "-S", "models.mlp_512x2.learning_rate=1.0e-05"]
+    changes = {"models.mlp_512x2.learning_rate": 0.0005, "models.mlp_512x2.hidden_units":
+               (64, 32), "train.max_epochs": 2, "models.mlp_512x2.dropout": None}
+    path = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", path)
+    apply_overrides(path, assignments(changes))
+    raw = yaml.safe_load(path.read_text())
+    model = raw["models"]["mlp_512x2"]
+    assert model["learning_rate"] == 0.0005 and model["hidden_units"] == [64, 32]
+    assert model["dropout"] is None and raw["train"]["max_epochs"] == 2

@@ -12,7 +12,8 @@ from typing import Any
 from mnist_mlops.commands.base import Commands, params
 from mnist_mlops.core.config import Params
 from mnist_mlops.core.fsio import write_text_atomic
-from mnist_mlops.jobs.profiles import as_dvc_args, profile
+from mnist_mlops.core.overrides import dvc_args
+from mnist_mlops.jobs.profiles import profile
 from mnist_mlops.monitoring.settings import MonitorParams, monitor_params
 from mnist_mlops.sweep.settings import Sweeps, sweep_params
 
@@ -39,7 +40,7 @@ def cmd_params(args: argparse.Namespace) -> int:
         print(json.dumps(whole_file_schema(), indent=2))
         return 0
     if args.overrides:
-        print(shlex.join(as_dvc_args(profile(args.overrides))))
+        print(shlex.join(dvc_args(profile(args.overrides))))
         return 0
     p = params(args)
     whole = json.loads(p.model_dump_json())

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from mnist_mlops.commands.base import Commands, params
+from mnist_mlops.core.fsio import sqlite_file
 from mnist_mlops.core.runtime import UserError
 
 # Cold start: MLflow (2.4 s) is imported inside the commands, so that `--help` and a
@@ -16,10 +16,11 @@ def cmd_relocate_store(args: argparse.Namespace) -> int:
     from mnist_mlops.tracking.store import relocate
 
     uri = params(args, store_moved_warning=False).mlflow.resolved_tracking_uri()
-    if not uri.startswith("sqlite:///"):
+    db = sqlite_file(uri)
+    if db is None:
         raise UserError(f"the tracking store is {uri}: only the embedded SQLite store records "
                         "local artifact paths")
-    n = relocate(Path(uri[len("sqlite:///"):]))
+    n = relocate(db)
     print(f"{n} artifact locations updated")
     return 0
 

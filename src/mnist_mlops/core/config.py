@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from mnist_mlops.core.config_errors import one_line
-from mnist_mlops.core.fsio import project_root
+from mnist_mlops.core.fsio import project_sqlite_url
 from mnist_mlops.core.mnist import NUM_CLASSES
 from mnist_mlops.core.runtime import UserError
 
@@ -181,11 +181,7 @@ class MlflowParams(Section):
     def resolved_tracking_uri(self) -> str:
         """MLFLOW_TRACKING_URI wins, as MLflow itself defines; else the param, with a relative
         SQLite path made absolute against the project (also from a DVC temp workspace)."""
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
-        prefix = "sqlite:///"
-        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-            return f"{prefix}{project_root() / uri[len(prefix):]}"
-        return uri
+        return project_sqlite_url(os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri)
 
 
 class RegisterParams(Section):

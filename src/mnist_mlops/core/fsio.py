@@ -96,6 +96,22 @@ def project_root(cwd: Path | None = None) -> Path:
     return cwd
 
 
+SQLITE = "sqlite:///"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a `sqlite:///` URL (MLflow's store, Optuna's), else None."""
+    return Path(url[len(SQLITE):]) if url.startswith(SQLITE) else None
+
+
+def project_sqlite_url(url: str) -> str:
+    """A relative `sqlite:///` URL made absolute against the project (also from a DVC
+    temporary workspace: `project_root`); any other URL as it is."""
+    if url.startswith(SQLITE) and not url.startswith(SQLITE + "/"):
+        return f"{SQLITE}{project_root() / url[len(SQLITE):]}"
+    return url
+
+
 @contextlib.contextmanager
 def file_lock(path: Path | str) -> Iterator[None]:
     """An exclusive advisory lock (flock) held for the block; waits for other holders."""

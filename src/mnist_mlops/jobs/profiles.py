@@ -8,7 +8,6 @@ it into params.yaml. This is the one place its values are written.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from mnist_mlops.core.runtime import UserError
@@ -25,7 +24,3 @@ def profile(name: str) -> dict[str, Any]:
     return PROFILES[name]
 
 
-def as_dvc_args(overrides: dict[str, Any]) -> list[str]:
-    """`-S key=value` arguments of `dvc exp run`, values as YAML reads them."""
-    return [arg for key, value in overrides.items()
-            for arg in ("-S", f"{key}={json.dumps(value)}")]

@@ -16,7 +16,6 @@ remote it is.
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_mlops.core.config import Params
 from mnist_mlops.core.fsio import write_text_atomic
+from mnist_mlops.core.overrides import assignments
 from mnist_mlops.core.runtime import UserError
 from mnist_mlops.evaluation.compare import compare
 from mnist_mlops.jobs.profiles import profile
@@ -71,7 +71,7 @@ def dvc_remote() -> str | None:
 def apply_overrides(path: Path, overrides: dict[str, Any]) -> None:
     """Set dotted keys in a YAML file with DVC's own editor, as `dvc exp run -S` does: the
     file keeps its comments and layout (params.yaml is laid out for it)."""
-    dvc_set_params(path, [f"{key}={json.dumps(value)}" for key, value in overrides.items()])
+    dvc_set_params(path, assignments(overrides))
 
 
 def require_clean_tree() -> None:

@@ -24,6 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from mnist_mlops.core.mnist import INPUT_SHAPE
+from mnist_mlops.inference.predictor import compiled_call
+
 log = logging.getLogger(__name__)
 # Keras (7 s with TensorFlow) is imported where a model is reshaped or called: the
 # prediction log's readers describe pictures without TensorFlow.
@@ -93,14 +96,8 @@ def two_outputs(model: Any) -> Any:
 
 def call_two_outputs(both: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, embedding) of uint8 `images` (n, 28, 28[, 1]) in one model call."""
-    import keras
-
-    x = np.asarray(images, dtype=np.uint8).reshape(-1, 28, 28, 1).astype("float32")
-    if len(x) <= 256:
-        emb, proba = both.predict_on_batch(x)
-        emb, proba = keras.ops.convert_to_numpy(emb), keras.ops.convert_to_numpy(proba)
-    else:
-        emb, proba = both.predict(x, batch_size=256, verbose=0)
+    x = np.asarray(images, dtype=np.uint8).reshape(-1, *INPUT_SHAPE).astype("float32")
+    emb, proba = compiled_call(both, x)
     return (np.asarray(proba, dtype=np.float64).reshape(len(x), -1),
             np.asarray(emb, dtype=np.float32).reshape(len(x), -1))
 

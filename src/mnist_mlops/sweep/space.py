@@ -10,7 +10,6 @@ string "128,128" and is decoded here.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -19,6 +18,7 @@ from optuna.trial import TrialState
 from pydantic import ValidationError
 
 from mnist_mlops.core.config import ConfigError, ModelParams, TrainParams
+from mnist_mlops.core.overrides import dvc_args
 from mnist_mlops.sweep.settings import Choices, Range, SweepParams, as_params
 
 VARIANT = "variant"     # the one parameter of a variants grid: the variant's name
@@ -111,22 +111,9 @@ def train_params(tp: TrainParams, spec: SweepParams) -> TrainParams:
     return tp.model_copy(update={"max_epochs": cap})
 
 
-def yaml_value(value: Any) -> str:
-    """A value as `dvc exp run -S` parses it (YAML flow): [128,128], null, 0.001, true."""
-    if isinstance(value, tuple | list):
-        return "[" + ",".join(yaml_value(v) for v in value) + "]"
-    if isinstance(value, float):   # a float keeps its point: YAML reads 1e-05 as a string
-        mantissa, e, exponent = repr(value).partition("e")
-        return f"{mantissa if '.' in mantissa else mantissa + '.0'}{e}{exponent}"
-    return json.dumps(value) if not isinstance(value, str) else value
-
-
 def dvc_overrides(model: str, changes: dict[str, Any]) -> list[str]:
     """`-S` arguments that set the changes on the model's recipe in params.yaml."""
-    args: list[str] = []
-    for key, value in sorted(changes.items()):
-        args += ["-S", f"models.{model}.{key}={yaml_value(value)}"]
-    return args
+    return dvc_args({f"models.{model}.{key}": value for key, value in sorted(changes.items())})
 
 
 def experiment_command(study: optuna.Study, model: str, spec: SweepParams, queue: bool

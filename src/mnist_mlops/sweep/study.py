@@ -27,7 +27,7 @@ import optuna
 from optuna.trial import TrialState
 
 from mnist_mlops.core.config import ModelParams, Params
-from mnist_mlops.core.fsio import project_root
+from mnist_mlops.core.fsio import project_sqlite_url
 from mnist_mlops.core.runtime import UserError
 from mnist_mlops.sweep import space
 from mnist_mlops.sweep.settings import SweepParams, sweep_params
@@ -90,9 +90,7 @@ def storage_url(url: str) -> str:
     """A relative SQLite path is the project's (also from a DVC temp workspace); a plain
     postgresql:// URL uses psycopg2 (the `server` extra's driver) unless psycopg 3, which
     SQLAlchemy 2.1 takes by default, is installed."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/"):
-        return f"{prefix}{project_root() / url[len(prefix):]}"
+    url = project_sqlite_url(url)
     scheme, sep, rest = url.partition("://")
     if sep and scheme in ("postgresql", "postgres"):
         try:

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 from mnist_mlops.core.config import MlflowParams
-from mnist_mlops.core.fsio import file_lock, project_root
+from mnist_mlops.core.fsio import file_lock, project_root, sqlite_file
 from mnist_mlops.core.runtime import OperationFailed, UserError
 from mnist_mlops.tracking import refusals
 
@@ -64,14 +64,10 @@ def fast_failing_http() -> None:
         os.environ.setdefault(k, v)
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
 def store_lock_path(uri: str, name: str, fallback_dir: Path) -> Path:
     """A lock file for operations that must not interleave on one store: beside a SQLite
     file, else in the project's (git-ignored) checkpoint folder."""
-    db = _sqlite_path(uri)
+    db = sqlite_file(uri)
     if db is not None:
         return db.with_name(f"{db.name}.{name}.lock")
     return project_root() / fallback_dir / "locks" / f"{name}.lock"
@@ -94,7 +90,7 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
                 client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     location = None
-    if _sqlite_path(uri) is not None:
+    if sqlite_file(uri) is not None:
         location = (project_root() / "mlruns" / name).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
@@ -124,7 +120,7 @@ def connect(params: MlflowParams) -> str:
     fast_failing_http()
     uri = params.resolved_tracking_uri()
     mlflow.set_tracking_uri(uri)
-    init_lock = file_lock(store_lock_path(uri, "init", Path())) if _sqlite_path(uri) \
+    init_lock = file_lock(store_lock_path(uri, "init", Path())) if sqlite_file(uri) \
         else contextlib.nullcontext()
     with refusals.refusals_as_user_error(uri), init_lock:
         exp_id = ensure_experiment(MlflowClient(), params.experiment, uri)
