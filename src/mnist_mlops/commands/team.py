@@ -22,12 +22,12 @@ log = logging.getLogger(__name__)
 
 
 def cmd_user(args: argparse.Namespace) -> int:
+    warnings.filterwarnings("ignore", message=".*starlette")   # imported by MLflow's client
     from mnist_mlops.tracking.refusals import refusals_as_user_error
     from mnist_mlops.tracking.users import ROLES, grant
 
     if args.role not in ROLES:
         raise UserError(f"no role {args.role!r}; the roles are {', '.join(sorted(ROLES))}")
-    warnings.filterwarnings("ignore", message=".*starlette")   # imported by MLflow's client
     password = os.environ.get("USER_PASSWORD", "")
     if not password:
         raise UserError("set USER_PASSWORD to the new user's password")
