@@ -179,3 +179,9 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
         os.close(write)
     assert proc.returncode == 141, proc.stderr   # as a Unix tool that SIGPIPE ended
     assert proc.stderr == "", proc.stderr
+
+
+def test_serve_with_a_missing_model_file_says_so_before_serving(tmp_path: Path) -> None:
+    proc = run_cli(["serve", "--model", str(tmp_path / "gone.h5"), "--port", "0"], tmp_path)
+    assert proc.returncode == 2 and "gone.h5 not found" in proc.stderr, proc.stderr
+    assert "serving on" not in proc.stdout

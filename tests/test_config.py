@@ -163,3 +163,26 @@ def test_a_bad_param_exits_2_from_a_stage_and_from_the_cli(tmp_path: Path) -> No
                               text=True, timeout=120)
         assert proc.returncode == 2, (cmd, proc.stderr)
         assert "train.seedd" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["serve", "--port", "70000"], "argument --port: 70000 is out of range"),
+    (["serve", "--workers", "0"], "argument --workers: 0 is out of range: must be >= 1"),
+    (["serve", "--max-batch", "0"], "argument --max-batch: 0 is out of range"),
+    (["serve", "--body-timeout", "-1"], "argument --body-timeout: -1 is out of range"),
+    (["serve", "--max-wait-ms", "abc"], "argument --max-wait-ms: 'abc' is not a number"),
+    (["predict", "x.png", "--threshold", "2"], "must be > 0 and < 1"),
+    (["sweep", "mlp_512x2", "--n-trials", "-1"], "argument --n-trials: -1 is out of range"),
+    (["promote", "--version", "0"], "argument --version: 0 is out of range"),
+])
+def test_an_option_out_of_range_is_a_usage_error(args: list[str], says: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Said by the parser, exit 2, before any params, model or port is touched (a port over
+    65535 was a traceback, a threshold of 2 a silent 'no digit found')."""
+    from mnist_mlops.commands import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err

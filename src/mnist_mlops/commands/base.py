@@ -41,6 +41,35 @@ class Commands:
         return p
 
 
+def number(kind: Callable[[str], float], low: float | None = None,
+           high: float | None = None, *, low_open: bool = False, high_open: bool = False
+           ) -> Callable[[str], float]:
+    """An argparse type: `kind` (int or float) within [low, high] (an open end excluded), so
+    that a value out of range is a usage error naming the option, exit 2, before any work."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if (low is not None and (value < low or (low_open and value == low))) or \
+                (high is not None and (value > high or (high_open and value == high))):
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+            hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be "
+                                             f"{' and '.join(x for x in (lo, hi) if x)}")
+        return value
+    parse.__name__ = kind.__name__       # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT = number(int, 1)
+POSITIVE = number(float, 0, low_open=True)
+NON_NEGATIVE = number(float, 0)
+PORT = number(int, 0, 65535)
+FRACTION = number(float, 0, 1, low_open=True, high_open=True)
+
+
 def params(args: argparse.Namespace, store_moved_warning: bool = True) -> Params:
     """params.yaml (or --params), validated: what most commands read. A project folder
     copied with its SQLite store still points at the old folder's artifacts: warned."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mnist_mlops.commands.base import TRUST_HELP, Commands, params
+from mnist_mlops.commands.base import POSITIVE_INT, TRUST_HELP, Commands, params
 from mnist_mlops.core.runtime import EXIT_FAILURE
 
 # Cold start: the model code, MLflow and Evidently (TensorFlow alone: 7 s) are imported
@@ -40,7 +40,7 @@ def add(commands: Commands) -> None:
     p.add_argument("--model", help="the model whose answers to check (a .h5 file or MLflow "
                    "model); default: the champion, as for serve")
     p.add_argument("--trust-model", action="store_true", help=TRUST_HELP)
-    p.add_argument("--window", type=int, help="latest answers compared (default: "
+    p.add_argument("--window", type=POSITIVE_INT, help="latest answers compared (default: "
                    "monitor.window in params)")
     p.add_argument("--out", type=Path, help="folder for report.html and summary.json "
                    "(default: paths.monitor_reports)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mnist_mlops.commands.base import Commands, params
+from mnist_mlops.commands.base import POSITIVE_INT, Commands, params
 
 # Cold start: MLflow and the registry code (2.4 s) are imported inside the commands,
 # so that `--help` and a usage error answer in 0.35 s.
@@ -73,7 +73,7 @@ def add(commands: Commands) -> None:
 
     p = commands.add("promote", "make a registry version the champion, if the promotion "
                      "gate agrees (floor, margin, McNemar test, real-world set)", cmd_promote)
-    p.add_argument("--version", required=True, type=int,
+    p.add_argument("--version", required=True, type=POSITIVE_INT,
                    help="the registry version to promote (`mnist-mlops versions` lists "
                    "them)")
     p.add_argument("--force", action="store_true",

@@ -7,7 +7,16 @@ import json
 import socket
 from pathlib import Path
 
-from mnist_mlops.commands.base import TRUST_HELP, Commands, params_unless_model_file
+from mnist_mlops.commands.base import (
+    FRACTION,
+    NON_NEGATIVE,
+    PORT,
+    POSITIVE,
+    POSITIVE_INT,
+    TRUST_HELP,
+    Commands,
+    params_unless_model_file,
+)
 from mnist_mlops.core.runtime import EXIT_FAILURE, UserError
 
 # Cold start: the model code (Keras with TensorFlow, MLflow: 7-9 s) is imported inside
@@ -64,10 +73,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mnist_mlops.monitoring.predlog import options as log_options
     from mnist_mlops.serving.app import ServeOptions
     from mnist_mlops.serving.batcher import BatchOptions
-    from mnist_mlops.serving.predict import load_predictor
+    from mnist_mlops.serving.predict import load_predictor, require_model_file
     from mnist_mlops.serving.serve import Limits, Settings, run, run_workers
 
     p = params_unless_model_file(args)
+    require_model_file(args.model, p)         # said before "serving on", not after it
     opts = ServeOptions(BatchOptions(args.max_batch, args.max_wait_ms / 1000, args.max_queue,
                                      args.deadline_ms / 1000),
                         body_timeout_s=args.body_timeout, log=log_options(p))
@@ -93,7 +103,7 @@ def add(commands: Commands) -> None:
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=FRACTION, default=None,
                    help="binarise ink at this level (0-1); default keeps anti-aliasing")
     p.add_argument("--trust-model", action="store_true", help=TRUST_HELP)
 
@@ -104,21 +114,21 @@ def add(commands: Commands) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; the "
                    "page has no authentication)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--port", type=PORT, default=8000, help="TCP port (default: 8000)")
+    p.add_argument("--workers", type=POSITIVE_INT, default=1,
                    help="server processes sharing the port, each with its own model "
                    "(default: 1; about one per core)")
-    p.add_argument("--max-batch", type=int, default=32,
+    p.add_argument("--max-batch", type=POSITIVE_INT, default=32,
                    help="images per model call (default: 32)")
-    p.add_argument("--max-wait-ms", type=float, default=2.0,
+    p.add_argument("--max-wait-ms", type=NON_NEGATIVE, default=2.0,
                    help="how long a request waits for others to batch with (default: 2)")
-    p.add_argument("--max-queue", type=int, default=512,
+    p.add_argument("--max-queue", type=POSITIVE_INT, default=512,
                    help="images waiting for the model; more get 503 (default: 512)")
-    p.add_argument("--deadline-ms", type=float, default=500.0,
+    p.add_argument("--deadline-ms", type=POSITIVE, default=500.0,
                    help="a request not reaching the model by then gets 503 (default: 500)")
-    p.add_argument("--body-timeout", type=float, default=10.0,
+    p.add_argument("--body-timeout", type=POSITIVE, default=10.0,
                    help="seconds to receive a request body (default: 10)")
-    p.add_argument("--header-timeout", type=float, default=5.0,
+    p.add_argument("--header-timeout", type=POSITIVE, default=5.0,
                    help="seconds to receive request headers; idle keep-alive (default: 5)")
-    p.add_argument("--limit-concurrency", type=int, default=1024,
+    p.add_argument("--limit-concurrency", type=POSITIVE_INT, default=1024,
                    help="open connections at most; more get 503 (default: 1024)")

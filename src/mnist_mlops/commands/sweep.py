@@ -14,7 +14,7 @@ import os
 import shlex
 import subprocess
 
-from mnist_mlops.commands.base import Commands, params
+from mnist_mlops.commands.base import POSITIVE, POSITIVE_INT, Commands, number, params
 from mnist_mlops.core.runtime import UserError
 
 # Cold start: Optuna, MLflow and the training code (TensorFlow alone: 7 s) are imported
@@ -56,12 +56,12 @@ def add(commands: Commands) -> None:
                    help=f"Optuna storage: sqlite:///optuna.db in the project (default, one "
                    f"machine), or a database shared by workers on several machines, e.g. "
                    f"postgresql://user:pw@host/optuna (also ${STORAGE_ENV})")
-    p.add_argument("--n-trials", type=int, help="finished trials the study needs, all "
+    p.add_argument("--n-trials", type=number(int, 0), help="finished trials the study needs, all "
                    "workers together (default: sweep.<model>.n_trials, a grid's size); "
                    "0 runs none (with --apply: apply the best so far)")
-    p.add_argument("--timeout", type=float, help="seconds after which this worker starts "
+    p.add_argument("--timeout", type=POSITIVE, help="seconds after which this worker starts "
                    "no new trial (default: sweep.<model>.timeout_s)")
-    p.add_argument("--heartbeat", type=int, default=60, help="seconds between a running "
+    p.add_argument("--heartbeat", type=POSITIVE_INT, default=60, help="seconds between a running "
                    "trial's heartbeats; a trial silent for twice as long, at least 10 s (its "
                    "worker died), fails and is retried by another worker (default: 60)")
     p.add_argument("--apply", action="store_true", help="run the best trial's recipe as a "

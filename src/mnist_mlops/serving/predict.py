@@ -103,8 +103,7 @@ def load_predictor(model: str | None, params: Params | None, trusted: bool = Fal
     fresh clone after `dvc pull`), the champion named by the latest decision record, from
     its .h5 file. A .h5 file needs no params (None: no params.yaml here)."""
     if model:
-        if Path(model).suffix in (".h5", ".keras") and not Path(model).is_file():
-            raise UserError(f"{model} not found: {_missing_model_advice(Path(model), params)}")
+        require_model_file(model, params)
         if model.startswith("models:/") and params is not None:
             mlflow_io.setup(params.mlflow)
         return _registered(Predictor(model, trusted=trusted))
@@ -142,6 +141,12 @@ def _registered(predictor: Predictor) -> Predictor:
         except Exception as exc:  # the model loaded: its version is a label, not a need
             raise ModelLoadError(predictor.source, str(exc).strip()) from None
     return predictor
+
+
+def require_model_file(model: str | None, params: Params | None) -> None:
+    """A model file (.h5, .keras) that is not there: one line saying how to get it."""
+    if model and Path(model).suffix in (".h5", ".keras") and not Path(model).is_file():
+        raise UserError(f"{model} not found: {_missing_model_advice(Path(model), params)}")
 
 
 def _missing_model_advice(path: Path, params: Params | None) -> str:
