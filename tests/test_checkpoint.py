@@ -75,7 +75,9 @@ def test_sigkill_mid_fold_resumes_to_identical_results(tmp_path: Path) -> None:
     assert "resuming the interrupted training (fold-0 finished)" in out
     assert "fold 1/2 epoch" not in out            # the finished fold is not retrained
     resumed_at = int(out.split("fold 2/2: resuming after epoch ")[1].split("/")[0])
-    assert resumed_at >= 2
+    # fold 2's epoch-2 line is logged just before that epoch's checkpoint is written, so
+    # the kill may land between the two: epoch 1's checkpoint is there for sure (above)
+    assert resumed_at >= 1
     assert f"fold 2/2 epoch {resumed_at}/" not in out  # nor its finished epochs
     assert not (resumed / ".checkpoints" / MODEL).exists()  # cleaned after success
 
