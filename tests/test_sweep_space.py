@@ -107,8 +107,13 @@ def test_the_winners_overrides_make_exactly_its_recipe_in_params_yaml(tmp_path: 
     (["mlp_512x2", "--queue"], "--queue goes with --apply"),
 ])
 def test_the_command_refuses_what_it_cannot_run_in_one_line(
-        args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+        args: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from mnist_mlops.commands import main
+
+    # a store of this test's own (mlflow.set_tracking_uri in an earlier test of this
+    # process sets MLFLOW_TRACKING_URI, which the commands follow)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
 
     assert main(["--params", str(ROOT / "params.yaml"), "sweep", *args]) == 2
     err = capsys.readouterr().err

@@ -42,7 +42,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     if args.overrides:
         print(shlex.join(dvc_args(profile(args.overrides))))
         return 0
-    p = params(args)
+    p = params(args, store_moved_warning=False)     # checks the file; reads no store
     whole = json.loads(p.model_dump_json())
     whole["monitor"] = monitor_params(p).model_dump(mode="json")
     whole["sweep"] = {k: v.model_dump(mode="json") for k, v in sweep_params(p).items()}
