@@ -121,6 +121,7 @@ class Paths(Section):
     user_digits: PathParam = Path("data/user-digits")
     prediction_log: PathParam = Path("logs/predictions.jsonl")   # serve (monitoring/)
     monitor_reports: PathParam = Path("reports/monitor")   # mnist-mlops monitor
+    onnx: PathParam = Path("models/onnx")   # <name>/model.onnx + parity.json (evaluate)
 
     def model_file(self, name: str) -> Path:
         return self.models / f"{name}.h5"
@@ -137,6 +138,10 @@ class Paths(Section):
 
     def metrics_file(self, name: str) -> Path:
         return self.metrics / f"{name}.json"
+
+    def onnx_dir(self, name: str) -> Path:
+        """Model `name` as ONNX and its parity check against Keras (evaluate writes both)."""
+        return self.onnx / name
 
 
 class DownloadParams(Section):
@@ -191,6 +196,7 @@ class RegisterParams(Section):
     floor: float = Field(0.9, ge=0, le=1)
     alpha: float = Field(0.05, gt=0, le=1)       # McNemar significance level
     realworld_margin: float = Field(0.01, ge=0, le=1)  # tolerated loss on the real-world set
+    onnx: bool = True      # export each model as ONNX, checked against Keras (docs/serving.md)
 
 
 class RealworldParams(Section):

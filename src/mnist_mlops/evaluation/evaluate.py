@@ -22,10 +22,13 @@ from mnist_mlops.core import figures
 from mnist_mlops.core.config import Params, load_params
 from mnist_mlops.core.fsio import write_json_atomic, write_text_atomic
 from mnist_mlops.core.mnist import NUM_CLASSES
+from mnist_mlops.core.model_files import ONNX_FILE
 from mnist_mlops.core.runtime import run_main
 from mnist_mlops.data import realworld_set
 from mnist_mlops.data.dataset import load_dataset
-from mnist_mlops.inference.predictor import BIG_BATCH, Predictor
+from mnist_mlops.inference import onnx_export
+from mnist_mlops.inference.keras_model import BIG_BATCH
+from mnist_mlops.inference.predictor import Predictor
 from mnist_mlops.tracking import mlflow_io
 
 log = logging.getLogger(__name__)
@@ -130,7 +133,13 @@ def evaluate(params: Params, name: str) -> dict[str, Any]:
                "test_macro_f1": m["macro_f1"], "test_errors": int((pred != y).sum()),
                **member_metrics(model, x, y), **realworld_set.accuracy(rs, rw_pred)}
     timings = {f"infer_{k}": v for k, v in speed.items()}
-    _log_to_mlflow(params, name, {**metrics, **timings}, m["per_class"], out)
+    onnx = export_onnx(params, name, model, x, proba)
+    if onnx["exported"]:     # the ONNX file's speed beside Keras' (speed.json, MLflow)
+        ort = Predictor(str(paths.onnx_dir(name) / ONNX_FILE))
+        timings.update(onnx_export_s=onnx["export_s"], onnx_parity_s=onnx["parity_s"],
+                       **{f"infer_onnx_{k}": v for k, v in throughput(ort, x).items()})
+    parity = {"onnx_max_diff": onnx["max_diff"]} if onnx["exported"] else {}
+    _log_to_mlflow(params, name, {**metrics, **timings, **parity}, m["per_class"], out)
     write_json_atomic(out / "speed.json", timings)
     write_json_atomic(paths.metrics_file(name), {**cv_numbers(paths.train_dir(name)), **metrics})
     log.info("%s: test accuracy %.4f, loss %.4f; real-world accuracy %.4f (%d pictures); "
@@ -139,6 +148,18 @@ def evaluate(params: Params, name: str) -> dict[str, Any]:
              metrics["realworld_accuracy"], len(rs), speed["images_per_s"],
              speed["step_latency_ms_p50"])
     return metrics
+
+
+def export_onnx(params: Params, name: str, model: Any, x: np.ndarray, proba: np.ndarray
+                ) -> dict[str, Any]:
+    """The model as ONNX, checked against Keras' answers on the test digits
+    (paths.onnx/<name>/): what register records beside the .h5, and what predict and serve
+    run on. `register.onnx: false` skips it."""
+    folder = params.paths.onnx_dir(name)
+    if not params.register.onnx:
+        return onnx_export.skipped(folder, "register.onnx is false in params.yaml")
+    return onnx_export.export_checked(model, folder, x, proba,
+                                      {"architecture": model.name, "model": name})
 
 
 def cv_numbers(train_dir: Path) -> dict[str, float]:

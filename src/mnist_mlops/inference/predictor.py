@@ -1,124 +1,178 @@
 """Loading a model and asking it for probabilities: the one place for both.
 
-evaluate, register's gate, predict, serve and monitor all call `Predictor.predict_proba`.
-A model is a saved .h5 file or an MLflow model URI; pixels go in as uint8 0-255, shaped
-like MNIST (core/mnist.py), ten probabilities come out.
+evaluate, register's gate, predict, serve and monitor all call `Predictor.predict_proba`
+(or `answer`, which adds the embedding the prediction log keeps). A model is an ONNX file,
+a saved .h5, an MLflow model folder or an MLflow model URI; pixels go in as uint8 0-255,
+shaped like MNIST (core/mnist.py), ten probabilities come out.
+
+Two runtimes answer: ONNX Runtime (`onnx`, the default: the model's ONNX file, exported
+and checked against Keras by the pipeline) and Keras (`keras`: the .h5 the training
+stage saved). A model without an ONNX file (registered before the pipeline exported one,
+or with `register.onnx: false`) answers with Keras, and says so once.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
+import yaml
 
 from mnist_mlops.core.mnist import INPUT_SHAPE, NUM_CLASSES
+from mnist_mlops.core.model_files import H5_ARTIFACT, KERAS_H5, ONNX_FILE
 from mnist_mlops.core.runtime import UserError
-from mnist_mlops.tracking.mlflow_io import H5_ARTIFACT
+from mnist_mlops.inference.keras_model import (
+    call_two_outputs,
+    compiled_call,
+    load_keras_model,
+    two_outputs,
+)
+from mnist_mlops.inference.onnx_model import OnnxModel
 
-# Cold start: keras (with TensorFlow: 7 s to import on a 2-core CPU) is imported where a
-# Keras model is loaded or called, not at the top: the paths that never need it (a
-# python-function model, a missing file's one-line error, `--help`) answer without it.
+log = logging.getLogger(__name__)
+# Cold start: mlflow (2 s to import; 1 s as mlflow-skinny) is imported where an MLflow URI
+# is resolved, Keras inside inference/keras_model.py: an ONNX file or an MLflow model
+# folder answers with neither.
 
-BIG_BATCH = 256   # above this many images, predict() batches; below, one compiled step
+RUNTIMES = ("onnx", "keras")
+KERAS_ADVICE = "pass --runtime keras to answer with the model's Keras .h5 instead"
 
 
 class ModelLoadError(UserError):
     """A model that cannot be loaded; `cause` is why, without the advice around it."""
 
     def __init__(self, source: str, cause: str) -> None:
-        super().__init__(f"cannot load model {source!r}: {cause}. Pass --model with a .h5 file "
-                         "or an MLflow model URI (models:/NAME@champion), and set "
-                         "MLFLOW_TRACKING_URI to the store that holds it")
+        super().__init__(f"cannot load model {source!r}: {cause}. Pass --model with an ONNX "
+                         "or .h5 file, an MLflow model folder or URI (models:/NAME@champion),"
+                         " and set MLFLOW_TRACKING_URI to the store that holds it")
         self.cause = cause
 
 
-def load_keras_model(path: Path) -> Any:
-    """A saved .h5 model, ready for inference (no optimizer state needed)."""
-    import keras
-
-    if not path.is_file():
-        raise UserError(f"{path} not found")
+def mlmodel(folder: Path) -> dict[str, Any]:
+    """The MLmodel file of an MLflow model folder, as a mapping."""
     try:
-        return keras.saving.load_model(path, compile=False)
-    except (OSError, ValueError, TypeError, KeyError) as exc:   # h5py's and Keras' refusals
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path} is not a Keras model file that can be loaded ({reason}): "
-                        "pass --model with a .h5 this pipeline saved (models/<model>.h5), "
-                        "or an MLflow model URI") from None
+        data = yaml.safe_load((folder / "MLmodel").read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{folder}: not an MLflow model folder with a readable MLmodel "
+                        f"file ({exc})") from None
+    return data if isinstance(data, dict) else {}
 
 
-def pipeline_h5(source: str, flavors: dict[str, Any]) -> Path | None:
-    """The .h5 inside an MLflow model this pipeline logged (tracking/mlflow_model.py),
-    downloaded; None for any other model."""
-    conf = flavors.get("python_function", {})
-    entry = (conf.get("artifacts") or {}).get(H5_ARTIFACT) or {}
-    path = entry.get("path", "")
-    if not path.endswith(".h5") or "tensorflow" in flavors:
+def inside(folder: Path, relative: str) -> Path:
+    """`folder / relative`, refused when it points outside the folder."""
+    path = (folder / relative).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise UserError(f"{folder}: its MLmodel points outside the model ({relative}); "
+                        "refused")
+    return path
+
+
+def h5_in(folder: Path, model: dict[str, Any]) -> Path | None:
+    """The .h5 inside an MLflow model this pipeline logged (tracking/logged_model.py): named
+    by the metadata once register has added the ONNX flavour, else by the python-function
+    model's artifacts; None for any other model."""
+    flavors = model.get("flavors") or {}
+    path = (model.get("metadata") or {}).get(KERAS_H5, "")
+    if not path:
+        entry = ((flavors.get("python_function") or {}).get("artifacts") or {}).get(
+            H5_ARTIFACT) or {}
+        path = entry.get("path", "")
+    if not str(path).endswith(".h5") or "tensorflow" in flavors:
         return None
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source)).resolve()
-    h5 = (local / path).resolve()
-    if not h5.is_relative_to(local):
-        raise UserError(f"{source}: its MLmodel points outside the model ({path}); refused")
-    return h5
-
-
-def compiled_call(model: Any, x: np.ndarray) -> Any:
-    """`model` on float32 images `x`, as NumPy (a list for a model of several outputs).
-    Up to BIG_BATCH images: one call of the compiled predict step (predict_on_batch:
-    tf.function / jax.jit, no per-call data pipeline; 1.4 ms for one image of
-    cnn_32_64_64 against 16 ms for an eager call); more: predict() in batches."""
-    import keras
-
-    if len(x) > BIG_BATCH:
-        return model.predict(x, batch_size=BIG_BATCH, verbose=0)
-    out = model.predict_on_batch(x)
-    if isinstance(out, list | tuple):
-        return [keras.ops.convert_to_numpy(o) for o in out]
-    return keras.ops.convert_to_numpy(out)
+    return inside(folder, path)
 
 
 class Predictor:
-    """One interface over a Keras .h5 file and an MLflow pyfunc model: uint8 in, probs out."""
+    """One interface over ONNX Runtime, a Keras model and an MLflow pyfunc model."""
 
-    def __init__(self, source: str, trusted: bool = False) -> None:
-        self.source = source
+    def __init__(self, source: str, trusted: bool = False, runtime: str = "onnx") -> None:
+        if runtime not in RUNTIMES:
+            raise UserError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+        self.source, self.runtime = source, runtime
         # which model answers: registry version and architecture where known
         self.about: dict[str, str | None] = {"source": source, "version": None,
-                                              "architecture": None}
+                                              "architecture": None, "runtime": None}
         self._keras: Any = None
+        self._onnx: OnnxModel | None = None
         self._pyfunc: Any = None
+        self._both: Any = None          # the Keras model with its embedding output
         path = Path(source)
-        if path.suffix in (".h5", ".keras") or path.is_file():
+        if path.suffix == ".onnx":
+            self._load_onnx(path, "export it again (`dvc repro evaluate@<model>`), or pass "
+                            "--model with the model's .h5")
+        elif path.suffix in (".h5", ".keras") or path.is_file():
             self._keras = load_keras_model(path)
+        elif path.is_dir():
+            if not self._load_folder(path, mlmodel(path)):
+                self._load_mlflow(source, trusted)
         else:
             self._load_mlflow(source, trusted)
-        if self._keras is not None:
-            self.about["architecture"] = self._keras.name
+        self._describe()
 
     @classmethod
     def of_keras(cls, model: Any, source: str) -> Predictor:
         """A Predictor over a Keras model already in memory (an ensemble's fold model)."""
         self = cls.__new__(cls)
-        self.source, self._keras, self._pyfunc = source, model, None
-        self.about = {"source": source, "version": None, "architecture": model.name}
+        self.source, self.runtime = source, "keras"
+        self._keras, self._onnx, self._pyfunc, self._both = model, None, None, None
+        self.about = {"source": source, "version": None, "architecture": None,
+                      "runtime": None}
+        self._describe()
         return self
 
+    def _describe(self) -> None:
+        if self._onnx is not None:
+            self.about.update(runtime="onnx",
+                              architecture=self._onnx.metadata.get("architecture"))
+        elif self._keras is not None:
+            self.about.update(runtime="keras", architecture=self._keras.name)
+        else:
+            self.about["runtime"] = "mlflow"
+
+    def _load_onnx(self, path: Path, advice: str) -> None:
+        if self.runtime == "keras":
+            raise UserError(f"{path} is an ONNX file: --runtime keras needs the model's .h5 "
+                            "or an MLflow model")
+        self._onnx = OnnxModel(path, advice)
+
+    def _load_folder(self, folder: Path, model: dict[str, Any]) -> bool:
+        """An MLflow model folder this pipeline logged: its ONNX file (the default) or its
+        .h5. False for any other MLflow model (MLflow itself loads that)."""
+        flavors = model.get("flavors") or {}
+        if self.runtime == "onnx" and "onnx" in flavors:
+            self._load_onnx(inside(folder, flavors["onnx"].get("data", ONNX_FILE)),
+                            KERAS_ADVICE)
+            return True
+        h5 = h5_in(folder, model)
+        if h5 is None:
+            return False
+        if self.runtime == "onnx":
+            log.warning("%s has no ONNX file (registered before the pipeline exported one, "
+                        "or with register.onnx: false): answering with its Keras .h5",
+                        self.source)
+        self._keras = load_keras_model(h5)
+        return True
+
     def _load_mlflow(self, source: str, trusted: bool) -> None:
+        import mlflow
+
         try:
-            # A Keras model inside (this pipeline's models are) is loaded as Keras and
-            # called directly: faster for a few images and silent, unlike pyfunc's predict.
             flavors = mlflow.models.get_model_info(source).flavors
-            h5 = pipeline_h5(source, flavors)
-            if h5 is not None:       # this pipeline's model: its .h5, no code run
-                self._keras = load_keras_model(h5)
-            elif "tensorflow" in flavors:   # models logged by earlier versions
+            if "onnx" in flavors or (
+                    "tensorflow" not in flavors
+                    and H5_ARTIFACT in ((flavors.get("python_function") or {})
+                                        .get("artifacts") or {})):
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+                if self._load_folder(local, mlmodel(local)):
+                    return
+            if "tensorflow" in flavors:   # models logged by earlier versions
                 self._keras = mlflow.tensorflow.load_model(source)
             elif not trusted:
                 raise UserError(
                     f"{source} is an MLflow model of flavour(s) {', '.join(flavors)}, not "
-                    "a Keras/TensorFlow model: loading it runs its own Python code. Pass "
+                    "one this pipeline logged: loading it runs its own Python code. Pass "
                     "--trust-model if you trust where it came from")
             else:
                 self._pyfunc = mlflow.pyfunc.load_model(source)
@@ -129,14 +183,31 @@ class Predictor:
 
     @property
     def keras_model(self) -> Any:
-        """The Keras model that answers; None for a python-function model."""
+        """The Keras model that answers; None on ONNX Runtime or a python-function model."""
         return self._keras
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities for uint8 images shaped (n, 28, 28[, 1])."""
         x = np.asarray(images, dtype=np.uint8).reshape(-1, *INPUT_SHAPE)
+        if self._onnx is not None:
+            return self._onnx.run(x)[0]
         if self._keras is not None:
             out = compiled_call(self._keras, x.astype("float32"))
         else:
             out = self._pyfunc.predict(x)
         return np.asarray(out, dtype=np.float64).reshape(len(x), NUM_CLASSES)
+
+    def answer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, embedding) from one model call: the embedding is the penultimate
+        layer's output (monitoring/); None for a model that has none to give."""
+        if self._onnx is not None:
+            return self._onnx.run(images, embedding=True)
+        if self._keras is not None and self._both is None:
+            try:
+                self._both = two_outputs(self._keras)
+            except Exception as exc:  # a graph without a last layer to read: answers only
+                log.warning("no embedding for the prediction log: %s", exc)
+                self._both = False
+        if self._both:
+            return call_two_outputs(self._both, images)
+        return self.predict_proba(images), None

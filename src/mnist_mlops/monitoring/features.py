@@ -1,5 +1,6 @@
 """What the prediction log keeps of an input: a few numbers that say whether a 28x28 digit
-still looks like MNIST, and the model's penultimate-layer embedding.
+still looks like MNIST (the model's penultimate-layer embedding beside them comes from
+`Predictor.answer`, inference/).
 
 The same description of the training images is the drift reference (monitoring/drift.py),
 so both sides are computed here, by one function, on the pixels the model saw (after
@@ -19,17 +20,8 @@ with numpy) and chosen to move when inputs change in the ways that hurt a digit 
 from __future__ import annotations
 
 import functools
-import logging
-from typing import Any
 
 import numpy as np
-
-from mnist_mlops.core.mnist import INPUT_SHAPE
-from mnist_mlops.inference.predictor import compiled_call
-
-log = logging.getLogger(__name__)
-# Keras (7 s with TensorFlow) is imported where a model is reshaped or called: the
-# prediction log's readers describe pictures without TensorFlow.
 
 FEATURES = ("ink", "cx", "cy", "spread", "width", "height", "stroke", "slant", "border")
 FRAME = 3          # pixels of the border frame
@@ -79,44 +71,3 @@ def _perimeter(ink: np.ndarray) -> np.ndarray:
     inner = (padded[:, :-2, 1:-1] & padded[:, 2:, 1:-1] & padded[:, 1:-1, :-2]
              & padded[:, 1:-1, 2:])
     return (ink & ~inner).sum(axis=(1, 2))
-
-
-def two_outputs(model: Any) -> Any:
-    """`model` with a second output, the input of its last layer (the penultimate layer's
-    activations; for an ensemble, its members' probabilities side by side), so that one
-    call gives both the embedding and the probabilities: (embedding, probabilities)."""
-    import keras
-
-    last = model.layers[-1]
-    feats = last.input
-    if isinstance(feats, list | tuple):
-        feats = keras.layers.Concatenate(name="members")(list(feats))
-    return keras.Model(model.inputs, [feats, model.outputs[0]], name=f"{model.name}_logged")
-
-
-def call_two_outputs(both: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, embedding) of uint8 `images` (n, 28, 28[, 1]) in one model call."""
-    x = np.asarray(images, dtype=np.uint8).reshape(-1, *INPUT_SHAPE).astype("float32")
-    emb, proba = compiled_call(both, x)
-    return (np.asarray(proba, dtype=np.float64).reshape(len(x), -1),
-            np.asarray(emb, dtype=np.float32).reshape(len(x), -1))
-
-
-class LoggedCall:
-    """A Predictor's probabilities and embedding from one model call. A model with no
-    Keras graph to extend (a python-function MLflow model) gives no embedding."""
-
-    def __init__(self, predictor: Any) -> None:
-        self.predictor = predictor
-        self.both = None
-        model = predictor.keras_model
-        if model is not None:
-            try:
-                self.both = two_outputs(model)
-            except Exception as exc:  # a graph without a last layer to read: answers only
-                log.warning("no embedding for the prediction log: %s", exc)
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.both is None:
-            return self.predictor.predict_proba(images), None
-        return call_two_outputs(self.both, images)

@@ -27,7 +27,7 @@ from mnist_mlops.core.runtime import UserError
 from mnist_mlops.data.dataset import load_dataset
 from mnist_mlops.inference.predictor import Predictor
 from mnist_mlops.monitoring import drift, predlog
-from mnist_mlops.monitoring.features import LoggedCall, describe
+from mnist_mlops.monitoring.features import describe
 from mnist_mlops.monitoring.settings import monitor_params
 from mnist_mlops.tracking import mlflow_io
 
@@ -152,7 +152,7 @@ def check(params: Params, predictor: Predictor, records: list[dict[str, Any]],
     where = params.paths.prediction_log
     about = {k: predictor.about.get(k) for k in ("version", "architecture")}
     current = window(records, about, window_size or mp.window, where)
-    snapshot, summary = drift.compare(reference(params, LoggedCall(predictor)),
+    snapshot, summary = drift.compare(reference(params, predictor.answer),
                                       drift.from_records(current), mp)
     summary = {"model": about, "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                             time.gmtime()),

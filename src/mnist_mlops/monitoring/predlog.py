@@ -31,7 +31,7 @@ import numpy as np
 
 from mnist_mlops.core.config import Params
 from mnist_mlops.core.fsio import file_lock
-from mnist_mlops.monitoring.features import FEATURES, LoggedCall, describe
+from mnist_mlops.monitoring.features import FEATURES, describe
 from mnist_mlops.monitoring.settings import monitor_params
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,9 @@ def logged_call(params: Params | None, predictor: Any, command: str = "predict"
     plog = opened(params, command)
     if plog is None:
         return None
-    call = LoggedCall(predictor)
 
     def predict(images: np.ndarray) -> np.ndarray:
-        proba, emb = call(images)
+        proba, emb = predictor.answer(images)
         plog.append(images, proba, emb, predictor.about)
         return proba
     return predict

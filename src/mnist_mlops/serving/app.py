@@ -27,7 +27,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mnist_mlops.inference.predictor import Predictor
-from mnist_mlops.monitoring.features import LoggedCall
 from mnist_mlops.monitoring.predlog import LogOptions, PredictionLog
 from mnist_mlops.serving import inputs
 from mnist_mlops.serving.batcher import Batcher, BatchOptions, Overloaded
@@ -78,15 +77,12 @@ class Service:
                                                                     ).read_bytes()
         self.batcher: Batcher | None = None
         self.plog = PredictionLog(LogOptions(**opts.log)) if opts.log else None
-        self.logged: LoggedCall | None = None
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
         assert self.predictor is not None
         if self.plog is None:
             return self.predictor.predict_proba(x)
-        if self.logged is None:      # answer + embedding in one call (monitoring/)
-            self.logged = LoggedCall(self.predictor)
-        proba, embedding = self.logged(x)
+        proba, embedding = self.predictor.answer(x)    # both from one model call
         if self.ready:               # the warm-up's blank pictures are not answers
             self.plog.append(x, proba, embedding, self.predictor.about)
         return proba

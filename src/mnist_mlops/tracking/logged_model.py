@@ -12,7 +12,8 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from mnist_mlops.core.mnist import INPUT_SHAPE, NUM_CLASSES
-from mnist_mlops.tracking.mlflow_io import H5_ARTIFACT, MLFLOW_MODEL_CODE
+from mnist_mlops.core.model_files import H5_ARTIFACT
+from mnist_mlops.tracking.mlflow_io import MLFLOW_MODEL_CODE
 
 # Keras is imported where it is used, not at the top: after run_main has quietened
 # TensorFlow's start-up lines (runtime.quiet_native_stderr):

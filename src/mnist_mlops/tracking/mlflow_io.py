@@ -31,7 +31,6 @@ from mnist_mlops.tracking import refusals
 
 log = logging.getLogger(__name__)
 MLFLOW_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # the model each run logs
-H5_ARTIFACT = "keras_model"   # its .h5, which predict loads as Keras without running code
 
 # MLflow's defaults retry an unreachable server for minutes per call (7 retries, backoff
 # factor 2, 120 s timeout). Ours: about 3 s to give up on a refused connection.

@@ -4,7 +4,7 @@ One format for every Keras backend. The `.h5` is backend-neutral Keras, so a mod
 under JAX, PyTorch or TensorFlow serves under any of them; MLflow's TensorFlow flavour
 would pin TensorFlow, and its Keras 3 flavour would store the native `.keras` format
 instead of the project's `.h5`. `mnist-mlops predict/serve` and the gate find the `.h5`
-inside (mlflow_io.H5_ARTIFACT) and load it with Keras without running this file.
+inside (core/model_files.H5_ARTIFACT) and load it with Keras without running this file.
 
 MLflow loads this file as "model from code" (`mlflow.pyfunc.load_model`,
 `mlflow models serve`): the `set_model` call at the bottom is MLflow's contract for such a

@@ -1,0 +1,122 @@
+"""A Keras model as one ONNX graph, checked against Keras before anything records it.
+
+The graph takes raw uint8 pixels (n, 28, 28, 1), as the MLflow model's signature does, and
+gives `probabilities` and `embedding` (the penultimate layer: what the prediction log
+keeps) from one run. An ensemble stays one graph: its fold models and their average.
+Augmentation layers are left out (the graph is the model in inference mode).
+
+Cold start: keras and onnx are imported inside the functions: evaluate imports this module
+before run_main has quietened TensorFlow's start-up lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnist_mlops.core.fsio import atomic_path, write_json_atomic
+from mnist_mlops.core.mnist import INPUT_SHAPE
+from mnist_mlops.core.model_files import ONNX_FILE, PARITY_FILE
+from mnist_mlops.inference.keras_model import two_outputs
+from mnist_mlops.inference.onnx_model import EMBEDDING, PROBABILITIES, OnnxModel
+
+log = logging.getLogger(__name__)
+TOLERANCE = 1e-4      # largest probability difference allowed between ONNX and Keras
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How far the ONNX graph's answers are from Keras' on the same images."""
+
+    images: int
+    max_diff: float          # largest absolute probability difference
+    worst_index: int         # the image where it is largest
+    disagree: int            # images whose predicted digit differs
+    first_disagree: int | None
+
+    @property
+    def ok(self) -> bool:
+        return self.disagree == 0 and self.max_diff <= TOLERANCE
+
+    def problem(self) -> str:
+        """What is wrong, naming the digit (index in the test set) that shows it."""
+        if self.disagree:
+            return (f"ONNX and Keras predict different digits for {self.disagree} of "
+                    f"{self.images} test digits (first: test digit {self.first_disagree}); "
+                    f"largest probability difference {self.max_diff:.3g} at test digit "
+                    f"{self.worst_index}")
+        return (f"largest probability difference {self.max_diff:.3g} (test digit "
+                f"{self.worst_index}) is over the {TOLERANCE:g} allowed")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "tolerance": TOLERANCE, "ok": self.ok}
+
+
+def parity(keras_proba: np.ndarray, onnx_proba: np.ndarray) -> Parity:
+    """Compare two (n, 10) probability arrays of the same images."""
+    diff = np.abs(np.asarray(keras_proba, np.float64) - np.asarray(onnx_proba, np.float64))
+    per_image = diff.max(axis=1)
+    differ = np.flatnonzero(keras_proba.argmax(axis=1) != onnx_proba.argmax(axis=1))
+    return Parity(len(diff), float(per_image.max()), int(per_image.argmax()), len(differ),
+                  int(differ[0]) if len(differ) else None)
+
+
+def inference_graph(model: Any) -> Any:
+    """`model` behind a uint8 input, in inference mode, with both named outputs."""
+    import keras
+
+    pixels = keras.Input(INPUT_SHAPE, dtype="uint8", name="pixels")
+    x = keras.layers.Lambda(lambda t: keras.ops.cast(t, "float32"), name="to_float")(pixels)
+    embedding, proba = two_outputs(model)(x, training=False)
+    return keras.Model(pixels, {PROBABILITIES: proba, EMBEDDING: embedding}, name=model.name)
+
+
+def export(model: Any, path: Path, metadata: dict[str, str]) -> float:
+    """Write `model` as ONNX to `path` (atomically), with `metadata` in the file (the
+    architecture, what trained it); the seconds it took."""
+    import onnx
+
+    t0 = time.perf_counter()
+    graph = inference_graph(model)
+    graph(np.zeros((1, *INPUT_SHAPE), np.uint8))      # Keras exports a model once called
+    with atomic_path(path, durable=False) as tmp:
+        graph.export(str(tmp), format="onnx", verbose=False)
+        proto = onnx.load(str(tmp))
+        for key, value in metadata.items():
+            proto.metadata_props.add(key=key, value=value)
+        onnx.save(proto, str(tmp))
+    return time.perf_counter() - t0
+
+
+def export_checked(model: Any, folder: Path, x: np.ndarray, keras_proba: np.ndarray,
+                   metadata: dict[str, str]) -> dict[str, Any]:
+    """Export `model` to `folder`/model.onnx, answer `x` with ONNX Runtime and compare with
+    Keras' `keras_proba` on the same images; the report (also written as parity.json,
+    which register reads before it records the file)."""
+    path = folder / ONNX_FILE
+    export_s = export(model, path, metadata)
+    t0 = time.perf_counter()
+    onnx_proba, _ = OnnxModel(path, "the file was just exported: export it again").run(x)
+    check = parity(keras_proba, onnx_proba)
+    report = {"exported": True, **check.to_dict(), "export_s": round(export_s, 3),
+              "parity_s": round(time.perf_counter() - t0, 3)}
+    write_json_atomic(folder / PARITY_FILE, report)
+    (log.info if check.ok else log.error)(
+        "%s: exported as ONNX in %.1f s; ONNX Runtime vs Keras on %d test digits: %s (%.1f s)",
+        metadata.get("model", model.name), export_s, check.images,
+        f"same digits, largest probability difference {check.max_diff:.2g}" if check.ok
+        else check.problem(), report["parity_s"])
+    return report
+
+
+def skipped(folder: Path, why: str) -> dict[str, Any]:
+    """No export (register.onnx: false): the report says so, and no stale file stays."""
+    (folder / ONNX_FILE).unlink(missing_ok=True)
+    report = {"exported": False, "reason": why}
+    write_json_atomic(folder / PARITY_FILE, report)
+    return report
