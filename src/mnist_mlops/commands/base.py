@@ -90,7 +90,7 @@ def params_unless_model_file(args: argparse.Namespace) -> Params | None:
     """`predict`/`serve --model` with a model file or folder and no params file here: the
     file is all they need (a missing one is named as such, not as a missing params.yaml)."""
     model = args.model
-    if model and (Path(model).suffix in (".h5", ".keras") or Path(model).exists()) \
+    if model and (Path(model).suffix in (".onnx", ".h5", ".keras") or Path(model).exists()) \
             and not args.params.is_file():
         return None
     return params(args)

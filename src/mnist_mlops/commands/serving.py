@@ -17,14 +17,18 @@ from mnist_mlops.commands.base import (
     Commands,
     params_unless_model_file,
 )
+from mnist_mlops.core.model_files import RUNTIMES
 from mnist_mlops.core.runtime import EXIT_FAILURE, UserError
 
-# Cold start: the model code (Keras with TensorFlow, MLflow: 7-9 s) is imported inside
-# the commands, so that `--help` and a usage error answer in 0.35 s.
+# Cold start: the model code (ONNX Runtime, or Keras with TensorFlow; MLflow for a URI) is
+# imported inside the commands, so that `--help` and a usage error answer in 0.35 s.
 
-MODEL_HELP = ("a .h5 file, or an MLflow model (URI or folder); default: "
+MODEL_HELP = ("an ONNX or .h5 file, or an MLflow model (URI or folder); default: "
               "models:/<registered_model>@champion, or without a store that serves it the "
-              "champion recorded in reports/ (its models/*.h5)")
+              "champion recorded in reports/ (its models/onnx/*/model.onnx or models/*.h5)")
+RUNTIME_HELP = ("onnx (default): ONNX Runtime on the model's ONNX file, without TensorFlow; "
+                "keras: the model's .h5 on Keras (a model without an ONNX file uses Keras "
+                "either way, and says so)")
 
 
 def port_free(host: str, port: int) -> None:
@@ -58,7 +62,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     files = pictures(args.images)
     p = params_unless_model_file(args)
-    predictor = load_predictor(args.model, p, args.trust_model)
+    predictor = load_predictor(args.model, p, args.trust_model, args.runtime)
     results = predict_files(predictor, files, args.threshold, logged_call(p, predictor))
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
@@ -85,11 +89,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving on http://{args.host}:{args.port}/ (Ctrl-C to stop; /ready once the "
           "model is loaded)", flush=True)
     if args.workers > 1:     # each worker loads the model the parent resolved
-        predictor = load_predictor(args.model, p, args.trust_model)
+        predictor = load_predictor(args.model, p, args.trust_model, args.runtime)
         run_workers(Settings(predictor.source, args.trust_model, predictor.about["version"],
-                             opts), args.host, args.port, args.workers, limits)
+                             opts, predictor.runtime), args.host, args.port, args.workers,
+                    limits)
         return 0
-    error = run(lambda: load_predictor(args.model, p, args.trust_model), args.host,
+    error = run(lambda: load_predictor(args.model, p, args.trust_model, args.runtime), args.host,
                 args.port, opts, limits)
     if error:
         raise UserError(error)
@@ -106,11 +111,13 @@ def add(commands: Commands) -> None:
     p.add_argument("--threshold", type=FRACTION, default=None,
                    help="binarise ink at this level (0-1); default keeps anti-aliasing")
     p.add_argument("--trust-model", action="store_true", help=TRUST_HELP)
+    p.add_argument("--runtime", choices=RUNTIMES, default="onnx", help=RUNTIME_HELP)
 
     p = commands.add("serve", "drawing page with live predictions on 127.0.0.1", cmd_serve)
-    p.add_argument("--model", help="a .h5 file, or an MLflow model (URI or folder); "
-                   "default: the champion, as for predict")
+    p.add_argument("--model", help="an ONNX or .h5 file, or an MLflow model (URI or "
+                   "folder); default: the champion, as for predict")
     p.add_argument("--trust-model", action="store_true", help=TRUST_HELP)
+    p.add_argument("--runtime", choices=RUNTIMES, default="onnx", help=RUNTIME_HELP)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; the "
                    "page has no authentication)")

@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 from mnist_mlops.core.mnist import INPUT_SHAPE, NUM_CLASSES
-from mnist_mlops.core.model_files import H5_ARTIFACT, KERAS_H5, ONNX_FILE
+from mnist_mlops.core.model_files import H5_ARTIFACT, KERAS_H5, ONNX_FILE, RUNTIMES
 from mnist_mlops.core.runtime import UserError
 from mnist_mlops.inference.keras_model import (
     call_two_outputs,
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 # is resolved, Keras inside inference/keras_model.py: an ONNX file or an MLflow model
 # folder answers with neither.
 
-RUNTIMES = ("onnx", "keras")
 KERAS_ADVICE = "pass --runtime keras to answer with the model's Keras .h5 instead"
 
 

@@ -16,12 +16,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mnist_mlops.core.config import Params, load_params
+from mnist_mlops.core.model_files import ONNX_FILE, PARITY_FILE
 from mnist_mlops.core.runtime import UserError, run_main
 from mnist_mlops.data import realworld_set
 from mnist_mlops.data.dataset import load_dataset
+from mnist_mlops.inference.onnx_export import Parity
 from mnist_mlops.inference.predictor import Predictor
 from mnist_mlops.registry import aliases, gate, records
-from mnist_mlops.tracking import mlflow_io
+from mnist_mlops.tracking import logged_model, mlflow_io
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ def ensure_version(client: MlflowClient, params: Params, name: str) -> tuple[str
            if "realworld_accuracy" in test else {}),
         **{k: v for k, v in run_tags.items() if k in ("data_sha256", "git_commit", "git_dirty")},
     }
+    if params.register.onnx:
+        tags.update(with_onnx(params, name, run["model_uri"]))
     mv = mlflow.register_model(run["model_uri"], reg, tags=tags)
     if str(mv.run_id) != run["run_id"]:
         raise UserError(f"{name}: registered v{mv.version} is not linked to run "
@@ -67,9 +71,33 @@ def ensure_version(client: MlflowClient, params: Params, name: str) -> tuple[str
         f"sha256 {tags.get('data_sha256', '?')[:12]} at git commit "
         f"{tags.get('git_commit', '?')[:12]}{' (dirty)' if tags.get('git_dirty') == 'true' else ''}"
         f". Test accuracy {test['test_accuracy']:.4f}; CV accuracy "
-        f"{cv['cv_val_accuracy_mean']:.4f} ± {cv['cv_val_accuracy_std']:.4f}."))
+        f"{cv['cv_val_accuracy_mean']:.4f} ± {cv['cv_val_accuracy_std']:.4f}."
+        + (f" ONNX beside the .h5 (largest probability difference from Keras on the test "
+           f"digits: {tags['onnx_max_diff']})." if "onnx_max_diff" in tags else "")))
     log.info("registered %s as %s v%s", name, reg, mv.version)
     return str(mv.version), True
+
+
+def with_onnx(params: Params, name: str, model_uri: str) -> dict[str, str]:
+    """Add the ONNX file evaluate exported and checked to the MLflow model before it is
+    registered (logged_model.add_onnx); refused, naming the worst test digit, when the
+    check failed. The version's tags say it has the file."""
+    folder = params.paths.onnx_dir(name)
+    try:
+        report = json.loads((folder / PARITY_FILE).read_text())
+    except (OSError, ValueError):
+        report = {}
+    if not report.get("exported"):
+        raise UserError(f"{name}: no ONNX export in {folder} (register.onnx is true): run "
+                        f"`dvc repro evaluate@{name}`, or set register.onnx: false to register "
+                        "the .h5 alone")
+    check = Parity(**{k: report[k] for k in Parity.__dataclass_fields__})
+    if not check.ok:
+        raise UserError(f"{name}: not registered: its ONNX file ({folder / ONNX_FILE}) does not "
+                        f"answer like the Keras model: {check.problem()}. Set register.onnx: "
+                        "false to register the .h5 alone (predict and serve then use Keras)")
+    logged_model.add_onnx(model_uri, folder / ONNX_FILE)
+    return {"onnx": "true", "onnx_max_diff": f"{check.max_diff:.3g}"}
 
 
 def register(params: Params) -> dict[str, Any]:

@@ -14,17 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mlflow.tracking import MlflowClient
 
 from mnist_mlops.core.config import Params
+from mnist_mlops.core.model_files import ONNX_FILE
 from mnist_mlops.core.runtime import UserError
 from mnist_mlops.data.digits import IMAGE_SUFFIXES, ImageInputError, prepare
 from mnist_mlops.inference.predictor import ModelLoadError, Predictor
-from mnist_mlops.registry.aliases import version_behind
-from mnist_mlops.registry.records import recorded_champion, recorded_champion_file
-from mnist_mlops.tracking import mlflow_io
 
 log = logging.getLogger(__name__)
+# Cold start: the registry and MLflow (2 s to import) are imported where a registered
+# model is resolved: an ONNX file or model folder answers in a fraction of a second.
 NO_DIGIT = "no digit found"
 
 
@@ -96,23 +95,29 @@ def predict_files(predictor: Predictor, files: list[Path], threshold: float | No
     return results
 
 
-def load_predictor(model: str | None, params: Params | None, trusted: bool = False
-                   ) -> Predictor:
-    """`model` (a .h5 file or MLflow URI), or by default the registry's champion, resolved
-    against the configured MLflow store; without a store that can load the champion (a
-    fresh clone after `dvc pull`), the champion named by the latest decision record, from
-    its .h5 file. A .h5 file needs no params (None: no params.yaml here)."""
+def load_predictor(model: str | None, params: Params | None, trusted: bool = False,
+                   runtime: str = "onnx") -> Predictor:
+    """`model` (an ONNX or .h5 file, an MLflow model folder or URI), or by default the
+    registry's champion, resolved against the configured MLflow store; without a store that
+    can load the champion (a fresh clone after `dvc pull`), the champion named by the latest
+    decision record, from its files. A file or folder needs no params (None: no
+    params.yaml here). `runtime`: onnx (ONNX Runtime) or keras (inference/predictor.py)."""
     if model:
         require_model_file(model, params)
-        if model.startswith("models:/") and params is not None:
+        if model.startswith(("models:/", "runs:/")) and params is not None:
+            from mnist_mlops.tracking import mlflow_io
+
             mlflow_io.setup(params.mlflow)
-        return _registered(Predictor(model, trusted=trusted))
+        return _registered(Predictor(model, trusted=trusted, runtime=runtime))
     if params is None:
         raise UserError("no params.yaml here: run in the project folder, or pass --model")
+    from mnist_mlops.registry.records import recorded_champion, recorded_champion_file
+    from mnist_mlops.tracking import mlflow_io
+
     uri = f"models:/{params.mlflow.registered_model}@champion"
     try:
         mlflow_io.setup(params.mlflow)
-        return _registered(Predictor(uri))
+        return _registered(Predictor(uri, runtime=runtime))
     except UserError as exc:
         found = recorded_champion(params)
         if found is None:
@@ -125,9 +130,12 @@ def load_predictor(model: str | None, params: Params | None, trusted: bool = Fal
         local = recorded_champion_file(params, record)
     except UserError as exc:
         raise UserError(f"{failed}, and the champion recorded in {record_file} {exc}") from None
+    onnx = params.paths.onnx_dir(local.stem) / ONNX_FILE     # evaluate's export of that .h5
+    if runtime == "onnx" and onnx.is_file():
+        local = onnx
     log.warning("%s; using the champion recorded in %s instead: v%s, %s", failed, record_file,
                 record["champion"], local)
-    predictor = Predictor(str(local))
+    predictor = Predictor(str(local), runtime=runtime)
     predictor.about["version"] = str(record["champion"])
     return predictor
 
@@ -136,6 +144,10 @@ def _registered(predictor: Predictor) -> Predictor:
     """`predictor.about` with the registry's version and architecture, for a registered
     model (`models:/NAME@alias` or `models:/NAME/N`)."""
     if predictor.source.startswith("models:/"):
+        from mlflow.tracking import MlflowClient
+
+        from mnist_mlops.registry.aliases import version_behind
+
         try:
             predictor.about.update(version_behind(MlflowClient(), predictor.source))
         except Exception as exc:  # the model loaded: its version is a label, not a need
@@ -144,8 +156,8 @@ def _registered(predictor: Predictor) -> Predictor:
 
 
 def require_model_file(model: str | None, params: Params | None) -> None:
-    """A model file (.h5, .keras) that is not there: one line saying how to get it."""
-    if model and Path(model).suffix in (".h5", ".keras") and not Path(model).is_file():
+    """A model file (.onnx, .h5, .keras) that is not there: one line saying how to get it."""
+    if model and Path(model).suffix in (".onnx", ".h5", ".keras") and not Path(model).exists():
         raise UserError(f"{model} not found: {_missing_model_advice(Path(model), params)}")
 
 
@@ -155,4 +167,7 @@ def _missing_model_advice(path: Path, params: Params | None) -> str:
         if path.resolve() == params.paths.model_file(name).resolve():
             return (f"train it (`dvc repro train@{name}`) or fetch it from the DVC remote "
                     f"(`dvc pull train@{name}`)")
-    return "pass --model with an existing .h5 file, or an MLflow model URI"
+        if path.resolve() == (params.paths.onnx_dir(name) / ONNX_FILE).resolve():
+            return (f"export it (`dvc repro evaluate@{name}`) or fetch it from the DVC remote "
+                    f"(`dvc pull evaluate@{name}`)")
+    return "pass --model with an existing ONNX or .h5 file, or an MLflow model URI"

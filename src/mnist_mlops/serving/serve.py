@@ -97,18 +97,20 @@ class Settings:
     trusted: bool = False
     version: str | None = None
     opts: ServeOptions = field(default_factory=ServeOptions)
+    runtime: str = "onnx"
 
 
 def worker_app() -> Any:
     """The app of one --workers process (uvicorn imports it by name)."""
     raw = json.loads(os.environ[WORKER_ENV])
     settings = Settings(raw["source"], raw["trusted"], raw["version"],
-                        ServeOptions(BatchOptions(**raw["opts"].pop("batch")), **raw["opts"]))
+                        ServeOptions(BatchOptions(**raw["opts"].pop("batch")), **raw["opts"]),
+                        raw["runtime"])
     return create_app(lambda: _load(settings), settings.opts)[0]
 
 
 def _load(settings: Settings) -> Predictor:
-    predictor = Predictor(settings.source, trusted=settings.trusted)
+    predictor = Predictor(settings.source, trusted=settings.trusted, runtime=settings.runtime)
     if settings.version:
         predictor.about["version"] = settings.version
     return predictor

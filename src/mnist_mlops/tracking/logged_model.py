@@ -1,5 +1,6 @@
 """The MLflow model every train run logs: mlflow_model.py's python-function model with the
-.h5 inside, its uint8 signature, input example and pinned requirements."""
+.h5 inside, its uint8 signature, input example and pinned requirements; and the ONNX
+graph register adds to it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from mnist_mlops.core.mnist import INPUT_SHAPE, NUM_CLASSES
-from mnist_mlops.core.model_files import H5_ARTIFACT
+from mnist_mlops.core.model_files import H5_ARTIFACT, KERAS_H5
 from mnist_mlops.tracking.mlflow_io import MLFLOW_MODEL_CODE
 
 # Keras is imported where it is used, not at the top: after run_main has quietened
@@ -52,3 +53,26 @@ def backend_requirements() -> list[str]:
         return [f"{package}=={importlib.metadata.version(package)}"]
     except importlib.metadata.PackageNotFoundError:
         return [package]
+
+
+def add_onnx(model_uri: str, onnx_file: Path) -> None:
+    """Add the ONNX graph to the MLflow model a train run logged (`models:/<model id>`), so
+    that the registry version made from it carries both. MLflow's `onnx` flavour then leads
+    (`mlflow models serve` runs the graph on ONNX Runtime, uint8 pixels in, `probabilities`
+    and `embedding` out); the .h5 stays where it was, named in the metadata (KERAS_H5)."""
+    import onnx
+    import onnxruntime
+
+    info = mlflow.models.get_model_info(model_uri)
+    pyfunc = info.flavors.get("python_function") or {}
+    h5 = ((pyfunc.get("artifacts") or {}).get(H5_ARTIFACT) or {}).get("path") or (
+        (info.metadata or {}).get(KERAS_H5))
+    if not h5:
+        raise ValueError(f"{model_uri} holds no .h5 of this pipeline")
+    sig = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *INPUT_SHAPE))]))
+    mlflow.onnx.log_model(
+        onnx.load(str(onnx_file)), model_id=model_uri.removeprefix("models:/"),
+        signature=sig, save_as_external_data=False,
+        metadata={**(info.metadata or {}), KERAS_H5: h5},
+        pip_requirements=[f"onnxruntime=={onnxruntime.__version__}",
+                          f"onnx=={onnx.__version__}", f"mlflow=={mlflow.__version__}"])
