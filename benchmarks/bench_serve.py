@@ -155,7 +155,7 @@ def time_to_mnist(drawings: list[bytes]) -> None:
 def time_model_call(h5: Path) -> None:
     """The server's model call (the compiled predict step) beside an eager call of the
     model, for 1 and 32 images: what batching and the compiled step each save."""
-    from mnist_mlops.inference.predictor import load_keras_model
+    from mnist_mlops.inference.keras_model import load_keras_model
 
     model = load_keras_model(h5)
     for n in (1, 32):

@@ -214,7 +214,7 @@ def test_repo_monitor_params() -> None:
 def test_one_call_gives_the_answer_and_the_penultimate_layer() -> None:
     import keras
 
-    from mnist_mlops.monitoring.features import call_two_outputs, two_outputs
+    from mnist_mlops.inference.keras_model import call_two_outputs, two_outputs
     from mnist_mlops.training.models import ensemble
 
     def small(seed: int) -> keras.Model:

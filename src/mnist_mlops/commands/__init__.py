@@ -35,6 +35,7 @@ from mnist_mlops.core.runtime import (
     EXIT_INTERRUPTED,
     UserError,
     configure_logging,
+    missing_install,
 )
 
 log = logging.getLogger("mnist_mlops")
@@ -68,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
                       libraries=args.verbose)
     logging.getLogger("mnist_mlops").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        return args.run(args)
+        try:
+            return args.run(args)
+        except ModuleNotFoundError as exc:     # a serving install asked to train: say so
+            raise missing_install(exc) or exc from None
     except UserError as exc:
         print(f"mnist-mlops {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

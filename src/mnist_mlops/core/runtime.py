@@ -229,6 +229,24 @@ def watch_launchers(interval_s: float = WATCH_INTERVAL_S) -> threading.Thread | 
     return t
 
 
+# What only the training install has (pyproject.toml `train`), and the MLflow client (`serve`)
+TRAINING_STACK = {"tensorflow", "keras", "dvc", "sklearn", "matplotlib", "optuna",
+                  "evidently", "pandas", "onnx", "tf2onnx", "tqdm", "jax", "torch"}
+
+
+def missing_install(exc: ModuleNotFoundError) -> UserError | None:
+    """A package of a larger install than this one: which install has it, one line."""
+    root = (exc.name or "").split(".")[0]
+    if root in TRAINING_STACK:
+        return UserError(f"this needs {root}, which only the training install has (this is a "
+                         "serving install: predict and serve answer with ONNX Runtime): "
+                         "pip install '.[train]', or `make setup` in a clone")
+    if root == "mlflow":
+        return UserError("reading an MLflow store needs the MLflow client: pip install "
+                         "'.[serve]' (or pass --model with an ONNX file or model folder)")
+    return None
+
+
 def run_main(main: Callable[[], None]) -> None:
     """Run a stage's main(): one-line errors and exit 2 for user errors, 130 when stopped."""
     configure_logging()
