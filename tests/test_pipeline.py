@@ -70,6 +70,11 @@ def test_outputs_of_every_stage(project: Path) -> None:
         assert (project / "reports" / "evaluate" / m / "confusion.png").is_file()
         assert 0 < metrics["realworld_accuracy"] <= 1
         assert ("test_accuracy_member_mean" in metrics) is (m in ENSEMBLES)
+        # every model, the ensemble too, also as one ONNX graph that answers like Keras
+        parity = json.loads((project / "models" / "onnx" / m / "parity.json").read_text())
+        assert parity["ok"] and parity["images"] == 10000 and parity["max_diff"] <= 1e-4
+        assert (project / "models" / "onnx" / m / "model.onnx").is_file()
+        assert speed["infer_onnx_images_per_s"] > 0 and speed["onnx_export_s"] > 0
     assert max(accuracies) > 0.5                     # the quick profile does learn
     photos = list((project / "data" / "realworld" / "generated").rglob("*.png"))
     assert len(photos) == 1000
@@ -122,6 +127,9 @@ def test_mlflow_has_one_parent_run_per_model_with_nested_folds(project: Path) ->
 
 
 def test_registry_one_version_per_model_and_one_champion(project: Path) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
     client = client_for(project)
     versions = client.search_model_versions(f"name='{REG}'")
     assert sorted(v.tags["model_name"] for v in versions) == sorted(MODELS)
@@ -136,6 +144,10 @@ def test_registry_one_version_per_model_and_one_champion(project: Path) -> None:
         assert {"architecture", "test_accuracy", "cv_val_accuracy_mean", "cv_val_accuracy_std",
                 "data_sha256", "git_commit"} <= set(v.tags)
         assert v.tags["model_name"] in v.description and "Test accuracy" in v.description
+        assert v.tags["onnx"] == "true" and float(v.tags["onnx_max_diff"]) <= 1e-4
+        flavors = mlflow.models.get_model_info(f"models:/{REG}/{v.version}").flavors
+        assert {"onnx", "python_function"} <= set(flavors)
+        assert flavors["python_function"]["loader_module"] == "mlflow.onnx"
     assert "Gate: promoted" in client.get_model_version(REG, aliases["champion"]).description
 
 
@@ -176,10 +188,12 @@ def test_champion_alias_loads_and_predicts_raw_uint8(project: Path) -> None:
     from mnist_mlops.data.dataset import load_dataset
 
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
-    model = mlflow.pyfunc.load_model(f"models:/{REG}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{REG}@champion")     # MLflow's onnx flavour
     data = load_dataset(project / "data" / "interim" / "mnist.npz")
     x, y = data["x_test"][:500][..., None], data["y_test"][:500]
-    pred = np.asarray(model.predict(x)).argmax(axis=1)
+    out = model.predict(x)
+    pred = np.asarray(out["probabilities"]).argmax(axis=1)
+    assert out["embedding"].shape[0] == 500
     champion = client_for(project).get_model_version_by_alias(REG, "champion")
     assert (pred == y).mean() >= float(champion.tags["test_accuracy"]) - 0.05
 
@@ -194,7 +208,13 @@ def test_champion_alias_loads_and_predicts_raw_uint8(project: Path) -> None:
     assert result["error"] is None and result["digit"] in {int(pred[0]), int(y[0])}
     assert result["model"] == {"source": f"models:/{REG}@champion",
                                "version": str(champion.version),
-                               "architecture": champion.tags["architecture"]}
+                               "architecture": champion.tags["architecture"],
+                               "runtime": "onnx"}
+    keras = run([cli, "predict", str(picture), "--json", "--runtime", "keras"], project,
+                env_for(project)).stdout
+    (by_keras,) = json.loads(keras)
+    assert by_keras["model"]["runtime"] == "keras" and by_keras["digit"] == result["digit"]
+    assert abs(by_keras["probability"] - result["probability"]) < 1e-4
 
 
 def test_cli_compare_promote_rollback(project: Path) -> None:
@@ -276,7 +296,8 @@ def test_mlflow_models_serve_champion(project: Path) -> None:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise
                 time.sleep(1)
-        pred = np.asarray(reply["predictions"]).argmax(axis=1)
+        # the champion's MLflow model is the ONNX graph: both of its outputs, by name
+        pred = np.asarray(reply["predictions"]["probabilities"]).argmax(axis=1)
         assert (pred == y).mean() > 0.7
     finally:
         server.terminate()

@@ -77,20 +77,22 @@ def test_promote_and_rollback_keep_dvc_clean_and_a_clone_without_the_store_follo
     run(["git", "clone", "-q", str(root), str(clone)], root.parent)
     run(["dvc", "pull", "-q"], clone, env)
     result, log = predict(clone, picture)          # its store is empty: the fallback
-    assert result["model"]["source"] == f"models/{model_of[other]}.h5", log
+    # the recorded champion's ONNX file, which `dvc pull` fetched with its .h5
+    assert result["model"]["source"] == f"models/onnx/{model_of[other]}/model.onnx", log
     assert result["model"]["version"] == other
     assert (f"cannot load models:/{REG}@champion from the tracking store sqlite:///"
             f"{clone}/mlflow.db (Registered Model with name={REG} not found); using the "
             "champion recorded in reports/registry-by-hand.json instead: "
-            f"v{other}, models/{model_of[other]}.h5") in log
+            f"v{other}, models/onnx/{model_of[other]}/model.onnx") in log
 
     run([CLI, "rollback"], root, env)
     assert status(root, env) == UP_TO_DATE
     commit(root, "rollback")
     run(["git", "pull", "-q"], clone)
     result, _ = predict(clone, picture)
-    assert result["model"] == {"source": f"models/{model_of[champ]}.h5", "version": champ,
-                               "architecture": model_of[champ]}
+    assert result["model"] == {"source": f"models/onnx/{model_of[champ]}/model.onnx",
+                               "version": champ, "architecture": model_of[champ],
+                               "runtime": "onnx"}
 
     listed = run([CLI, "versions"], root, env).stdout.splitlines()
     assert [line.split()[0] for line in listed] == [f"v{v}" for v in
