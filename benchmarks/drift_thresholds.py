@@ -73,9 +73,8 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=500)
     args = ap.parse_args()
 
-    from mnist_mlops.inference.keras_model import load_keras_model
+    from mnist_mlops.inference.keras_model import call_two_outputs, load_keras_model, two_outputs
     from mnist_mlops.monitoring import drift
-    from mnist_mlops.inference.keras_model import call_two_outputs, two_outputs
     from mnist_mlops.monitoring.features import describe
     from mnist_mlops.monitoring.predlog import as_logged
     from mnist_mlops.monitoring.settings import MonitorParams
