@@ -1,15 +1,20 @@
-"""The server under load, side by side with `mlflow models serve` on the same model.
+"""The server under load: ONNX Runtime (the default) beside the Keras path, and both beside
+`mlflow models serve` on the same model.
 
-Servers: ours on /invocations (one 28x28 uint8 image per request, MLflow's JSON), ours on
-/predict (280x280 PNG drawings), and `mlflow models serve --env-manager local` on
-/invocations (the same .h5 logged as this project's MLflow model in a temporary SQLite
-store). For 1, 8, 64 and 256 concurrent clients (keep-alive connections) a fixed number of
-requests: p50 and p99 latency, the share answered 200, requests/s, the mean batch size
-(ours: from /metrics) and the server's peak resident memory. First, `digits.to_mnist` on
-280x280 drawings (the preprocessing /predict runs), and the model call the server makes
-(Keras's compiled predict step) beside an eager call, for 1 and 32 images.
+Servers: ours (`--runtime onnx`, and `--runtime keras` as the reference) on /invocations
+(one 28x28 uint8 image per request, MLflow's JSON) and /predict (280x280 PNG drawings);
+`mlflow models serve --env-manager local` on /invocations, once on the .h5 logged as the
+train stage logs it (python-function model, Keras) and once after register has added the
+ONNX file (MLflow's onnx flavour), in a temporary SQLite store. For 1, 8, 64 and 256
+concurrent clients (keep-alive connections) a fixed number of requests: p50 and p99
+latency, the answers 200, the 503s and whether each carried Retry-After, requests/s, the
+mean batch size (ours: from /metrics) and the server's peak resident memory. First,
+`digits.to_mnist` on 280x280 drawings (the preprocessing /predict runs), and the model
+call the server makes (Keras's compiled predict step, ONNX Runtime) beside an eager Keras
+call, for 1 and 32 images.
 
     python benchmarks/bench_serve.py [--levels 1,8,64,256] [--requests 400] [--no-mlflow]
+        [--runtimes onnx,keras] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -45,6 +50,17 @@ def model_file(folder: Path) -> Path:
 
     path = folder / "cnn_32_64_64.h5"
     build_model(load_params(ROOT / "params.yaml").models["cnn_32_64_64"]).save(path)
+    return path
+
+
+def onnx_file(h5: Path) -> Path:
+    """The .h5 exported as evaluate exports it (inference/onnx_export.py)."""
+    from mnist_mlops.inference.keras_model import load_keras_model
+    from mnist_mlops.inference.onnx_export import export
+
+    model = load_keras_model(h5)
+    path = h5.with_suffix(".onnx")
+    export(model, path, {"architecture": model.name})
     return path
 
 
@@ -97,7 +113,8 @@ def wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float = 300
 
 def load(port: int, path: str, bodies: list[bytes], clients: int, n: int
          ) -> tuple[list[float], list[int], float]:
-    """n requests from `clients` threads, each on its own keep-alive connection."""
+    """n requests from `clients` threads, each on its own keep-alive connection. A 503
+    without Retry-After is counted as code 0 (it should not happen)."""
     per = [n // clients + (i < n % clients) for i in range(clients)]
 
     def client(i: int) -> list[tuple[int, float]]:
@@ -111,6 +128,8 @@ def load(port: int, path: str, bodies: list[bytes], clients: int, n: int
                 resp = conn.getresponse()
                 resp.read()
                 code = resp.status
+                if code == 503 and resp.getheader("retry-after") is None:
+                    code = 0
                 if resp.getheader("connection", "").lower() == "close":
                     conn.close()
                     conn = None
@@ -152,15 +171,18 @@ def time_to_mnist(drawings: list[bytes]) -> None:
           f"{(time.perf_counter() - t0) / len(imgs) * 1000:.1f} ms (mean of {len(imgs)})")
 
 
-def time_model_call(h5: Path) -> None:
-    """The server's model call (the compiled predict step) beside an eager call of the
-    model, for 1 and 32 images: what batching and the compiled step each save."""
+def time_model_call(h5: Path, onnx: Path) -> None:
+    """The server's model call (ONNX Runtime; Keras's compiled predict step) beside an eager
+    call of the model, for 1 and 32 images: what batching and each runtime save."""
     from mnist_mlops.inference.keras_model import load_keras_model
+    from mnist_mlops.inference.onnx_model import OnnxModel
 
     model = load_keras_model(h5)
+    ort = OnnxModel(onnx, "")
     for n in (1, 32):
         x = np.zeros((n, 28, 28, 1), np.float32)
-        for name, call in (("compiled predict step", lambda x=x: model.predict_on_batch(x)),
+        for name, call in (("ONNX Runtime", lambda x=x: ort.run(x.astype(np.uint8))),
+                           ("compiled predict step", lambda x=x: model.predict_on_batch(x)),
                            ("eager call", lambda x=x: np.asarray(model(x, training=False)))):
             for _ in range(5):
                 call()
@@ -176,8 +198,10 @@ def main() -> None:
     ap.add_argument("--levels", default="1,8,64,256")
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--no-mlflow", action="store_true")
-    ap.add_argument("--workers", default="1,2", help="ours: uvicorn worker processes, each "
+    ap.add_argument("--workers", default="1", help="ours: uvicorn worker processes, each "
                     "count measured in turn")
+    ap.add_argument("--runtimes", default="onnx,keras", help="ours: --runtime values, each "
+                    "measured in turn (keras: the path before ONNX, for comparison)")
     args, _ = ap.parse_known_args()    # run_all.py calls main() with its own argv
     levels = [int(x) for x in args.levels.split(",")]
     header(f"serving under load ({machine()})")
@@ -195,15 +219,24 @@ def main() -> None:
                            ).encode() for p in pngs]
     with tempfile.TemporaryDirectory() as tmp:
         h5 = model_file(Path(tmp))
-        time_model_call(h5)
-        servers = {f"ours x{w}": ([str(BIN / "mnist-mlops"), "serve", "--model", str(h5),
-                                   "--port", "8765", "--workers", w], 8765, "/ready")
-                   for w in args.workers.split(",")}
+        onnx = onnx_file(h5)
+        time_model_call(h5, onnx)
+        servers = {f"ours {rt} x{w}": ([str(BIN / "mnist-mlops"), "serve", "--model",
+                                        str(onnx if rt == "onnx" else h5), "--runtime", rt,
+                                        "--port", "8765", "--workers", w], 8765, "/ready")
+                   for rt in args.runtimes.split(",") for w in args.workers.split(",")}
         if not args.no_mlflow:
+            from mnist_mlops.tracking.logged_model import add_onnx
+
             uri = mlflow_model(Path(tmp), h5, x)
-            servers["mlflow"] = ([str(BIN / "mlflow"), "models", "serve", "-m", uri,
-                                  "--env-manager", "local", "--port", "8766", "--host",
-                                  "127.0.0.1"], 8766, "/ping")
+            servers["mlflow pyfunc .h5"] = (
+                [str(BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+                 "--port", "8766", "--host", "127.0.0.1"], 8766, "/ping")
+            with_onnx = mlflow_model(Path(tmp), h5, x)
+            add_onnx(with_onnx, onnx)
+            servers["mlflow onnx flavour"] = (
+                [str(BIN / "mlflow"), "models", "serve", "-m", with_onnx, "--env-manager",
+                 "local", "--port", "8767", "--host", "127.0.0.1"], 8767, "/ping")
         rows = []
         for name, (cmd, port, ready) in servers.items():
             proc = subprocess.Popen(cmd, cwd=tmp, env=ENV, stdout=subprocess.DEVNULL,
@@ -227,18 +260,20 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(30)
         header("table")
-        print("| server | endpoint | clients | p50 ms | p99 ms | 200s | req/s | mean batch | "
-              "peak RSS MB |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| server | endpoint | clients | p50 ms | p99 ms | 200s | 503s (all with "
+              "Retry-After) | req/s | mean batch | peak RSS MB |\n"
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in rows:
             print(r)
 
 
 def row(label: str, lat: list[float], codes: list[int], wall: float, batch: float,
         rss: float) -> str:
-    ok = codes.count(200)
+    ok, busy, bare = codes.count(200), codes.count(503), codes.count(0)
     lat_ms = np.asarray(lat) * 1000
     return (f"{label} {np.percentile(lat_ms, 50):.0f} | "
-            f"{np.percentile(lat_ms, 99):.0f} | {ok}/{len(codes)} | {len(codes) / wall:.0f} | "
+            f"{np.percentile(lat_ms, 99):.0f} | {ok}/{len(codes)} | "
+            f"{busy}{f' ({bare} without!)' if bare else ''} | {len(codes) / wall:.0f} | "
             f"{batch:.1f} | {rss:.0f} |")
 
 
