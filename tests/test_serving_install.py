@@ -88,7 +88,8 @@ def test_the_serving_install_has_no_training_stack(serve_env: Path) -> None:
         capture_output=True, text=True, check=True).stdout.strip()
     assert found == ""
     # asked for the Keras path, it says which install has it, in one line
-    proc = subprocess.run([str(serve_env / "mnist-mlops"), "predict", "x.png", "--model",
+    proc = subprocess.run([str(serve_env / "mnist-mlops"), "predict",
+                           str(ROOT / "docs" / "confusion_lenet_28_50.png"), "--model",
                            str(ROOT / "pyproject.toml"), "--runtime", "keras"],
                           capture_output=True, text=True, cwd=serve_env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

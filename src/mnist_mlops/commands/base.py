@@ -87,10 +87,12 @@ def params(args: argparse.Namespace, store_moved_warning: bool = True) -> Params
 
 
 def params_unless_model_file(args: argparse.Namespace) -> Params | None:
-    """`predict`/`serve --model` with a model file or folder and no params file here: the
-    file is all they need (a missing one is named as such, not as a missing params.yaml)."""
+    """`predict`/`serve --model` with a model file, folder or URI and no params file here:
+    the model is all they need (a serving machine has no project; a URI's store is
+    $MLFLOW_TRACKING_URI), and a missing file is named as such, not as a missing
+    params.yaml."""
     model = args.model
-    if model and (Path(model).suffix in (".onnx", ".h5", ".keras") or Path(model).exists()) \
-            and not args.params.is_file():
+    if model and (Path(model).suffix in (".onnx", ".h5", ".keras") or Path(model).exists()
+                  or model.startswith(("models:/", "runs:/"))) and not args.params.is_file():
         return None
     return params(args)

@@ -155,26 +155,26 @@ class Predictor:
         return True
 
     def _load_mlflow(self, source: str, trusted: bool) -> None:
+        """A model URI: its folder downloaded, then read as a folder; MLflow's own loaders
+        only for models this pipeline did not log (MLflow's model-info API would need
+        pandas, which the serving install leaves out)."""
         import mlflow
 
         try:
-            flavors = mlflow.models.get_model_info(source).flavors
-            if "onnx" in flavors or (
-                    "tensorflow" not in flavors
-                    and H5_ARTIFACT in ((flavors.get("python_function") or {})
-                                        .get("artifacts") or {})):
-                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
-                if self._load_folder(local, mlmodel(local)):
-                    return
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+            model = mlmodel(local)
+            if self._load_folder(local, model):
+                return
+            flavors = model.get("flavors") or {}
             if "tensorflow" in flavors:   # models logged by earlier versions
-                self._keras = mlflow.tensorflow.load_model(source)
+                self._keras = mlflow.tensorflow.load_model(str(local))
             elif not trusted:
                 raise UserError(
                     f"{source} is an MLflow model of flavour(s) {', '.join(flavors)}, not "
                     "one this pipeline logged: loading it runs its own Python code. Pass "
                     "--trust-model if you trust where it came from")
             else:
-                self._pyfunc = mlflow.pyfunc.load_model(source)
+                self._pyfunc = mlflow.pyfunc.load_model(str(local))
         except UserError:
             raise
         except Exception as exc:  # MlflowException, OSError, ... : all mean "can't load"
