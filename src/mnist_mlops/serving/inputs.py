@@ -7,10 +7,10 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 from typing import Any
 
 import numpy as np
+import orjson
 from PIL import Image, UnidentifiedImageError
 
 from mnist_mlops.data.digits import MAX_PIXELS, to_mnist
@@ -37,7 +37,7 @@ class BadRequest(ValueError):
 def drawing(body: bytes) -> Image.Image:
     """The picture in a /predict body, decoded (CPU work: run it off the event loop)."""
     try:
-        data = json.loads(body)["image"].split(",", 1)[-1]
+        data = orjson.loads(body)["image"].split(",", 1)[-1]
     except (ValueError, KeyError, TypeError, AttributeError):
         raise BadRequest(f"expected JSON {EXPECTED}") from None
     try:
@@ -78,7 +78,7 @@ def png_data_url(arr: np.ndarray) -> str:
 def scoring_images(body: bytes) -> np.ndarray:
     """The images of an MLflow scoring request: (n, 28, 28) uint8."""
     try:
-        payload: Any = json.loads(body)
+        payload: Any = orjson.loads(body)
     except ValueError:
         raise BadRequest(f"expected JSON {EXPECTED_MLFLOW}") from None
     if not isinstance(payload, dict) or not ({"inputs", "instances"} & payload.keys()):
