@@ -123,10 +123,37 @@ def export_costs(tmp: Path, data: dict[str, np.ndarray], names: list[str]) -> No
               f"| {report['max_diff']:.1e} | {add_s:.2f} | {version_s:.2f} |", flush=True)
 
 
+def du_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink()
+               ) / 2**20
+
+
+def install_sizes(tmp: Path) -> None:
+    header("the serving install beside the training install, on disk")
+    pkg = tmp / "pkg"
+    shutil.copytree(ROOT / "src", pkg / "src",
+                    ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md", "requirements.lock"):
+        shutil.copy(ROOT / name, pkg / name)
+    venv = tmp / "serve-venv"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                    "-c", str(pkg / "requirements.lock"), f"{pkg}[serve]"], check=True)
+    took = time.perf_counter() - t0
+    here = Path(sys.prefix)
+    serve, full = du_mb(venv), du_mb(here)
+    print(f"pip install '.[serve]' (fresh venv)       {serve:7.0f} MB  (built in {took:.0f} s)")
+    print(f"this environment ({here.name}: '.[dev]')  {full:7.0f} MB  "
+          f"({full / serve:.1f}x the serving install)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--models", help="comma-separated (default: every model of params.yaml)")
+    ap.add_argument("--install", action="store_true", help="also build the serving install "
+                    "and compare its size (needs the package index or pip's cache)")
     args, _ = ap.parse_known_args()
     from mnist_mlops.core.config import load_params
 
@@ -137,6 +164,8 @@ def main() -> None:
         names = (args.models.split(",") if args.models
                  else list(load_params(ROOT / "params.yaml").models))
         export_costs(tmp, data, names)
+        if args.install:
+            install_sizes(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

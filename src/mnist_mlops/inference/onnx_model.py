@@ -47,14 +47,19 @@ def providers(available: list[str], gpu: bool) -> list[str]:
 class OnnxModel:
     """One ONNX Runtime session over an ONNX classifier file."""
 
-    def __init__(self, path: Path, advice: str) -> None:
+    def __init__(self, path: Path, advice: str, threads: int | None = None) -> None:
         """`advice`: what to do when the file cannot be loaded (it depends on where the
-        file came from: a registry version has its Keras .h5 beside it)."""
+        file came from: a registry version has its Keras .h5 beside it). `threads`: ONNX
+        Runtime's intra-op threads (None: one per core); serve's --workers take one each."""
         self.path = path
         available = ort.get_available_providers()
         chosen = providers(available, CUDA in available and gpu_listed())
         options = ort.SessionOptions()
         options.log_severity_level = 3          # ONNX Runtime's own warnings: errors only
+        # idle pool threads sleep rather than spin: a server's event loop needs the core
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(path), options, providers=chosen)
         except Exception as exc:  # ORT's Fail, InvalidProtobuf, NoSuchFile, InvalidGraph...

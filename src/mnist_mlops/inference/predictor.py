@@ -86,10 +86,12 @@ def h5_in(folder: Path, model: dict[str, Any]) -> Path | None:
 class Predictor:
     """One interface over ONNX Runtime, a Keras model and an MLflow pyfunc model."""
 
-    def __init__(self, source: str, trusted: bool = False, runtime: str = "onnx") -> None:
+    def __init__(self, source: str, trusted: bool = False, runtime: str = "onnx",
+                 threads: int | None = None) -> None:
+        """`threads`: ONNX Runtime's intra-op threads (None: one per core)."""
         if runtime not in RUNTIMES:
             raise UserError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
-        self.source, self.runtime = source, runtime
+        self.source, self.runtime, self.threads = source, runtime, threads
         # which model answers: registry version and architecture where known
         self.about: dict[str, str | None] = {"source": source, "version": None,
                                               "architecture": None, "runtime": None}
@@ -114,7 +116,7 @@ class Predictor:
     def of_keras(cls, model: Any, source: str) -> Predictor:
         """A Predictor over a Keras model already in memory (an ensemble's fold model)."""
         self = cls.__new__(cls)
-        self.source, self.runtime = source, "keras"
+        self.source, self.runtime, self.threads = source, "keras", None
         self._keras, self._onnx, self._pyfunc, self._both = model, None, None, None
         self.about = {"source": source, "version": None, "architecture": None,
                       "runtime": None}
@@ -134,7 +136,7 @@ class Predictor:
         if self.runtime == "keras":
             raise UserError(f"{path} is an ONNX file: --runtime keras needs the model's .h5 "
                             "or an MLflow model")
-        self._onnx = OnnxModel(path, advice)
+        self._onnx = OnnxModel(path, advice, self.threads)
 
     def _load_folder(self, folder: Path, model: dict[str, Any]) -> bool:
         """An MLflow model folder this pipeline logged: its ONNX file (the default) or its

@@ -110,7 +110,9 @@ def worker_app() -> Any:
 
 
 def _load(settings: Settings) -> Predictor:
-    predictor = Predictor(settings.source, trusted=settings.trusted, runtime=settings.runtime)
+    # one ONNX Runtime thread per worker: the workers share the cores
+    predictor = Predictor(settings.source, trusted=settings.trusted, runtime=settings.runtime,
+                          threads=1)
     if settings.version:
         predictor.about["version"] = settings.version
     return predictor
