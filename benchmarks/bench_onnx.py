@@ -105,9 +105,9 @@ def export_costs(tmp: Path, data: dict[str, np.ndarray], names: list[str]) -> No
         t0 = time.perf_counter()
         proba = np.asarray(compiled_call(model, x.reshape(-1, 28, 28, 1).astype("float32")))
         keras_s = time.perf_counter() - t0
-        report = export_checked(model, tmp / "onnx" / name, x, proba,
-                                {"architecture": model.name, "model": name})
         model.save(tmp / f"{name}.h5")
+        report = export_checked(model, tmp / "onnx" / name, x, proba,
+                                {"architecture": model.name, "model": name}, tmp / f"{name}.h5")
         np.save(tmp / "example.npy", x[:1, ..., None])
         with mlflow.start_run() as run:
             pass

@@ -47,8 +47,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path, di
     model = small_model()
     folder = tmp_path_factory.mktemp("onnx")
     keras_proba, keras_emb = call_two_outputs(two_outputs(model), IMAGES)
+    model.save(folder / "m.h5")
     report = export_checked(model, folder, IMAGES, keras_proba,
-                            {"architecture": model.name, "model": "cnn_bn_aug"})
+                            {"architecture": model.name, "model": "cnn_bn_aug"}, folder / "m.h5")
     return model, folder, {"report": report, "embedding": keras_emb, "proba": keras_proba}
 
 
@@ -74,6 +75,27 @@ def test_an_ensemble_exports_as_one_graph_that_answers_like_keras(exported: tupl
     assert emb.shape == (len(IMAGES), 20)
     assert np.abs(emb - keras["embedding"]).max() <= TOLERANCE
     assert ort.run(IMAGES[:3])[1] is None                # asked for answers only
+
+
+def test_a_model_that_cannot_be_exported_says_how_to_go_on_without_onnx(tmp_path: Path
+                                                                      ) -> None:
+    import keras
+    import tensorflow as tf
+
+    from mnist_mlops.inference.onnx_export import export_checked
+
+    def in_python(t):      # a Python function inside the graph: no ONNX op can hold it
+        return tf.py_function(lambda v: v * 2, [t], tf.float32)
+
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                              keras.layers.Lambda(in_python, output_shape=(784,)),
+                              keras.layers.Dense(10, activation="softmax")], name="odd")
+    proba = np.asarray(model(IMAGES[:4, ..., None].astype("float32")))
+    with pytest.raises(UserError) as err:
+        export_checked(model, tmp_path, IMAGES[:4], proba, {"model": "odd"}, tmp_path / "x.h5")
+    assert str(err.value).startswith("odd: cannot export as ONNX (")
+    assert "register.onnx: false" in str(err.value)
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def test_parity_names_the_worst_digit_and_the_difference() -> None:

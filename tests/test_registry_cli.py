@@ -126,7 +126,7 @@ def test_the_fallback_says_why_the_store_could_not_load_the_champion(
         shutil.move(root.parent / "mlruns-away", root / "mlruns")
     warning = next(line for line in log.splitlines() if "cannot load" in line)
     assert "not in the tracking store" not in warning
-    assert "No such artifact: 'MLmodel')" in warning, warning
+    assert "No such artifact" in warning, warning
     assert warning.endswith(f"instead: v{result['model']['version']}, "
                             f"{result['model']['source']}"), warning
 

@@ -59,7 +59,7 @@ def test_retrain_then_a_second_clone_needs_no_training(tmp_path: Path) -> None:
     (answer,) = json.loads(proc.stdout)
     assert answer["error"] is None and 0 <= answer["digit"] <= 9
     assert ("using the champion recorded in reports/registry.json instead: v1, "
-            f"models/{MODEL}.h5") in proc.stderr
+            f"models/onnx/{MODEL}/model.onnx") in proc.stderr
 
     again = run([CLI, "retrain", "--branch", "retrain/again", "--report",
                  str(tmp_path / "report2.md")], two, clean, timeout=900)

@@ -46,7 +46,8 @@ def test_copied_project_store_opens_with_its_artifacts(tmp_path: Path) -> None:
                                              dst_path=str(tmp_path / "dl"))
     assert json.loads(Path(cv).read_text())["final"] == "refit"
     model = mlflow.pyfunc.load_model(info["model_uri"])
-    proba = np.asarray(model.predict(np.zeros((2, 28, 28, 1), dtype=np.uint8)))
+    # the registered MLflow model is the ONNX graph: both outputs, by name
+    proba = np.asarray(model.predict(np.zeros((2, 28, 28, 1), dtype=np.uint8))["probabilities"])
     assert proba.shape == (2, 10)
 
 
@@ -83,7 +84,8 @@ def test_relocated_store_of_a_temp_experiment_opens_after_the_original_is_gone(
     champion = MlflowClient().get_model_version_by_alias("mnist-digits", "champion")
     assert MlflowClient().list_artifacts(champion.run_id), champion.run_id
     model = mlflow.pyfunc.load_model("models:/mnist-digits@champion")
-    proba = np.asarray(model.predict(np.zeros((2, 28, 28, 1), dtype=np.uint8)))
+    # the registered MLflow model is the ONNX graph: both outputs, by name
+    proba = np.asarray(model.predict(np.zeros((2, 28, 28, 1), dtype=np.uint8))["probabilities"])
     assert proba.shape == (2, 10)
 
 
@@ -122,7 +124,8 @@ def test_copy_store_publishes_runs_and_registry_to_a_server(tmp_path: Path,
         str(champion.version)
     mlflow.set_tracking_uri(mlflow_server.uri)
     model = mlflow.pyfunc.load_model("models:/mnist-digits@champion")
-    proba = np.asarray(model.predict(np.zeros((3, 28, 28, 1), dtype=np.uint8)))
+    # the registered MLflow model is the ONNX graph: both outputs, by name
+    proba = np.asarray(model.predict(np.zeros((3, 28, 28, 1), dtype=np.uint8))["probabilities"])
     assert proba.shape == (3, 10)
     # the copied model is the server's own: its MLmodel names the server's model and run
     info = mlflow.models.get_model_info("models:/mnist-digits@champion")

@@ -159,7 +159,8 @@ def export_onnx(params: Params, name: str, model: Any, x: np.ndarray, proba: np.
     if not params.register.onnx:
         return onnx_export.skipped(folder, "register.onnx is false in params.yaml")
     return onnx_export.export_checked(model, folder, x, proba,
-                                      {"architecture": model.name, "model": name})
+                                      {"architecture": model.name, "model": name},
+                                      params.paths.model_file(name))
 
 
 def cv_numbers(train_dir: Path) -> dict[str, float]:

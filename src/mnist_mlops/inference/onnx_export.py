@@ -5,13 +5,24 @@ gives `probabilities` and `embedding` (the penultimate layer: what the predictio
 keeps) from one run. An ensemble stays one graph: its fold models and their average.
 Augmentation layers are left out (the graph is the model in inference mode).
 
+Keras exports ONNX through TensorFlow (tf2onnx); under JAX it would need jax2onnx and its
+own large stack, and under PyTorch it fixes the batch size to one. So under another backend
+the saved .h5 (backend-neutral) is exported by a TensorFlow-backend process running this
+module (`python -m mnist_mlops.inference.onnx_export H5 ONNX METADATA`), and the graph is
+checked against the answers of the backend that trained it.
+
 Cold start: keras and onnx are imported inside the functions: evaluate imports this module
 before run_main has quietened TensorFlow's start-up lines.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import os
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +33,8 @@ import numpy as np
 from mnist_mlops.core.fsio import atomic_path, write_json_atomic
 from mnist_mlops.core.mnist import INPUT_SHAPE
 from mnist_mlops.core.model_files import ONNX_FILE, PARITY_FILE
-from mnist_mlops.inference.keras_model import two_outputs
+from mnist_mlops.core.runtime import UserError, run_main
+from mnist_mlops.inference.keras_model import load_keras_model, two_outputs
 from mnist_mlops.inference.onnx_model import EMBEDDING, PROBABILITIES, OnnxModel
 
 log = logging.getLogger(__name__)
@@ -93,15 +105,39 @@ def export(model: Any, path: Path, metadata: dict[str, str]) -> float:
     return time.perf_counter() - t0
 
 
-def export_checked(model: Any, folder: Path, x: np.ndarray, keras_proba: np.ndarray,
-                   metadata: dict[str, str]) -> dict[str, Any]:
-    """Export `model` to `folder`/model.onnx, answer `x` with ONNX Runtime and compare with
-    Keras' `keras_proba` on the same images; the report (also written as parity.json,
-    which register reads before it records the file)."""
-    path = folder / ONNX_FILE
-    export_s = export(model, path, metadata)
+def export_on_tensorflow(h5: Path, path: Path, metadata: dict[str, str]) -> float:
+    """Export the saved `h5` from a TensorFlow-backend process (see above); the seconds."""
     t0 = time.perf_counter()
-    onnx_proba, _ = OnnxModel(path, "the file was just exported: export it again").run(x)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mnist_mlops.inference.onnx_export", str(h5), str(path),
+         json.dumps(metadata)], env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+        capture_output=True, text=True)
+    if proc.returncode:
+        lines = proc.stderr.strip().splitlines() or ["no output"]
+        raise RuntimeError(f"the TensorFlow-backend export of {h5} failed: {lines[-1]}")
+    return time.perf_counter() - t0
+
+
+def export_checked(model: Any, folder: Path, x: np.ndarray, keras_proba: np.ndarray,
+                   metadata: dict[str, str], h5: Path) -> dict[str, Any]:
+    """Export `model` (saved as `h5`) to `folder`/model.onnx, answer `x` with ONNX Runtime
+    and compare with Keras' `keras_proba` on the same images; the report (also written as
+    parity.json, which register reads before it records the file). A model that cannot be
+    exported is a UserError that says how to go on without ONNX."""
+    import keras
+
+    path = folder / ONNX_FILE
+    try:
+        export_s = (export(model, path, metadata) if keras.backend.backend() == "tensorflow"
+                    else export_on_tensorflow(h5, path, metadata))
+        t0 = time.perf_counter()
+        onnx_proba, _ = OnnxModel(path, "it was just exported").run(x)
+    except Exception as exc:  # tf2onnx's, Keras' and ONNX Runtime's refusals
+        path.unlink(missing_ok=True)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+        raise UserError(f"{metadata.get('model', model.name)}: cannot export as ONNX "
+                        f"({reason}). Set register.onnx: false in params.yaml to register the "
+                        ".h5 alone (predict and serve then use Keras)") from None
     check = parity(keras_proba, onnx_proba)
     report = {"exported": True, **check.to_dict(), "export_s": round(export_s, 3),
               "parity_s": round(time.perf_counter() - t0, 3)}
@@ -120,3 +156,17 @@ def skipped(folder: Path, why: str) -> dict[str, Any]:
     report = {"exported": False, "reason": why}
     write_json_atomic(folder / PARITY_FILE, report)
     return report
+
+
+def main() -> None:
+    """The TensorFlow-backend export of a saved .h5 (export_on_tensorflow)."""
+    ap = argparse.ArgumentParser(description="export a saved Keras .h5 as ONNX")
+    ap.add_argument("h5", type=Path)
+    ap.add_argument("onnx", type=Path)
+    ap.add_argument("metadata", type=json.loads)
+    args = ap.parse_args()
+    export(load_keras_model(args.h5), args.onnx, args.metadata)
+
+
+if __name__ == "__main__":
+    run_main(main)
