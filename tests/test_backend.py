@@ -85,8 +85,9 @@ def test_xla_auto_compiles_the_train_step_under_jax_only(keras_backend: str,
 def test_quick_pipeline_under_another_backend_registers_a_champion_pyfunc_serves(
         tmp_path: Path, keras_backend: str) -> None:
     """The whole pipeline with KERAS_BACKEND=jax (and torch where PyTorch is installed; not
-    in CI): train, MLflow model, evaluate, register, then `mlflow.pyfunc` (under
-    TensorFlow, here) and `predict` (under the same backend) serve it."""
+    in CI): train, MLflow model, evaluate (with the ONNX export, made from the .h5 by a
+    TensorFlow-backend process and checked against this backend's answers), register, then
+    `mlflow.pyfunc` (the ONNX flavour) and `predict` serve it."""
     pytest.importorskip(keras_backend)
     import json
 
@@ -117,7 +118,9 @@ def test_quick_pipeline_under_another_backend_registers_a_champion_pyfunc_serves
         mlflow.set_tracking_uri(None)
     data = load_dataset(root / "data" / "interim" / "mnist.npz")
     x = data["x_test"][:20][..., None]
-    served = np.asarray(model.predict(x))
+    parity = json.loads((root / "models" / "onnx" / "cnn_32_64_64" / "parity.json").read_text())
+    assert parity["ok"] and parity["images"] == len(data["x_test"])
+    served = np.asarray(model.predict(x)["probabilities"])
     assert served.shape == (20, 10) and np.allclose(served.sum(axis=1), 1, atol=1e-4)
     metrics = json.loads((root / "metrics" / "cnn_32_64_64.json").read_text())
     assert (served.argmax(axis=1) == data["y_test"][:20]).mean() >= min(
