@@ -91,11 +91,12 @@ def test_a_model_that_cannot_be_exported_says_how_to_go_on_without_onnx(tmp_path
                               keras.layers.Lambda(in_python, output_shape=(784,)),
                               keras.layers.Dense(10, activation="softmax")], name="odd")
     proba = np.asarray(model(IMAGES[:4, ..., None].astype("float32")))
+    (tmp_path / "parity.json").write_text('{"exported": true, "ok": true}')   # a stale one
     with pytest.raises(UserError) as err:
         export_checked(model, tmp_path, IMAGES[:4], proba, {"model": "odd"}, tmp_path / "x.h5")
     assert str(err.value).startswith("odd: cannot export as ONNX (")
     assert "register.onnx: false" in str(err.value)
-    assert not (tmp_path / "model.onnx").exists()
+    assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "parity.json").exists()
 
 
 def test_parity_names_the_worst_digit_and_the_difference() -> None:

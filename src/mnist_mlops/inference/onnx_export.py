@@ -133,7 +133,8 @@ def export_checked(model: Any, folder: Path, x: np.ndarray, keras_proba: np.ndar
         t0 = time.perf_counter()
         onnx_proba, _ = OnnxModel(path, "it was just exported").run(x)
     except Exception as exc:  # tf2onnx's, Keras' and ONNX Runtime's refusals
-        path.unlink(missing_ok=True)
+        for stale in (path, folder / PARITY_FILE):    # no earlier run's file to register
+            stale.unlink(missing_ok=True)
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
         raise UserError(f"{metadata.get('model', model.name)}: cannot export as ONNX "
                         f"({reason}). Set register.onnx: false in params.yaml to register the "

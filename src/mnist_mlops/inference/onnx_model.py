@@ -83,7 +83,8 @@ class OnnxModel:
             ) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities (n, 10) float64, embedding (n, k) float32 or None) of uint8
         images shaped (n, 28, 28[, 1]), from one run of the graph."""
-        x = np.asarray(images, dtype=np.uint8).reshape(-1, *INPUT_SHAPE).astype(self.dtype)
+        x = np.asarray(images, dtype=np.uint8).reshape(-1, *INPUT_SHAPE).astype(
+            self.dtype, copy=False)
         wanted = [self.proba] + ([self.embedding] if embedding and self.embedding else [])
         out = self.session.run(wanted, {self.input: x})
         proba = np.asarray(out[0], dtype=np.float64).reshape(len(x), NUM_CLASSES)
