@@ -11,6 +11,8 @@
 # make reproduce : full recipes, then the table of results vs the tutorials'
 # make retrain : the retrain loop (pull, repro, push, commit to a branch, report);
 #                RETRAIN_ARGS='--profile quick --push' etc.
+# make against REF=<commit> LOOP=<setup|quick|test|test-fast|run|cmd:...> [RUNS=n] : that
+#              loop timed at REF and in the working tree, alternating (benchmarks/against.sh)
 # make clean : remove .venv
 PYTHON ?= python3
 VENV := .venv
@@ -36,7 +38,7 @@ EXTRAS := dev$(if $(GPU),$(COMMA)gpu)
 # overrides it.
 QUICK = $(shell $(BIN)/mnist-mlops params --overrides quick)
 
-.PHONY: setup run quick test test-fast lint bench ablation reproduce retrain clean
+.PHONY: setup run quick test test-fast lint bench ablation reproduce retrain against clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +87,10 @@ retrain: setup
 
 ablation: setup
 	bash benchmarks/ablation.sh
+
+# Needs no setup of its own: it builds what each side needs
+against:
+	bash benchmarks/against.sh '$(REF)' '$(LOOP)' $(RUNS)
 
 clean:
 	rm -rf $(VENV)
