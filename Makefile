@@ -70,8 +70,10 @@ TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
+# The fast tier has no module-wide trainings or servers worth keeping together: its tests
+# are dealt out one by one (--dist load), which evens the two workers best.
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist load
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

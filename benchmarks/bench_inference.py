@@ -27,7 +27,7 @@ def main() -> dict[str, dict[str, float]]:
     results = {}
     for name, p in params.models.items():
         model = build_model(p)  # speed does not depend on the weights' values
-        r = throughput(Predictor.of_keras(model, name), x)
+        _, r = throughput(Predictor.of_keras(model, name), x)
         results[name] = r
         print(f"{name:<17} {r['images_per_s']:9.0f} images/s   one image (compiled step): "
               f"p50 {r['step_latency_ms_p50']:6.2f} ms, p95 {r['step_latency_ms_p95']:6.2f} ms")

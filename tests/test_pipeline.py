@@ -77,7 +77,7 @@ def test_outputs_of_every_stage(project: Path) -> None:
         assert speed["infer_onnx_images_per_s"] > 0 and speed["onnx_export_s"] > 0
     assert max(accuracies) > 0.5                     # the quick profile does learn
     photos = list((project / "data" / "realworld" / "generated").rglob("*.png"))
-    assert len(photos) == 1000
+    assert len(photos) == QUICK["realworld.count"]
     decision = json.loads((project / "reports" / "registry.json").read_text())
     assert decision["promoted"] is True and len(decision["new_versions"]) == len(MODELS)
     assert_record_matches_aliases(project)

@@ -18,6 +18,12 @@ and says so. Layout, for one model:
 
 The folder is removed once the stage has committed its outputs and delivered its MLflow
 writes; a stage that stopped for any reason leaves it for the next run to continue.
+
+An epoch's checkpoint is written behind the training: its arrays are copied at the end of
+the epoch, and a writer thread puts them on the disk (atomically, fsynced) while the next
+epoch trains. One write is in flight at a time and each waits for the one before, so the
+file on disk is always a whole epoch's state, at most one epoch behind; a kill during a write
+resumes from the epoch before, which the resumed fit replays bit for bit.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import json
 import logging
 import shutil
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,6 +113,8 @@ class Checkpoint:
         self._lock_file: Any = None
         self.state: dict[str, Any] = {}
         self.resumed = False
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
 
     # -- life cycle ----------------------------------------------------------------------
     def __enter__(self) -> Checkpoint:
@@ -131,6 +140,15 @@ class Checkpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        try:
+            self.wait_writes()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
+            self._release()
+
+    def _release(self) -> None:
         if self._lock_file is not None:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
@@ -151,13 +169,28 @@ class Checkpoint:
                             "code; starting afresh (removing %s)", self.model, created, other)
                 shutil.rmtree(other, ignore_errors=True)
 
+    def wait_writes(self) -> None:
+        """Until the last checkpoint write is on the disk; its error, if it failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _write_behind(self, target: Path, arrays: dict[str, np.ndarray]) -> None:
+        """Write `arrays` to `target` in the writer thread, after the write before it."""
+        self.wait_writes()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"checkpoint-{self.model}")
+        self._pending = self._writer.submit(_write_npz, target, arrays)
+
     def remove(self) -> None:
         """After success: nothing left to resume."""
+        self.wait_writes()
         shutil.rmtree(self.dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.base.rmdir()
 
     def save_state(self) -> None:
+        self.wait_writes()
         write_json_atomic(self.dir / "state.json", self.state)
 
     # -- fits ----------------------------------------------------------------------------
@@ -166,17 +199,18 @@ class Checkpoint:
         return self.state["fits"].get(key)
 
     def save_progress(self, key: str, model: Any, prog: FitProgress) -> None:
-        """Everything needed to continue fit `key` after its last finished epoch."""
-        arrays = {f"v{i}": np.asarray(v) for i, v in enumerate(_variables(model))}
+        """Everything needed to continue fit `key` after its last finished epoch: copied
+        now (the next epoch changes the variables in place), written behind."""
+        arrays = {f"v{i}": np.asarray(v).copy() for i, v in enumerate(_variables(model))}
         for i, w in enumerate(prog.best_weights or []):
-            arrays[f"b{i}"] = w
+            arrays[f"b{i}"] = w            # best_weights are copies already, never changed
         meta = {k: v for k, v in dataclasses.asdict(prog).items() if k != "best_weights"}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        with atomic_path(self.dir / f"fit-{key}.npz", suffix=".tmp.npz") as tmp:
-            np.savez(tmp, **arrays)
+        self._write_behind(self.dir / f"fit-{key}.npz", arrays)
 
     def load_progress(self, key: str, model: Any) -> FitProgress | None:
         """Restore fit `key` into `model` (built and compiled the same way); None if absent."""
+        self.wait_writes()
         path = self.dir / f"fit-{key}.npz"
         if not path.exists():
             return None
@@ -194,6 +228,7 @@ class Checkpoint:
 
     def finish_fit(self, key: str, model: Any, result: dict[str, Any]) -> None:
         """Record a finished fit: its model, then its result; drop its epoch checkpoint."""
+        self.wait_writes()        # the last epoch's write must not land after the unlink
         with atomic_path(self.dir / f"done-{key}.npz", suffix=".tmp.npz") as tmp:
             np.savez(tmp, *[np.asarray(w) for w in model.get_weights()])
         self.state["fits"][key] = result
@@ -215,6 +250,11 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.dir})"
+
+
+def _write_npz(target: Path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_path(target, suffix=".tmp.npz") as tmp:
+        np.savez(tmp, **arrays)
 
 
 def open_checkpoint(root: Path, model: str, fp: str) -> Checkpoint:
