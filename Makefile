@@ -3,7 +3,7 @@
 # make quick : the whole pipeline on the quick profile (3,000-image subset, 2 folds, at most
 #              2 epochs), as a temporary experiment: params.yaml stays as written
 # make test  : the whole test suite (what CI runs), on TEST_WORKERS pytest processes
-# make test-fast : the suite without the `slow` tests
+# make test-fast : the suite without the `slow` tests, on TEST_WORKERS pytest processes
 # make run   : the whole pipeline with the full recipes (dvc repro)
 # make lint  : ruff check src tests benchmarks
 # make bench : benchmark figures (see benchmarks/)

@@ -1,0 +1,77 @@
+"""The tools that time the loops: against.sh's refusals, the stage timeline, the suite
+profile. (Their figures are in docs/benchmarks.md; here, that they read what they claim.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import textwrap
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from .conftest import ROOT
+
+AGAINST = ROOT / "benchmarks" / "against.sh"
+
+
+def bench_module(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    ([], "LOOP is one of"),
+    (["HEAD", "lunch"], "unknown loop 'lunch'"),
+    (["HEAD", "quick", "0"], "RUNS must be a positive number"),
+    (["no-such-commit", "quick"], "'no-such-commit' is not a commit"),
+])
+def test_against_refuses_bad_arguments_before_building_anything(
+        args: list[str], says: str, tmp_path: Path) -> None:
+    proc = subprocess.run(["bash", str(AGAINST), *args], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=60)
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    assert not (tmp_path / ".cache").exists()          # no worktree, no venv, no log
+
+
+def test_stage_timeline_gives_each_stage_its_span_from_the_stage_before() -> None:
+    log = textwrap.dedent("""\
+        Running stage 'parse':
+        > python -m mnist_mlops.data.parse
+        2026-12-06 10:00:00,000 INFO __main__: train: images (60000, 28, 28)
+        2026-12-06 10:00:01,500 INFO __main__: test: images (10000, 28, 28)
+        Updating lock file 'dvc.lock'
+
+        Running stage 'train@mlp_512x2':
+        2026/12/06 10:00:09 INFO mlflow.store.db.utils: Creating initial MLflow database tables...
+        2026-12-06 10:00:21,500 INFO __main__: mlp_512x2: CV val accuracy 0.9
+        Running stage 'evaluate@mlp_512x2':
+        2026-12-06 10:00:31,500 INFO __main__: mlp_512x2: test accuracy 0.9
+        Running stage 'register':
+        """).splitlines()
+    timeline = bench_module("stage_timeline").spans(log)
+    assert timeline == [("parse", 1.5), ("train@mlp_512x2", 20.0), ("evaluate@mlp_512x2", 10.0)]
+
+
+def test_suite_profile_sums_each_file_and_ranks_the_slowest(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    junit = tmp_path / "suite.xml"
+    junit.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.test_a" name="test_one" time="10.0"/>'
+        '<testcase classname="tests.test_a" name="test_two" time="5.0"/>'
+        '<testcase classname="tests.test_b" name="test_three" time="30.0"/>'
+        '</testsuite></testsuites>')
+    bench_module("suite_profile").report(junit, wall=25.0, top=2)
+    out = capsys.readouterr().out
+    assert "3 tests, 45 s of test time; wall 25 s on 2 workers (at best 22 s" in out
+    per_file = out.split("per file")[1].split("slowest")[0]
+    assert per_file.index("test_b") < per_file.index("test_a")
+    assert "15.0     2  33.3%  test_a" in per_file
+    slowest = out.split("slowest tests (seconds):")[1].splitlines()
+    assert [line.split()[-1] for line in slowest if line.strip()] == [
+        "test_b::test_three", "test_a::test_one"]
