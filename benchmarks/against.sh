@@ -96,7 +96,7 @@ one_run() {  # side i
     *) make -C "$dir" "$loop" >"$log" 2>&1 || rc=$? ;;
   esac
   local secs counts
-  secs=$(echo "$(date +%s.%N) - $start" | bc)
+  secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.3f", e - s}')
   counts=$(grep -Eo '[0-9]+ (passed|failed|skipped|errors?)' "$log" | tail -4 | paste -sd, - || true)
   [ -n "$scratch" ] && rm -rf "$scratch"
   printf '%.1f %d %s\n' "$secs" "$rc" "${counts// /_}"
@@ -120,4 +120,4 @@ done
 r=$(printf '%s\n' "${ref_s[@]}" | median)
 w=$(printf '%s\n' "${work_s[@]}" | median)
 printf 'median: ref %.1f s, work %.1f s, ratio work/ref %.2fx  (logs: %s)\n' "$r" "$w" \
-  "$(echo "$w / $r" | bc -l)" "$logs"
+  "$(awk -v w="$w" -v r="$r" 'BEGIN {print w / r}')" "$logs"
