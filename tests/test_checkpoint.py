@@ -139,6 +139,37 @@ def test_one_configuration_trains_in_one_process_at_a_time(tmp_path: Path) -> No
         assert (tmp_path / MODEL / "abc").is_dir()  # a running one is never discarded
 
 
+def test_an_epoch_written_behind_is_on_disk_before_the_next_and_a_failed_write_is_raised(
+        tmp_path: Path) -> None:
+    """save_progress returns before its write; the write is the epoch's state as it was
+    (later changes to the model do not leak into it), and a write that fails is raised at
+    the next wait, not lost."""
+    from mnist_mlops.training.checkpoint import FitProgress
+    from mnist_mlops.training.models import new_model
+
+    params = load_params(ROOT / "params.yaml")
+    p, tp = params.model("mlp_512x2"), params.train
+    model = new_model(p, tp, 0, 100)
+    with Checkpoint(tmp_path, MODEL, "abc") as ck:
+        ck.save_progress("fold-0", model, FitProgress(epochs_done=1, history={"loss": [2.0]}))
+        before = [np.asarray(v).copy() for v in model.variables]
+        for v in model.variables:                       # the next epoch changes them
+            v.assign(np.zeros(v.shape, dtype=v.dtype))
+        fresh = new_model(p, tp, 0, 100)
+        prog = ck.load_progress("fold-0", fresh)        # waits for the write
+        assert prog is not None and prog.epochs_done == 1 and prog.history == {"loss": [2.0]}
+        assert all(np.array_equal(a, np.asarray(v)) for a, v in zip(before, fresh.variables,
+                                                                     strict=True))
+        (ck.dir / "fit-fold-1.npz").mkdir()             # a write that cannot land
+        ck.save_progress("fold-1", model, FitProgress(epochs_done=1))
+        with pytest.raises(OSError):
+            ck.wait_writes()
+    # ... and one still in flight when the stage leaves is raised as it leaves
+    with pytest.raises(OSError), Checkpoint(tmp_path, MODEL, "abc") as ck:
+        ck.save_progress("fold-1", model, FitProgress(epochs_done=3))
+    assert (tmp_path / MODEL / "abc" / "fit-fold-1.npz").is_dir()   # nothing half-written
+
+
 @pytest.mark.slow
 def test_changed_params_after_a_kill_start_afresh_and_end_orphaned_runs(tmp_path: Path
                                                                         ) -> None:

@@ -229,8 +229,8 @@ class Checkpoint:
     def finish_fit(self, key: str, model: Any, result: dict[str, Any]) -> None:
         """Record a finished fit: its model, then its result; drop its epoch checkpoint."""
         self.wait_writes()        # the last epoch's write must not land after the unlink
-        with atomic_path(self.dir / f"done-{key}.npz", suffix=".tmp.npz") as tmp:
-            np.savez(tmp, *[np.asarray(w) for w in model.get_weights()])
+        _write_npz(self.dir / f"done-{key}.npz",
+                   {f"arr_{i}": np.asarray(w) for i, w in enumerate(model.get_weights())})
         self.state["fits"][key] = result
         self.save_state()
         (self.dir / f"fit-{key}.npz").unlink(missing_ok=True)
