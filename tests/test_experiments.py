@@ -5,6 +5,7 @@ log to the project's own store, and concurrent writers (store creation, training
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -24,26 +25,24 @@ REG = "mnist-digits"
 
 def test_queued_experiments_run_in_parallel_on_the_project_store(tmp_path: Path) -> None:
     root, env = synthetic_project(tmp_path / "project")
-    for lr in ("0.002", "0.0005"):
-        run(["dvc", "exp", "run", "--queue", "-S", f"models.{MODEL}.learning_rate={lr}"],
-            root, env)
-    # the queue's workers outlive `dvc queue start`: not on our pipes, or capturing its
-    # output would wait for them; stopped at the end whatever happens
-    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=root, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
-    try:
-        deadline = time.monotonic() + 900
-        while True:
-            status = run(["dvc", "queue", "status"], root, env).stdout
-            if "Queued" not in status and "Running" not in status:
-                break
-            assert time.monotonic() < deadline, status
-            time.sleep(5)
-    finally:
-        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=root, env=env, timeout=120,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert status.count("Success") == 2, status + run(["dvc", "queue", "logs", "-h"], root,
-                                                      env, check=False).stdout
+    lrs = {f"lr-{lr}": lr for lr in ("0.002", "0.0005")}
+    for name, lr in lrs.items():
+        queue(root, env, name, lr)
+    tasks = run_queue(root, env, jobs=2)
+    # DVC's celery workers sometimes fail a task while setting it up when -j > 1
+    # (treeverse/dvc#10673): no stage ever ran, so nothing of ours is under test; queued
+    # once more, alone. A task whose stages ran and failed fails this test with its output.
+    lost = [name for name, state in tasks.items() if state == "Failed"
+            and not STAGE_RAN.search(queue_logs(root, env, name))]
+    for name in lost:
+        queue(root, env, f"{name}-again", lrs[name])
+    if lost:
+        tasks.update(run_queue(root, env, jobs=1))
+    succeeded = {name.removesuffix("-again") for name, state in tasks.items()
+                 if state == "Success"}
+    assert succeeded == set(lrs), (tasks, {name: queue_logs(root, env, name)
+                                           for name, state in tasks.items()
+                                           if state != "Success"})
 
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")   # what `mlflow ui` here shows
     exp = client.get_experiment_by_name("mnist-mlops")
@@ -58,6 +57,46 @@ def test_queued_experiments_run_in_parallel_on_the_project_store(tmp_path: Path)
     assert sorted(v.run_id for v in versions) == sorted(p.info.run_id for p in parents)
     assert "champion" in client.get_registered_model(REG).aliases
     assert not list((root / ".dvc" / "tmp" / "exps").glob("tmp*/mlflow.db"))
+
+
+STAGE_RAN = re.compile(r"[Ss]tage '")    # what `dvc queue logs` shows once a stage ran
+
+
+def queue(root: Path, env: dict[str, str], name: str, lr: str) -> None:
+    run(["dvc", "exp", "run", "--queue", "-n", name, "-S",
+         f"models.{MODEL}.learning_rate={lr}"], root, env)
+
+
+def run_queue(root: Path, env: dict[str, str], jobs: int) -> dict[str, str]:
+    """Start the queue's workers, wait until nothing is queued or running, stop them;
+    each task's name and final state."""
+    # the workers outlive `dvc queue start`: not on our pipes, or capturing its output
+    # would wait for them; stopped at the end whatever happens
+    subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=root, env=env,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=120)
+    try:
+        deadline = time.monotonic() + 900
+        while True:
+            status = run(["dvc", "queue", "status"], root, env).stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(5)
+    finally:
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=root, env=env, timeout=120,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # rows: task, name, created (two words), status
+    return {row[1]: row[-1] for line in status.splitlines()[1:]
+            if len(row := line.split()) >= 5 and row[0] != "Worker"}
+
+
+def queue_logs(root: Path, env: dict[str, str], name: str) -> str:
+    """A task's stage output, or DVC's word that there is none, and its workers' logs."""
+    proc = run(["dvc", "queue", "logs", name], root, env, check=False)
+    workers = "".join(f"\n--- {f.name}\n" + f.read_text(errors="replace")[-3000:]
+                      for f in (root / ".dvc/tmp/exps/celery").glob("dvc-exp-worker-*.out"))
+    return proc.stdout[-6000:] + proc.stderr[-2000:] + workers
 
 
 def test_concurrent_store_creation(tmp_path: Path) -> None:
