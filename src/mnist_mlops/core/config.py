@@ -165,6 +165,14 @@ class PreprocessParams(Section):
         return self
 
 
+class RayParams(Section):
+    """What each fit asks of the Ray cluster (train.executor: ray; training/ray_fits.py)."""
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    max_retries: int = Field(3, ge=0)   # a fit whose worker died runs again, this many times
+
+
 class TrainParams(Section):
     seed: int = 42
     deterministic: bool = True
@@ -175,6 +183,8 @@ class TrainParams(Section):
     steps_per_execution: int = Field(32, ge=1)  # train steps per backend call
     data_parallel: bool = True     # several accelerators (JAX backend): split every batch
     verbose: Annotated[Literal[0, 1, 2], _exactly(0, 1, 2)] = 2  # as Keras's (progress.py)
+    executor: Literal["local", "ray"] = "local"   # where a stage's fits run (docs/ray.md)
+    ray: RayParams = RayParams()
 
 
 class MlflowParams(Section):

@@ -49,8 +49,9 @@ from mnist_mlops.core.fsio import atomic_path, project_root, write_json_atomic
 from mnist_mlops.core.runtime import UserError
 
 log = logging.getLogger(__name__)
-# Train params that change only the log, not the trained model.
-COSMETIC_TRAIN_PARAMS = {"verbose"}
+# Train params that change only the log or where the fits run, not the trained model: a
+# checkpoint of a local run resumes on Ray and the other way round.
+COSMETIC_TRAIN_PARAMS = {"verbose", "executor", "ray"}
 
 
 # The code that can change a trained model, relative to the package: the layers, the
@@ -95,6 +96,7 @@ class FitProgress:
     best_logs: dict[str, float] = field(default_factory=dict)
     best_weights: list[np.ndarray] | None = None
     seconds: float = 0.0
+    epoch_seconds: list[float] = field(default_factory=list)
 
 
 def _variables(model: Any) -> list[Any]:
@@ -141,12 +143,18 @@ class Checkpoint:
 
     def __exit__(self, *exc: object) -> None:
         try:
+            self.close_writer()
+        finally:
+            self._release()
+
+    def close_writer(self) -> None:
+        """Wait for the last write (its error, if it failed) and stop the writer thread."""
+        try:
             self.wait_writes()
         finally:
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
                 self._writer = None
-            self._release()
 
     def _release(self) -> None:
         if self._lock_file is not None:
@@ -226,11 +234,12 @@ class Checkpoint:
             best = [z[f"b{i}"] for i in range(sum(1 for k in z.files if k.startswith("b")))]
         return FitProgress(**meta, best_weights=best or None)
 
-    def finish_fit(self, key: str, model: Any, result: dict[str, Any]) -> None:
-        """Record a finished fit: its model, then its result; drop its epoch checkpoint."""
+    def finish_fit(self, key: str, weights: list[np.ndarray], result: dict[str, Any]) -> None:
+        """Record a finished fit: its model's weights, then its result; drop its epoch
+        checkpoint."""
         self.wait_writes()        # the last epoch's write must not land after the unlink
         _write_npz(self.dir / f"done-{key}.npz",
-                   {f"arr_{i}": np.asarray(w) for i, w in enumerate(model.get_weights())})
+                   {f"arr_{i}": np.asarray(w) for i, w in enumerate(weights)})
         self.state["fits"][key] = result
         self.save_state()
         (self.dir / f"fit-{key}.npz").unlink(missing_ok=True)

@@ -41,6 +41,7 @@ class FitJob:
     index: int
     label: str
     tags: dict[str, str] = field(default_factory=dict)
+    fold: int | None = None            # the fold it validates on; None: the refit
 
 
 @dataclass
@@ -51,12 +52,20 @@ class FitResult:
     val_accuracy: float | None = None
     val_loss: float | None = None
     seconds: float = 0.0
+    epoch_seconds: list[float] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
         """What the checkpoint keeps of a finished fit (everything but the model)."""
         return {"history": self.history, "best_epoch": self.best_epoch,
                 "val_accuracy": self.val_accuracy, "val_loss": self.val_loss,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "epoch_seconds": self.epoch_seconds}
+
+    def epochs(self) -> list[tuple[int, dict[str, float], float]]:
+        """Each epoch (1-based) with its metrics and seconds, as the hooks were told them."""
+        n = len(self.history.get("loss", []))
+        times = self.epoch_seconds + [0.0] * (n - len(self.epoch_seconds))
+        return [(e + 1, {k: v[e] for k, v in self.history.items()}, times[e])
+                for e in range(n)]
 
 
 class FitHooks(Protocol):
@@ -108,11 +117,48 @@ def configure(tp: TrainParams) -> None:
                       mixed_precision=tp.mixed_precision)
 
 
-def train_model(ctx: FitContext, train: Split, folds: np.ndarray
-                ) -> tuple[list[FitResult], FitResult]:
-    """Cross validation on `folds`, then the model that ships (`final_model`)."""
-    cv = cross_validate(ctx, train, folds)
-    return cv, final_model(ctx, train, cv)
+class FitRunner(Protocol):
+    """Runs independent fits and returns each one's result by key: one after another in this
+    process (`run_here`), or as tasks on a Ray cluster (training/ray_fits.py)."""
+
+    def __call__(self, ctx: FitContext, jobs: list[FitJob], train: Split,
+                 folds: np.ndarray) -> dict[str, FitResult]: ...
+
+
+def train_model(ctx: FitContext, train: Split, folds: np.ndarray,
+                runner: FitRunner | None = None) -> tuple[list[FitResult], FitResult]:
+    """Cross validation on `folds`, then the model that ships (`final_model`). The folds and
+    a refit depend on nothing but the data, so `runner` may run them in any order or at once."""
+    jobs = plan_fits(ctx, folds)
+    results = (runner or run_here)(ctx, jobs, train, folds)
+    cv = [results[job.key] for job in jobs if job.key != FINAL]
+    return cv, final_model(ctx, cv, results.get(FINAL))
+
+
+def plan_fits(ctx: FitContext, folds: np.ndarray) -> list[FitJob]:
+    """Every fit of one model: one per fold (validated on it), then the refit on all images
+    when the final model is a refit."""
+    ks = np.unique(folds).tolist()
+    jobs = [FitJob(f"fold-{k}", i, f"fold {i + 1}/{len(ks)}", {"fold": str(k), "role": "fold"},
+                   fold=int(k)) for i, k in enumerate(ks)]
+    if final_kind(ctx.p, ctx.tp) == "refit":
+        jobs.append(FitJob(FINAL, len(ks), "final refit", {"role": "final"}))
+    return jobs
+
+
+def job_data(job: FitJob, train: Split, folds: np.ndarray) -> tuple[Split, Split | None]:
+    """What fit `job` trains on and validates on (None: the refit on all images)."""
+    if job.fold is None:
+        return train, None
+    x, y = train
+    val = folds == job.fold
+    return (x[~val], y[~val]), (x[val], y[val])
+
+
+def run_here(ctx: FitContext, jobs: list[FitJob], train: Split,
+             folds: np.ndarray) -> dict[str, FitResult]:
+    """The fits one after another in this process (train.executor: local)."""
+    return {job.key: resumable_fit(ctx, job, *job_data(job, train, folds)) for job in jobs}
 
 
 def load_training_set(dataset: Path, folds_csv: Path) -> tuple[Split, np.ndarray]:
@@ -147,6 +193,7 @@ def fit(ctx: FitContext, job: FitJob, train: Split, val: Split | None = None) ->
         for k, v in logs.items():
             prog.history.setdefault(k, []).append(v)
         prog.epochs_done, prog.seconds = e + 1, prog.seconds + seconds
+        prog.epoch_seconds.append(seconds)
         if val is not None and logs["val_loss"] < prog.best_loss:
             prog.best_loss, prog.best_epoch, prog.best_logs = logs["val_loss"], e, logs
             prog.best_weights = [np.array(w) for w in model.get_weights()]
@@ -154,12 +201,13 @@ def fit(ctx: FitContext, job: FitJob, train: Split, val: Split | None = None) ->
         if ctx.ckpt:
             ctx.ckpt.save_progress(job.key, model, prog)
     if val is None:
-        return FitResult(model, prog.history, seconds=prog.seconds)
+        return FitResult(model, prog.history, seconds=prog.seconds,
+                         epoch_seconds=prog.epoch_seconds)
     if prog.best_weights is not None:
         model.set_weights(prog.best_weights)
     return FitResult(model, prog.history, prog.best_epoch + 1,
                      float(prog.best_logs["val_accuracy"]), float(prog.best_logs["val_loss"]),
-                     prog.seconds)
+                     prog.seconds, prog.epoch_seconds)
 
 
 def resumable_fit(ctx: FitContext, job: FitJob, train: Split,
@@ -170,21 +218,8 @@ def resumable_fit(ctx: FitContext, job: FitJob, train: Split,
     r = fit(ctx, job, train, val)
     ctx.hooks.fit_end(job, r)
     if ctx.ckpt is not None:
-        ctx.ckpt.finish_fit(job.key, r.model, r.record())
+        ctx.ckpt.finish_fit(job.key, r.model.get_weights(), r.record())
     return r
-
-
-def cross_validate(ctx: FitContext, train: Split, folds: np.ndarray) -> list[FitResult]:
-    """One fit per fold, validated on that fold."""
-    x, y = train
-    ks = np.unique(folds).tolist()
-    results = []
-    for i, k in enumerate(ks):
-        val_mask = folds == k
-        job = FitJob(f"fold-{k}", i, f"fold {i + 1}/{len(ks)}", {"fold": str(k), "role": "fold"})
-        results.append(resumable_fit(ctx, job, (x[~val_mask], y[~val_mask]),
-                                     (x[val_mask], y[val_mask])))
-    return results
 
 
 def fold_model(ctx: FitContext, r: FitResult, key: str, index: int) -> keras.Model:
@@ -197,8 +232,8 @@ def fold_model(ctx: FitContext, r: FitResult, key: str, index: int) -> keras.Mod
     return ctx.ckpt.load_done_weights(key, new_model(ctx.p, ctx.tp, index, n_train=0))
 
 
-def final_model(ctx: FitContext, train: Split, cv: list[FitResult]) -> FitResult:
-    """The model that ships: refit on all images, the best fold, or the fold ensemble."""
+def final_model(ctx: FitContext, cv: list[FitResult], refit: FitResult | None) -> FitResult:
+    """The model that ships: the refit on all images, the best fold, or the fold ensemble."""
     keys = [f"fold-{k}" for k in range(len(cv))]
     final = final_kind(ctx.p, ctx.tp)
     if final == "best_fold":
@@ -209,9 +244,9 @@ def final_model(ctx: FitContext, train: Split, cv: list[FitResult]) -> FitResult
 
         members = [fold_model(ctx, r, keys[i], i) for i, r in enumerate(cv)]
         return FitResult(ensemble(members, ctx.p.name), {})
-    job = FitJob(FINAL, len(cv), "final refit", {"role": "final"})
-    r = resumable_fit(ctx, job, train)
-    return FitResult(fold_model(ctx, r, FINAL, len(cv)), r.history, seconds=r.seconds)
+    assert refit is not None, "plan_fits plans a refit when the final model is one"
+    return FitResult(fold_model(ctx, refit, FINAL, len(cv)), refit.history,
+                     seconds=refit.seconds)
 
 
 def cv_summary(cv: list[FitResult]) -> dict[str, Any]:

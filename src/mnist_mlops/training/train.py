@@ -9,14 +9,16 @@ training (tracking/journal.py), the progress lines, and the outputs DVC records.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from mnist_mlops.core.config import Params, load_params
+from mnist_mlops.core.config import Params, TrainParams, load_params
 from mnist_mlops.core.fsio import sha256_files
 from mnist_mlops.core.runtime import UserError, raise_if_stopped, run_main
 from mnist_mlops.data.dataset import load_dataset
@@ -29,6 +31,7 @@ from mnist_mlops.training.fit import (
     FitContext,
     FitJob,
     FitResult,
+    FitRunner,
     Split,
     configure,
     cv_summary,
@@ -89,6 +92,7 @@ class StageRun:
     device: dict[str, Any]
     ckpt: Checkpoint
     journal: Journal
+    runner: FitRunner | None = None     # None: the fits one after another, here
 
 
 def _run_tags(run: StageRun) -> dict[str, str]:
@@ -134,8 +138,26 @@ def _device(params: Params, name: str) -> dict[str, Any]:
     return device
 
 
+@contextlib.contextmanager
+def _executor(tp: TrainParams) -> Iterator[FitRunner | None]:
+    """Where the fits run (train.executor): here, or on a Ray cluster joined before any
+    training (training/ray_fits.py; Ray is imported only then)."""
+    if tp.executor == "local":
+        yield None
+        return
+    from mnist_mlops.training import ray_fits
+
+    with ray_fits.cluster():
+        yield ray_fits.run_on_ray(tp.ray)
+
+
 def train(params: Params, name: str) -> dict[str, Any]:
     """Cross-validate and train model `name`; write its outputs and log everything."""
+    with _executor(params.train) as runner:
+        return _train(params, name, runner)
+
+
+def _train(params: Params, name: str, runner: FitRunner | None) -> dict[str, Any]:
     p, tp, paths = params.model(name), params.train, params.paths
     configure(tp)
     train_set, folds = load_training_set(paths.dataset, paths.folds)
@@ -151,7 +173,7 @@ def train(params: Params, name: str) -> dict[str, Any]:
                      ", ".join(done) if done else "no fit")
         _connect(params, name, journal)
         journal.start_delivery()
-        run = StageRun(params, name, data_digest, device, ckpt, journal)
+        run = StageRun(params, name, data_digest, device, ckpt, journal, runner)
         try:
             summary = _train_tracked(run, train_set, folds)
         except BaseException as exc:
@@ -197,7 +219,7 @@ def _train_tracked(run: StageRun, train_set: Split, folds: np.ndarray) -> dict[s
     epochs = effective_epochs(p, tp)
     progress = Progress(name, n_fits * epochs, done_epochs, tp.verbose)
     ctx = FitContext(p, tp, ckpt, TrackedHooks(name, journal, progress, epochs))
-    cv, final = train_model(ctx, train_set, folds)
+    cv, final = train_model(ctx, train_set, folds, run.runner)
     seconds = sum(r.seconds for r in cv) + (final.seconds if final.history else 0.0)
     summary = {**cv_summary(cv), "train_time_s": seconds,
                "n_params": int(final.model.count_params()), "final": final_kind(p, tp)}

@@ -1,0 +1,243 @@
+"""The fits of a `train@<model>` stage as tasks on a Ray cluster (`train.executor: ray`).
+
+The K folds and the refit depend on nothing but the data, so each becomes one Ray task that
+asks for `train.ray.num_cpus`/`num_gpus`; the stage waits for the longest, not the sum.
+A worker runs the very fit loop of the local executor (fit.fit, seeded by the fit's index),
+so on CPU with the same seeds it trains the same weights.
+
+Design: workers never talk to MLflow. A task returns its fit's weights, per-epoch metrics
+and timings, and the stage process (the driver) replays them through the same hooks as a
+local fit: nested run, per-epoch metrics, progress lines, then the checkpoint's record of the
+finished fit. So MLflow shows what a local run shows whether or not workers can reach the
+tracking server, and the journal keeps a tracking outage from costing any training.
+
+Faults: a worker that dies mid-fold is retried by Ray (`train.ray.max_retries`); where the
+worker can read the stage's checkpoint folder (one machine, or a shared file system) the
+retry continues from the fold's last finished epoch, else from its start. A fit finished
+before the stage was killed is in the checkpoint: a rerun sends only the missing ones.
+
+The package reaches workers through Ray's runtime environment (`py_modules`): a worker needs
+Python and the training install, not this checkout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from mnist_mlops.core.config import RayParams
+from mnist_mlops.core.runtime import UserError
+from mnist_mlops.training.checkpoint import PACKAGE_DIR, Checkpoint
+from mnist_mlops.training.fit import (
+    FitContext,
+    FitJob,
+    FitResult,
+    Split,
+    configure,
+    fit,
+    job_data,
+)
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = ("install it with `pip install -c requirements.lock -e '.[ray]'` (`make setup` "
+                "installs it), or set train.executor: local")
+CONNECT_TIMEOUT_S = 5.0
+# what a worker's process inherits from the stage: the Keras backend and its quiet start
+WORKER_ENV_PREFIXES = ("KERAS_", "TF_", "XLA_", "JAX_", "PYTHONHASHSEED")
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UserError(f"train.executor is ray, but Ray is not installed: {INSTALL_HINT}"
+                        ) from None
+    return ray
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail at once, naming the address, when nothing answers there (ray.init would retry
+    for minutes). `auto` is left to Ray, which answers at once."""
+    if address == "auto":
+        return
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        raise UserError(f"RAY_ADDRESS={address} is not a Ray address: give host:port (the "
+                        "head's GCS, usually port 6379), ray://host:10001, or auto")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise UserError(
+            f"no Ray cluster answers at RAY_ADDRESS={address} ({exc.strerror or exc}): start "
+            "one (`ray start --head` on the head machine, `ray start --address=<head>:6379` "
+            "on each worker; docs/ray.md), or unset RAY_ADDRESS to run Ray on this machine "
+            "alone") from None
+
+
+@contextlib.contextmanager
+def cluster() -> Iterator[str]:
+    """Connected to the cluster RAY_ADDRESS names, or to a Ray started here for the stage;
+    yields what it connected to. Checked before any training."""
+    ray = _ray()
+    address = os.environ.get("RAY_ADDRESS") or None
+    if address:
+        check_reachable(address)
+    env = {k: v for k, v in os.environ.items() if k.startswith(WORKER_ENV_PREFIXES)}
+    local = {} if address else {"include_dashboard": False}   # a cluster's own choice
+    try:
+        ctx = ray.init(address=address, runtime_env={"py_modules": [str(PACKAGE_DIR)],
+                                                     "env_vars": env},
+                       log_to_driver=False, logging_level=logging.WARNING, **local)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(f"could not join the Ray cluster at RAY_ADDRESS={address}: {exc}"
+                        ) from None
+    where = address or f"a Ray started here ({ctx.address_info.get('address', 'local')})"
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        log.info("Ray: %d node(s), %s CPU, %s GPU, at %s", len(nodes),
+                 ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0),
+                 where)
+        yield where
+    finally:
+        ray.shutdown()
+
+
+@dataclass
+class FitStart:
+    """A worker's hooks: what the stage's fit_start will be told once the fit comes back
+    (the epochs come back in the fit's record, restored ones included)."""
+
+    sizes: tuple[int, int] = (0, 0)
+    resumed_after: int = 0
+
+    def fit_start(self, job: FitJob, sizes: tuple[int, int], resumed_after: int) -> None:
+        self.sizes, self.resumed_after = sizes, resumed_after
+
+    def epoch_end(self, job: FitJob, epoch: int, logs: dict[str, float],
+                  seconds: float) -> None:
+        pass
+
+    def fit_end(self, job: FitJob, result: FitResult) -> None:
+        pass
+
+
+@dataclass
+class WorkerFit:
+    """One fit as it comes back from its worker."""
+
+    weights: list[np.ndarray]
+    record: dict[str, Any]
+    start: FitStart
+    node: str
+
+
+def fit_on_worker(ctx: FitContext, job: FitJob, train: Split, folds: np.ndarray,
+                  ckpt_dir: str | None) -> WorkerFit:
+    """One fit on a Ray worker, checkpointing each epoch where the stage's folder is
+    visible. `ctx` arrives without checkpoint or hooks: those live with the stage."""
+    import ray
+
+    configure(ctx.tp)
+    ckpt = None
+    if ckpt_dir and Path(ckpt_dir).is_dir():   # shared storage: resume and be resumable
+        d = Path(ckpt_dir)
+        ckpt = Checkpoint(d.parent.parent, d.parent.name, d.name)
+    seen = FitStart()
+    try:
+        r = fit(replace(ctx, ckpt=ckpt, hooks=seen), job, *job_data(job, train, folds))
+    finally:
+        if ckpt is not None:
+            ckpt.close_writer()
+    assert r.model is not None
+    return WorkerFit(r.model.get_weights(), r.record(), seen,
+                     ray.get_runtime_context().get_node_id())
+
+
+def run_on_ray(rp: RayParams) -> Any:
+    """A fit runner (fit.FitRunner) that sends the fits not yet done to the cluster joined by
+    `cluster()`, as tasks asking for `rp`'s resources."""
+
+    def runner(ctx: FitContext, jobs: list[FitJob], train: Split,
+               folds: np.ndarray) -> dict[str, FitResult]:
+        ray = _ray()
+        results, pending = {}, {}
+        bare = replace(ctx, ckpt=None, hooks=FitStart())   # what travels to workers
+        data = ray.put(train), ray.put(folds)     # once in the object store, not per task
+        ckpt_dir = str(ctx.ckpt.dir) if ctx.ckpt is not None else None
+        for job in jobs:
+            if ctx.ckpt is not None and (done := ctx.ckpt.fit_done(job.key)) is not None:
+                results[job.key] = FitResult(None, **done)
+                continue
+            task = ray.remote(fit_on_worker).options(
+                num_cpus=rp.num_cpus, num_gpus=rp.num_gpus, max_retries=rp.max_retries,
+                retry_exceptions=False, name=f"train@{ctx.p.name}:{job.key}")
+            pending[task.remote(bare, job, *data, ckpt_dir)] = job
+            log.info("%s %s: sent to Ray (%g CPU, %g GPU)", ctx.p.name, job.label,
+                     rp.num_cpus, rp.num_gpus)
+        try:
+            while pending:
+                # a second at a time: a SIGTERM (KeyboardInterrupt here) stops the stage
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                if not ready:
+                    continue
+                ref = ready[0]
+                job = pending.pop(ref)
+                results[job.key] = _record(ctx, job, _result(ray, ref, ctx.p.name, job))
+        finally:
+            for ref in pending:        # stopped or failed: nothing left running for us
+                ray.cancel(ref, force=True)
+        return results
+
+    return runner
+
+
+def _result(ray: Any, ref: Any, name: str, job: FitJob) -> WorkerFit:
+    """The task's fit, or its own error as one line naming the model and the fold."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if exc.cause is not None else exc
+        if isinstance(cause, UserError):
+            raise UserError(f"{name} {job.label} (on Ray): {cause}") from None
+        raise UserError(f"{name} {job.label} failed on its Ray worker: "
+                        f"{type(cause).__name__}: {cause}") from cause
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+            ray.exceptions.TaskCancelledError, ray.exceptions.RaySystemError) as exc:
+        raise UserError(f"{name} {job.label}: its Ray worker was lost more times than "
+                        f"train.ray.max_retries allows ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); finished fits are "
+                        "kept: rerun the stage to train the rest") from None
+
+
+def _record(ctx: FitContext, job: FitJob, wf: WorkerFit) -> FitResult:
+    """A fit back from its worker, told to the stage's hooks as a local fit tells them, then
+    recorded in the checkpoint as finished."""
+    job = replace(job, tags={**job.tags, "ray_node": wf.node})
+    ctx.hooks.fit_start(job, wf.start.sizes, wf.start.resumed_after)
+    result = FitResult(None, **wf.record)
+    for epoch, logs, seconds in result.epochs():   # those of a killed attempt included
+        ctx.hooks.epoch_end(job, epoch, logs, seconds)
+    ctx.hooks.fit_end(job, result)
+    if ctx.ckpt is not None:
+        ctx.ckpt.finish_fit(job.key, wf.weights, result.record())
+    else:        # nowhere to keep the weights: the model rides on the result
+        from mnist_mlops.training.models import new_model
+
+        result.model = new_model(ctx.p, ctx.tp, job.index, n_train=0)
+        result.model.set_weights(wf.weights)
+    log.info("%s %s: done on Ray node %s", ctx.p.name, job.label, wf.node[:12])
+    return result
