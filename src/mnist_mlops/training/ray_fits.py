@@ -97,9 +97,10 @@ def cluster() -> Iterator[str]:
     if address:
         check_reachable(address)
     env = {k: v for k, v in os.environ.items() if k.startswith(WORKER_ENV_PREFIXES)}
-    local = {} if address else {"include_dashboard": False}   # a cluster's own choice
+    # no address: a Ray of the stage's own, even where `ray start` left one running here
+    local = {} if address else {"include_dashboard": False}
     try:
-        ctx = ray.init(address=address, runtime_env={"py_modules": [str(PACKAGE_DIR)],
+        ctx = ray.init(address=address or "local", runtime_env={"py_modules": [str(PACKAGE_DIR)],
                                                      "env_vars": env},
                        log_to_driver=False, logging_level=logging.WARNING, **local)
     except (ConnectionError, RuntimeError, ValueError) as exc:
