@@ -179,7 +179,7 @@ LONGEST_FIRST = ("test_pipeline",        # 506 s
                  "test_sweep",           # 150
                  "test_journal",         # 149
                  "test_retrain",         # 128
-                 "test_ray_fits",        # 113
+                 "test_ray_fits",        # 126
                  "test_registry_cli",    # 124
                  "test_runtime",         # 114
                  "test_backend",         # 109

@@ -4,6 +4,7 @@ MLflow record, a killed worker survived, and the errors a user meets."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -155,6 +156,31 @@ def test_a_worker_killed_mid_fold_is_retried_from_its_last_epoch(
         np.testing.assert_array_equal(ours, local)
     assert {r.info.run_name for r in fold_runs(root)} == {
         f"{MODEL}/fold-0", f"{MODEL}/fold-1", f"{MODEL}/final-refit"}
+
+
+@pytest.mark.slow
+def test_a_stage_stopped_mid_way_keeps_finished_fits_and_sends_only_the_rest(
+        tmp_path: Path, local_run: Path, ray_cluster: str) -> None:
+    root = project(tmp_path / "p", "ray")
+    env = tool_env(MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db", RAY_ADDRESS=ray_cluster)
+    cmd = [sys.executable, "-m", "mnist_mlops.training.train", MODEL]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while (proc.poll() is None and time.monotonic() < deadline
+           and not list((root / ".checkpoints" / MODEL).glob("*/done-*.npz"))):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)           # as `dvc` or a scheduler stops a stage
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    [state] = (root / ".checkpoints" / MODEL).glob("*/state.json")
+    done = sorted(json.loads(state.read_text())["fits"])
+    assert 1 <= len(done) < 3, done
+    again = stage(root, RAY_ADDRESS=ray_cluster)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("sent to Ray") == 3 - len(done)
+    for ours, local in zip(weights(root), weights(local_run), strict=True):
+        np.testing.assert_array_equal(ours, local)
 
 
 @pytest.mark.slow

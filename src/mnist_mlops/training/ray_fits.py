@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from mnist_mlops.core.config import RayParams
-from mnist_mlops.core.runtime import UserError
+from mnist_mlops.core.runtime import UserError, sigterm_as_interrupt
 from mnist_mlops.training.checkpoint import PACKAGE_DIR, Checkpoint
 from mnist_mlops.training.fit import (
     FitContext,
@@ -106,6 +106,7 @@ def cluster() -> Iterator[str]:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"could not join the Ray cluster at RAY_ADDRESS={address}: {exc}"
                         ) from None
+    sigterm_as_interrupt()     # ray.init puts its own SIGTERM handler (sys.exit) in place
     where = address or f"a Ray started here ({ctx.address_info.get('address', 'local')})"
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
