@@ -13,6 +13,8 @@
 #                RETRAIN_ARGS='--profile quick --push' etc.
 # make against REF=<commit> LOOP=<setup|quick|test|test-fast|run|cmd:...> [RUNS=n] : that
 #              loop timed at REF and in the working tree, alternating (benchmarks/against.sh)
+# make plots-template : write .dvc/plots/offline.html again (the `dvc plots show` page with
+#              Vega inline) from the locked vl-convert-python, after upgrading it
 # make clean : remove .venv
 PYTHON ?= python3
 VENV := .venv
@@ -38,7 +40,7 @@ EXTRAS := dev$(if $(GPU),$(COMMA)gpu)
 # overrides it.
 QUICK = $(shell $(BIN)/mnist-mlops params --overrides quick)
 
-.PHONY: setup run quick test test-fast lint bench ablation reproduce retrain against clean
+.PHONY: setup run quick test test-fast lint bench ablation reproduce retrain against plots-template clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +76,9 @@ test: setup
 # are dealt out one by one (--dist load), which evens the two workers best.
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist load
+
+plots-template: setup
+	$(BIN)/python -m mnist_mlops.evaluation.plots_page .dvc/plots/offline.html
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -90,6 +90,15 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None,
     return proc
 
 
+def plots_template() -> str:
+    """The repo's `plots.html_template` (.dvc/config): the page with Vega inline."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".dvc" / "config")
+    return config["plots"]["html_template"]
+
+
 def make_project(dest: Path, params_override: dict | None = None) -> Path:
     """A fresh git + DVC project holding this repo's pipeline (dvc.yaml, params, src)."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -114,6 +123,7 @@ def make_project(dest: Path, params_override: dict | None = None) -> Path:
     run(["dvc", "init", "-q"], dest, env)
     run(["dvc", "config", "core.analytics", "false"], dest, env)
     shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")   # plot templates
+    run(["dvc", "config", "plots.html_template", plots_template()], dest, env)   # offline page
     run(["git", "add", "-A"], dest, env)
     run(["git", "commit", "-qm", "init"], dest, env)
     return dest

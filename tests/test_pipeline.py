@@ -17,6 +17,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from .conftest import QUICK, free_port, make_project, run, tool_env
+from .needs import requires
+from .test_plots_page import draw_offline
 
 pytestmark = pytest.mark.slow   # real training, processes or servers
 
@@ -322,6 +324,13 @@ def test_worse_model_is_refused_by_the_gate(project: Path, mnist_mirror: Path) -
     assert str(client.get_model_version_by_alias(REG, "challenger").version) == \
         decision["challenger"]["version"]
     assert_record_matches_aliases(project)
+
+
+@requires("chromium")
+def test_every_vega_plot_of_the_pipeline_draws_offline(project: Path, tmp_path: Path) -> None:
+    """Each model's fold curves and confusion matrix: 14 interactive plots, no network."""
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], project, env_for(project))
+    assert draw_offline(tmp_path / "plots" / "index.html") == [True] * (2 * len(MODELS))
 
 
 def test_plots_show_one_learning_curve_chart_per_model(project: Path) -> None:
