@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,11 +23,11 @@ from mnist_mlops.core.config import load_params
 from mnist_mlops.core.fsio import sha256_files
 from mnist_mlops.training.checkpoint import fingerprint
 
-from .conftest import ROOT, free_port, tool_env
+from .conftest import ROOT, tool_env
 from .test_train import write_tiny_project
 
 MODEL = "mlp_512x2"
-EPOCHS = 8          # long enough for a worker to be killed between two epochs of a fold
+EPOCHS = 10         # long enough for a worker to be killed between two epochs of a fold
 
 
 def stage(root: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -158,6 +159,16 @@ def test_a_worker_killed_mid_fold_is_retried_from_its_last_epoch(
         f"{MODEL}/fold-0", f"{MODEL}/fold-1", f"{MODEL}/final-refit"}
 
 
+def finished_fits(root: Path) -> list[str]:
+    """The fits the stage's checkpoint records as finished (state.json, written last)."""
+    for state in (root / ".checkpoints" / MODEL).glob("*/state.json"):
+        try:
+            return sorted(json.loads(state.read_text())["fits"])
+        except ValueError:       # caught between two writes: not yet
+            return []
+    return []
+
+
 @pytest.mark.slow
 def test_a_stage_stopped_mid_way_keeps_finished_fits_and_sends_only_the_rest(
         tmp_path: Path, local_run: Path, ray_cluster: str) -> None:
@@ -167,14 +178,12 @@ def test_a_stage_stopped_mid_way_keeps_finished_fits_and_sends_only_the_rest(
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while (proc.poll() is None and time.monotonic() < deadline
-           and not list((root / ".checkpoints" / MODEL).glob("*/done-*.npz"))):
+    while proc.poll() is None and time.monotonic() < deadline and not finished_fits(root):
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)           # as `dvc` or a scheduler stops a stage
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
-    [state] = (root / ".checkpoints" / MODEL).glob("*/state.json")
-    done = sorted(json.loads(state.read_text())["fits"])
+    done = finished_fits(root)
     assert 1 <= len(done) < 3, done
     again = stage(root, RAY_ADDRESS=ray_cluster)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -203,12 +212,28 @@ def test_a_fit_that_fails_on_its_worker_stops_the_stage_with_its_own_error(
 
 def test_no_cluster_at_the_address_is_one_error_before_any_training(tmp_path: Path) -> None:
     root = project(tmp_path / "p", "ray")
-    port = free_port()                  # nothing listens there
-    proc = stage(root, RAY_ADDRESS=f"127.0.0.1:{port}")
+    with socket.socket() as held:       # bound, never listening: nothing answers there
+        held.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{held.getsockname()[1]}"
+        proc = stage(root, RAY_ADDRESS=address)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert f"no Ray cluster answers at RAY_ADDRESS=127.0.0.1:{port}" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not (root / ".checkpoints").exists() and not (root / "mlflow.db").exists()
+    assert f"no Ray cluster answers at RAY_ADDRESS={address}" in proc.stderr
+    assert "Traceback" not in proc.stderr and "sent to Ray" not in proc.stderr
+    assert not (root / "mlflow.db").exists() and not (root / "models").exists()
+
+
+@pytest.mark.slow
+def test_a_fit_no_node_can_take_is_refused_before_it_waits_for_ever(
+        tmp_path: Path, ray_cluster: str) -> None:
+    root = project(tmp_path / "p", "ray")
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["train"]["ray"]["num_gpus"] = 1.0            # the cluster has none
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    proc = stage(root, RAY_ADDRESS=ray_cluster)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "no Ray node can take a fit asking for 1 CPU and 1 GPU" in proc.stderr
+    assert "the nodes have: 1 CPU, 0 GPU; 1 CPU, 0 GPU" in proc.stderr
+    assert "sent to Ray" not in proc.stderr and not (root / "mlflow.db").exists()
 
 
 def test_the_ray_executor_without_ray_says_how_to_install_it(tmp_path: Path) -> None:
@@ -222,12 +247,15 @@ def test_the_ray_executor_without_ray_says_how_to_install_it(tmp_path: Path) -> 
     assert not (root / ".checkpoints").exists()
 
 
-def test_the_executor_changes_neither_the_checkpoint_key_nor_the_stage(tmp_path: Path) -> None:
-    """Where the fits run is not what they compute: a local run's checkpoint resumes on Ray
-    and `dvc repro` does not retrain when only the executor changes."""
-    params = load_params(project(tmp_path / "p", "local") / "params.yaml")
-    on_ray = params.train.model_copy(update={"executor": "ray"})
-    p = params.model(MODEL)
-    assert fingerprint(p, params.train, "d", "c") == fingerprint(p, on_ray, "d", "c")
+def test_ray_resources_change_neither_the_checkpoint_key_nor_the_stage(tmp_path: Path) -> None:
+    """What a Ray fit asks for is not what it computes: no retraining, a checkpoint resumes.
+    The executor itself is in the key (a checkpoint resumes under the executor that wrote
+    it) and, like the resources, not a DVC param of the stage."""
+    params = load_params(project(tmp_path / "p", "ray") / "params.yaml")
+    tp, p = params.train, params.model(MODEL)
+    more = tp.model_copy(update={"ray": tp.ray.model_copy(update={"num_cpus": 4.0})})
+    local = tp.model_copy(update={"executor": "local"})
+    assert fingerprint(p, tp, "d", "c") == fingerprint(p, more, "d", "c")
+    assert fingerprint(p, tp, "d", "c") != fingerprint(p, local, "d", "c")
     train_stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["do"]
     assert not [k for k in train_stage["params"] if "executor" in k or "ray" in k]

@@ -49,9 +49,10 @@ from mnist_mlops.core.fsio import atomic_path, project_root, write_json_atomic
 from mnist_mlops.core.runtime import UserError
 
 log = logging.getLogger(__name__)
-# Train params that change only the log or where the fits run, not the trained model: a
-# checkpoint of a local run resumes on Ray and the other way round.
-COSMETIC_TRAIN_PARAMS = {"verbose", "executor", "ray"}
+# Train params that change only the log or what a Ray fit asks for, not the trained model
+# nor what MLflow holds. The executor is kept: a checkpoint resumes under the executor that
+# wrote it (a local fit logs its epochs as it goes, a Ray fit when it comes back).
+COSMETIC_TRAIN_PARAMS = {"verbose", "ray"}
 
 
 # The code that can change a trained model, relative to the package: the layers, the

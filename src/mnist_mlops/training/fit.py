@@ -146,6 +146,12 @@ def plan_fits(ctx: FitContext, folds: np.ndarray) -> list[FitJob]:
     return jobs
 
 
+def pending_fits(ctx: FitContext, folds: np.ndarray) -> list[FitJob]:
+    """The planned fits that the checkpoint does not record as finished."""
+    return [job for job in plan_fits(ctx, folds)
+            if ctx.ckpt is None or ctx.ckpt.fit_done(job.key) is None]
+
+
 def job_data(job: FitJob, train: Split, folds: np.ndarray) -> tuple[Split, Split | None]:
     """What fit `job` trains on and validates on (None: the refit on all images)."""
     if job.fold is None:

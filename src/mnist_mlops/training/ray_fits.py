@@ -23,6 +23,7 @@ Python and the training install, not this checkout.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -36,6 +37,7 @@ import numpy as np
 
 from mnist_mlops.core.config import RayParams
 from mnist_mlops.core.runtime import UserError, sigterm_as_interrupt
+from mnist_mlops.training import backend
 from mnist_mlops.training.checkpoint import PACKAGE_DIR, Checkpoint
 from mnist_mlops.training.fit import (
     FitContext,
@@ -88,29 +90,49 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
             "alone") from None
 
 
+def worker_env() -> dict[str, str]:
+    """What a worker's process gets from the stage: the Keras backend and its quiet start,
+    and GPU manners: a fit that asks for no GPU sees none (Ray leaves them visible since
+    2.48), and one that asks for part of a GPU takes memory as it needs it."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(WORKER_ENV_PREFIXES)}
+    return {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1", "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+            "XLA_PYTHON_CLIENT_PREALLOCATE": "false", **env}
+
+
+def check_resources(ray: Any, rp: RayParams) -> None:
+    """A fit no node can take would wait for ever: say so, and what the nodes have."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if not any(n.get("CPU", 0) >= rp.num_cpus and n.get("GPU", 0) >= rp.num_gpus
+               for n in nodes):
+        have = "; ".join(f"{n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for n in nodes)
+        raise UserError(f"no Ray node can take a fit asking for {rp.num_cpus:g} CPU and "
+                        f"{rp.num_gpus:g} GPU (train.ray); the nodes have: {have}")
+
+
 @contextlib.contextmanager
-def cluster() -> Iterator[str]:
-    """Connected to the cluster RAY_ADDRESS names, or to a Ray started here for the stage;
-    yields what it connected to. Checked before any training."""
+def cluster(rp: RayParams) -> Iterator[str]:
+    """Connected to the cluster RAY_ADDRESS names, or to a Ray started here for the stage
+    (even where `ray start` left one running); yields where. Fails in one line, before any
+    fit is sent, when nothing answers or no node can take a fit."""
     ray = _ray()
     address = os.environ.get("RAY_ADDRESS") or None
     if address:
         check_reachable(address)
-    env = {k: v for k, v in os.environ.items() if k.startswith(WORKER_ENV_PREFIXES)}
-    # no address: a Ray of the stage's own, even where `ray start` left one running here
     local = {} if address else {"include_dashboard": False}
     try:
-        ctx = ray.init(address=address or "local", runtime_env={"py_modules": [str(PACKAGE_DIR)],
-                                                     "env_vars": env},
+        ctx = ray.init(address=address or "local",
+                       runtime_env={"py_modules": [str(PACKAGE_DIR)], "env_vars": worker_env()},
                        log_to_driver=False, logging_level=logging.WARNING, **local)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"could not join the Ray cluster at RAY_ADDRESS={address}: {exc}"
-                        ) from None
+        where = f"join the Ray cluster at RAY_ADDRESS={address}" if address else \
+            "start a Ray on this machine (no RAY_ADDRESS)"
+        raise UserError(f"could not {where}: {exc}") from None
     sigterm_as_interrupt()     # ray.init puts its own SIGTERM handler (sys.exit) in place
     where = address or f"a Ray started here ({ctx.address_info.get('address', 'local')})"
     try:
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        log.info("Ray: %d node(s), %s CPU, %s GPU, at %s", len(nodes),
+        check_resources(ray, rp)
+        log.info("Ray: %d node(s), %g CPU, %g GPU, at %s",
+                 sum(1 for n in ray.nodes() if n.get("Alive")),
                  ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0),
                  where)
         yield where
@@ -147,17 +169,35 @@ class WorkerFit:
     node: str
 
 
+@dataclass(frozen=True)
+class StageFolder:
+    """The stage's checkpoint folder as a worker may see it: used only where it is the same
+    folder (its attempt id matches) and writable; elsewhere a retried fit starts afresh."""
+
+    path: str
+    attempt: str
+
+    def checkpoint(self) -> Checkpoint | None:
+        d = Path(self.path)
+        try:
+            state = json.loads((d / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if state.get("attempt") != self.attempt or not os.access(d, os.W_OK):
+            return None
+        return Checkpoint(d.parent.parent, d.parent.name, d.name)
+
+
 def fit_on_worker(ctx: FitContext, job: FitJob, train: Split, folds: np.ndarray,
-                  ckpt_dir: str | None) -> WorkerFit:
-    """One fit on a Ray worker, checkpointing each epoch where the stage's folder is
-    visible. `ctx` arrives without checkpoint or hooks: those live with the stage."""
+                  folder: StageFolder | None) -> WorkerFit:
+    """One fit on a Ray worker, checkpointing each epoch where the stage's folder is its
+    own. `ctx` arrives without checkpoint or hooks: those live with the stage."""
     import ray
 
     configure(ctx.tp)
-    ckpt = None
-    if ckpt_dir and Path(ckpt_dir).is_dir():   # shared storage: resume and be resumable
-        d = Path(ckpt_dir)
-        ckpt = Checkpoint(d.parent.parent, d.parent.name, d.name)
+    if ctx.tp.data_parallel:      # this worker's devices, as the stage does with its own
+        backend.data_parallel(ctx.p.batch_size)
+    ckpt = folder.checkpoint() if folder is not None else None
     seen = FitStart()
     try:
         r = fit(replace(ctx, ckpt=ckpt, hooks=seen), job, *job_data(job, train, folds))
@@ -169,25 +209,47 @@ def fit_on_worker(ctx: FitContext, job: FitJob, train: Split, folds: np.ndarray,
                      ray.get_runtime_context().get_node_id())
 
 
-def run_on_ray(rp: RayParams) -> Any:
-    """A fit runner (fit.FitRunner) that sends the fits not yet done to the cluster joined by
-    `cluster()`, as tasks asking for `rp`'s resources."""
+class RayRunner:
+    """A fit runner (fit.FitRunner) that sends the fits not yet done to a Ray cluster, as
+    tasks asking for `rp`'s resources. It joins the cluster in `join`, which the stage calls
+    only when some fit is left to train (a rerun that only delivers MLflow writes needs no
+    cluster); `close` leaves it."""
 
-    def runner(ctx: FitContext, jobs: list[FitJob], train: Split,
-               folds: np.ndarray) -> dict[str, FitResult]:
-        ray = _ray()
-        results, pending = {}, {}
+    def __init__(self, rp: RayParams) -> None:
+        self.rp = rp
+        self.ray = _ray()           # not installed: one line, at once
+        self._joined = contextlib.ExitStack()
+        self.where: str | None = None
+
+    def join(self) -> None:
+        if self.where is None:
+            self.where = self._joined.enter_context(cluster(self.rp))
+
+    def close(self) -> None:
+        self._joined.close()
+
+    def __call__(self, ctx: FitContext, jobs: list[FitJob], train: Split,
+                 folds: np.ndarray) -> dict[str, FitResult]:
+        ray, rp = self.ray, self.rp
+        done = {j.key: ctx.ckpt.fit_done(j.key) for j in jobs} if ctx.ckpt else {}
+        results = {k: FitResult(None, **r) for k, r in done.items() if r is not None}
+        # the longest first: the refit (on all images) before the folds, so that N workers
+        # finish a refit model's K + 1 fits sooner than in plan order
+        todo = sorted((job for job in jobs if job.key not in results),
+                      key=lambda job: job.fold is not None)
+        if not todo:
+            return results
+        self.join()
         bare = replace(ctx, ckpt=None, hooks=FitStart())   # what travels to workers
         data = ray.put(train), ray.put(folds)     # once in the object store, not per task
-        ckpt_dir = str(ctx.ckpt.dir) if ctx.ckpt is not None else None
-        for job in jobs:
-            if ctx.ckpt is not None and (done := ctx.ckpt.fit_done(job.key)) is not None:
-                results[job.key] = FitResult(None, **done)
-                continue
+        folder = None if ctx.ckpt is None else StageFolder(str(ctx.ckpt.dir),
+                                                           ctx.ckpt.state["attempt"])
+        pending = {}
+        for job in todo:
             task = ray.remote(fit_on_worker).options(
                 num_cpus=rp.num_cpus, num_gpus=rp.num_gpus, max_retries=rp.max_retries,
                 retry_exceptions=False, name=f"train@{ctx.p.name}:{job.key}")
-            pending[task.remote(bare, job, *data, ckpt_dir)] = job
+            pending[task.remote(bare, job, *data, folder)] = job
             log.info("%s %s: sent to Ray (%g CPU, %g GPU)", ctx.p.name, job.label,
                      rp.num_cpus, rp.num_gpus)
         try:
@@ -204,8 +266,6 @@ def run_on_ray(rp: RayParams) -> Any:
                 ray.cancel(ref, force=True)
         return results
 
-    return runner
-
 
 def _result(ray: Any, ref: Any, name: str, job: FitJob) -> WorkerFit:
     """The task's fit, or its own error as one line naming the model and the fold."""
@@ -217,12 +277,20 @@ def _result(ray: Any, ref: Any, name: str, job: FitJob) -> WorkerFit:
             raise UserError(f"{name} {job.label} (on Ray): {cause}") from None
         raise UserError(f"{name} {job.label} failed on its Ray worker: "
                         f"{type(cause).__name__}: {cause}") from cause
-    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-            ray.exceptions.TaskCancelledError, ray.exceptions.RaySystemError) as exc:
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
         raise UserError(f"{name} {job.label}: its Ray worker was lost more times than "
-                        f"train.ray.max_retries allows ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}); finished fits are "
-                        "kept: rerun the stage to train the rest") from None
+                        f"train.ray.max_retries allows ({_first_line(exc)}); finished fits "
+                        "are kept: rerun the stage to train the rest") from None
+    except ray.exceptions.RayError as exc:    # out of memory, runtime env, lost objects...
+        raise UserError(f"{name} {job.label}: Ray could not run it ({_first_line(exc)}); "
+                        "finished fits are kept: rerun the stage to train the rest; the "
+                        "workers' logs are in /tmp/ray/session_latest/logs on each node"
+                        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _record(ctx: FitContext, job: FitJob, wf: WorkerFit) -> FitResult:

@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,11 +36,15 @@ from mnist_mlops.training.fit import (
     configure,
     cv_summary,
     load_training_set,
+    pending_fits,
     train_model,
 )
 from mnist_mlops.training.outputs import commit_outputs, stage_outputs
 from mnist_mlops.training.progress import Progress
 from mnist_mlops.training.recipe import effective_epochs, final_kind
+
+if TYPE_CHECKING:
+    from mnist_mlops.training.ray_fits import RayRunner
 
 log = logging.getLogger(__name__)
 # Keras is imported where it is used, not at the top: after run_main has quietened
@@ -139,16 +143,19 @@ def _device(params: Params, name: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _executor(tp: TrainParams) -> Iterator[FitRunner | None]:
-    """Where the fits run (train.executor): here, or on a Ray cluster joined before any
-    training (training/ray_fits.py; Ray is imported only then)."""
+def _executor(tp: TrainParams) -> Iterator[RayRunner | None]:
+    """Where the fits run (train.executor): here, or on a Ray cluster, joined once some fit
+    is left to train (training/ray_fits.py; Ray is imported only then)."""
     if tp.executor == "local":
         yield None
         return
     from mnist_mlops.training import ray_fits
 
-    with ray_fits.cluster():
-        yield ray_fits.run_on_ray(tp.ray)
+    runner = ray_fits.RayRunner(tp.ray)
+    try:
+        yield runner
+    finally:
+        runner.close()
 
 
 def train(params: Params, name: str) -> dict[str, Any]:
@@ -157,7 +164,7 @@ def train(params: Params, name: str) -> dict[str, Any]:
         return _train(params, name, runner)
 
 
-def _train(params: Params, name: str, runner: FitRunner | None) -> dict[str, Any]:
+def _train(params: Params, name: str, runner: RayRunner | None) -> dict[str, Any]:
     p, tp, paths = params.model(name), params.train, params.paths
     configure(tp)
     train_set, folds = load_training_set(paths.dataset, paths.folds)
@@ -171,6 +178,9 @@ def _train(params: Params, name: str, runner: FitRunner | None) -> dict[str, Any
             done = sorted(ckpt.state["fits"])
             log.info("%s: resuming the interrupted training (%s finished)", name,
                      ", ".join(done) if done else "no fit")
+        if runner is not None and not ckpt.state.get("staged") and \
+                pending_fits(FitContext(p, tp, ckpt), folds):
+            runner.join()      # no cluster: one line, before any fit or MLflow write
         _connect(params, name, journal)
         journal.start_delivery()
         run = StageRun(params, name, data_digest, device, ckpt, journal, runner)
