@@ -27,6 +27,10 @@ MIN_CONTRAST = 0.10            # less contrast than this: no digit on the page
 STROKE_PX = 2.2                # typical MNIST stroke width, in 28x28 pixels
 DIGIT_BOX = 20.0               # MNIST fits each digit in 20x20, then centres it in 28x28
 CENTRE = 14.0                  # where MNIST puts the centre of mass (measured on its digits)
+LIGHT_INK_BORDER = 0.8         # light ink on dark: at least this share of the border is dark
+TIGHT_CROP = 0.85              # a digit spanning this share of the picture is tightly cropped
+TIGHT_STROKE = 0.6             # ... its paper filter: this share of the digit's span
+INK_MAJORITY = 0.15            # strong ink on this share of the picture: paper is the rest
 
 
 class ImageInputError(ValueError):
@@ -84,21 +88,22 @@ def ink_map(gray: np.ndarray) -> np.ndarray | None:
     grey, textured or unevenly lit paper is ink where it is darker than the paper around it.
     """
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    paper = float(np.median(border))
     lo, hi = np.percentile(gray, [0.5, 99.5])
-    dark_ink = paper - lo >= hi - paper
+    # light ink (chalk on a board) only when the board is nearly the whole border: a digit
+    # cropped tightly touches the edges, so its border is part ink, yet its ink is dark
+    dark_ink = float(np.mean(border < (lo + hi) / 2)) < LIGHT_INK_BORDER
     bg = background(gray, dark_ink)
+    if (wide := _digit_side(bg, gray, dark_ink)) is not None:
+        bg = background(gray, dark_ink, wide)    # strokes as wide as the picture allows
     # relative to the local paper, so that shade darkens paper and ink alike
     ink = (bg - gray) / np.maximum(bg, 0.05) if dark_ink else (gray - bg) / np.maximum(1 - bg,
                                                                                     0.05)
     ink = np.clip(ink, 0.0, 1.0)
-    level = float(np.median(ink))
-    noise = 1.4826 * float(np.median(np.abs(ink - level)))     # robust std of the paper
+    level, noise = _paper_level(ink)
     if noise > GRAINY:       # textured paper or a noisy sensor: grain inside the strokes
         ink = np.asarray(Image.fromarray(np.round(ink * 255).astype(np.uint8)).filter(
             ImageFilter.MedianFilter(3)), dtype=np.float32) / np.float32(255.0)
-        level = float(np.median(ink))
-        noise = 1.4826 * float(np.median(np.abs(ink - level)))
+        level, noise = _paper_level(ink)
     floor = level + 4.0 * noise
     peak = float(np.percentile(ink, 99.9))
     if peak - floor < MIN_CONTRAST:
@@ -107,18 +112,52 @@ def ink_map(gray: np.ndarray) -> np.ndarray | None:
     return ink if (ink > 0.5).any() else None
 
 
-def background(gray: np.ndarray, dark_ink: bool) -> np.ndarray:
+def _digit_side(bg: np.ndarray, gray: np.ndarray, dark_ink: bool) -> float | None:
+    """When the digit fills most of the picture (a tight crop, a marker filling the frame),
+    the fraction of the picture its ink spans; else None. Its strokes may then be wider than
+    the first paper estimate's filter, which took their middles for paper."""
+    ink = (bg - gray) if dark_ink else (gray - bg)
+    mask = ink > 0.5 * max(float(ink.max()), 1e-6)
+    if not mask.any():
+        return None
+    rows, cols = np.nonzero(mask)
+    side = max((rows.max() - rows.min() + 1) / gray.shape[0],
+               (cols.max() - cols.min() + 1) / gray.shape[1])
+    return float(side) if side >= TIGHT_CROP else None
+
+
+def _paper_level(ink: np.ndarray) -> tuple[float, float]:
+    """The ink map's level on the paper and its robust spread: over the whole picture, where
+    most of it is paper; over the pixels below half the strongest ink where the digit covers
+    a large share of it (a tight crop, thick strokes), lest the ink be taken for paper."""
+    strong = ink >= 0.5 * float(np.percentile(ink, 99.9))
+    paper = ink[~strong] if strong.mean() >= INK_MAJORITY and not strong.all() else ink
+    level = float(np.median(paper))
+    return level, 1.4826 * float(np.median(np.abs(paper - level)))
+
+
+def background(gray: np.ndarray, dark_ink: bool, tight: float | None = None) -> np.ndarray:
     """The paper's (or board's) local brightness: the picture with its strokes closed over
     by a filter wider than a stroke, then smoothed. It follows grey paper, shadows and
-    uneven light, not the digit. Estimated on a small copy: fast on large photos."""
+    uneven light, not the digit. Estimated on a small copy: fast on large photos.
+
+    `tight` (the share of the picture the digit spans, from `_digit_side`): a tight crop,
+    whose strokes may be a third of the picture wide and touch its edges. The filter is
+    then as wide as that share allows, and the margins are paper (the picture's brightest
+    tenth) instead of a mirror of the edge, which there is ink."""
     h, w = gray.shape
     f = min(1.0, BACKGROUND_SIDE / max(h, w))
     small = np.asarray(Image.fromarray(np.round(gray * 255).astype(np.uint8)).resize(
         (max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR))
-    size = max(3, round(max(small.shape) / 5)) | 1
+    share = 0.2 if tight is None else TIGHT_STROKE * tight
+    size = max(3, round(max(small.shape) * share)) | 1
     pad = size
-    # mirrored margins: the filters see paper beyond the edge, not a made-up border
-    padded = np.pad(small, pad, mode="reflect")
+    if tight is None:
+        # mirrored margins: the filters see paper beyond the edge, not a made-up border
+        padded = np.pad(small, pad, mode="reflect")
+    else:
+        paper = np.percentile(small, 90 if dark_ink else 10)
+        padded = np.pad(small, pad, mode="constant", constant_values=round(float(paper)))
     # separable max/min filters (scipy): the same pixels as PIL's Max/MinFilter, whose cost
     # grows with size^2 (60 ms a drawing against under 1 ms)
     unink, restore = ((ndimage.maximum_filter, ndimage.minimum_filter) if dark_ink
