@@ -1,16 +1,15 @@
 """Preprocessing (`digits.to_mnist`) against a plain resize, on two kinds of picture.
 
-- **scans**: MNIST test digits as a tight, thick-stroked, low-resolution scan: each digit
-  thickened (5x5 max filter), cropped to its ink, shrunk to 8x8, enlarged to 64x64
-  bilinearly, dark on white. The digit touches the edges and its strokes are wide.
-- **photos**: the real-world-like set's renders (data/realworld.py `photograph`): a digit
-  with paper around it, uneven light, grain, grey or tinted paper, chalk on a board.
+- **scans** (data/realworld.py `scan`): MNIST test digits as a tight, thick-stroked,
+  low-resolution scan, dark on white; the digit touches the edges, its strokes are wide.
+- **photos** (data/realworld.py `photograph`, the real-world set's renders): a digit with
+  paper around it, uneven light, grain, grey or tinted paper, chalk on a board.
 
 Both are answered by one small convnet (cnn_32_64_64, 2 epochs on 20,000 MNIST images,
 seed 0) after today's `to_mnist`, after `to_mnist` as it was at a reference commit (git
-show, default HEAD), and after the plain resize (the picture as gray, inverted when the ink
-is dark, which it is told rather than guesses, resized to 20x20 and padded to 28x28); the
-accuracies and `to_mnist`'s median time per picture are printed side by side.
+show, default HEAD), and after the plain resize (realworld.py `plain_resize`: gray, ink
+made bright, 20x20, padded to 28x28, told which way round the ink is); the accuracies and
+`to_mnist`'s median time per picture are printed side by side.
 
     python benchmarks/bench_pictures.py [--n 1000] [--reference COMMIT]
 """
@@ -26,28 +25,6 @@ from collections.abc import Callable
 import numpy as np
 from common import ROOT, header, median, mnist
 from PIL import Image
-from scipy import ndimage
-
-
-def scan(digit: np.ndarray) -> Image.Image:
-    """A tight, thick, soft scan of one MNIST digit (white on black in, dark on white out)."""
-    thick = ndimage.maximum_filter(digit, 5)
-    rows, cols = np.nonzero(thick > 0)
-    crop = thick[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-    small = Image.fromarray(crop).resize((8, 8), Image.BILINEAR)
-    return Image.fromarray(255 - np.asarray(small.resize((64, 64), Image.BILINEAR)))
-
-
-def plain_resize(img: Image.Image, dark_ink: bool) -> np.ndarray:
-    """The baseline, told which way round the ink is: gray, ink made bright, 20x20, padded
-    to 28x28."""
-    gray = np.asarray(img.convert("L"), dtype=np.float64)
-    if dark_ink:
-        gray = 255 - gray
-    small = np.asarray(Image.fromarray(gray.astype(np.uint8)).resize((20, 20), Image.BILINEAR))
-    out = np.zeros((28, 28), np.uint8)
-    out[4:24, 4:24] = small
-    return out
 
 
 def model(data: dict[str, np.ndarray]):    # noqa: ANN201 (keras.Model)
@@ -88,7 +65,7 @@ def prepared(pictures: list[Image.Image], prepare: Callable) -> tuple[list[np.nd
 
 def main(n: int = 1000, reference: str = "HEAD") -> dict[str, float]:
     from mnist_mlops.data.digits import to_mnist
-    from mnist_mlops.data.realworld import photograph
+    from mnist_mlops.data.realworld import photograph, plain_resize, scan
 
     header(f"pictures: to_mnist here and at {reference} vs a plain resize, {n} of each kind")
     data = mnist()

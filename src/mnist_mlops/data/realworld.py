@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
+from scipy import ndimage
 
 from mnist_mlops.core.config import Params, RealworldParams, load_params
 from mnist_mlops.core.mnist import NUM_CLASSES
@@ -70,6 +71,25 @@ def photograph(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
         rgb = np.asarray(out.convert("RGB"), dtype=np.float64) * tint
         out = Image.fromarray(np.round(rgb).astype(np.uint8))
     return out
+
+
+def scan(digit: np.ndarray) -> Image.Image:
+    """One 28x28 MNIST digit as a tight, thick-stroked, low-resolution scan: thickened (a 5x5
+    max filter), cropped to its ink, shrunk to 8x8, enlarged to 64x64 bilinearly, dark on
+    white. Its strokes are a third of the picture wide and touch the edges."""
+    thick = ndimage.maximum_filter(digit, 5)
+    rows, cols = np.nonzero(thick)
+    crop = Image.fromarray(thick[rows.min():rows.max() + 1, cols.min():cols.max() + 1])
+    big = crop.resize((8, 8), Image.BILINEAR).resize((64, 64), Image.BILINEAR)
+    return Image.fromarray(255 - np.asarray(big))
+
+
+def plain_resize(img: Image.Image, dark_ink: bool) -> np.ndarray:
+    """The baseline preprocessing is measured against: the picture as gray, ink made bright
+    (told which way round it is, not guessed), resized to 20x20 and padded to 28x28."""
+    gray = np.asarray(img.convert("L"))
+    small = Image.fromarray(255 - gray if dark_ink else gray).resize((20, 20), Image.BILINEAR)
+    return np.pad(np.asarray(small), 4)
 
 
 def generate(x_test: np.ndarray, y_test: np.ndarray, rp: RealworldParams, out: Path
