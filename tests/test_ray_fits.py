@@ -38,9 +38,9 @@ def stage(root: Path, **env: str) -> subprocess.CompletedProcess[str]:
                                        **env))
 
 
-def project(root: Path, executor: str) -> Path:
+def project(root: Path, executor: str, **train: object) -> Path:
     root.mkdir(parents=True)
-    write_tiny_project(root, executor=executor, max_epochs=EPOCHS, verbose=2)
+    write_tiny_project(root, executor=executor, max_epochs=EPOCHS, verbose=2, **train)
     return root
 
 
@@ -112,6 +112,20 @@ def test_two_nodes_train_what_the_local_executor_trains(tmp_path: Path, local_ru
     for r in runs:
         assert r.data.metrics["loss"] == by_name[r.info.run_name]["loss"]
     assert not (root / ".checkpoints" / MODEL).exists()            # committed, cleaned up
+
+
+@pytest.mark.slow
+def test_an_ensemble_on_a_ray_the_stage_starts_is_the_local_ensemble(tmp_path: Path) -> None:
+    """No RAY_ADDRESS: a Ray of the stage's own; no refit: the shipped model is built from
+    the folds' weights as they came back from the workers."""
+    local = project(tmp_path / "local", "local", final="ensemble")
+    on_ray = project(tmp_path / "ray", "ray", final="ensemble")
+    for root in (local, on_ray):
+        proc = stage(root, RAY_ADDRESS="")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "a Ray started here" in proc.stderr and proc.stderr.count("sent to Ray") == 2
+    for ours, theirs in zip(weights(on_ray), weights(local), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def ray_task_pids(name: str) -> list[int]:
