@@ -1,7 +1,8 @@
-"""Preprocessing (`digits.to_mnist`) against a plain resize, on two kinds of picture.
+"""Preprocessing (`digits.to_mnist`) against a plain resize, on three kinds of picture.
 
 - **scans** (data/realworld.py `scan`): MNIST test digits as a tight, thick-stroked,
   low-resolution scan, dark on white; the digit touches the edges, its strokes are wide.
+- **inverted**: the same scans light on dark (chalk photographed edge to edge).
 - **photos** (data/realworld.py `photograph`, the real-world set's renders): a digit with
   paper around it, uneven light, grain, grey or tinted paper, chalk on a board.
 
@@ -24,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 from common import ROOT, header, median, mnist
-from PIL import Image
+from PIL import Image, ImageOps
 
 
 def model(data: dict[str, np.ndarray]):    # noqa: ANN201 (keras.Model)
@@ -52,6 +53,16 @@ def digits_at(commit: str) -> Callable[[Image.Image], np.ndarray | None]:
     return module.to_mnist
 
 
+def dark_ink(kind: str, img: Image.Image) -> bool:
+    """The truth the plain resize is told: scans are dark on white, inverted scans light on
+    dark, and a photo's border is its paper (the ink is the far side from it)."""
+    if kind != "photos":
+        return kind == "scans"
+    gray = np.asarray(img.convert("L"), dtype=np.float64)
+    paper = np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]))
+    return bool(paper - gray.min() >= gray.max() - paper)
+
+
 def prepared(pictures: list[Image.Image], prepare: Callable) -> tuple[list[np.ndarray], float]:
     """Each picture prepared (a blank for "no digit") and the median ms per picture."""
     times, arrs = [], []
@@ -72,7 +83,9 @@ def main(n: int = 1000, reference: str = "HEAD") -> dict[str, float]:
     net = model(data)
     x, y = data["x_test"][:n], data["y_test"][:n]
     rng = np.random.default_rng(7)
-    kinds = {"scans": [scan(d) for d in x], "photos": [photograph(d, rng) for d in x]}
+    scans = [scan(d) for d in x]
+    kinds = {"scans": scans, "inverted": [ImageOps.invert(s) for s in scans],
+             "photos": [photograph(d, rng) for d in x]}
     before = digits_at(reference)
     out = {}
     print(f"{'kind':<8}{'to_mnist':>10}{'at ' + reference:>14}{'plain resize':>14}"
@@ -80,9 +93,7 @@ def main(n: int = 1000, reference: str = "HEAD") -> dict[str, float]:
     for kind, pictures in kinds.items():
         ours, ms = prepared(pictures, to_mnist)
         theirs, ms_ref = prepared(pictures, before)
-        # the plain resize is told the truth: scans are dark on white, photos' borders paper
-        plain = [plain_resize(img, kind == "scans" or np.median(np.asarray(
-            img.convert("L"))[[0, -1]]) > 127) for img in pictures]
+        plain = [plain_resize(img, dark_ink(kind, img)) for img in pictures]
         acc = {}
         for name, arrs in (("to_mnist", ours), ("reference", theirs), ("plain", plain)):
             batch = np.stack(arrs)[..., None].astype("float32")

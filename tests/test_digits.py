@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from mnist_mlops.data.digits import ImageInputError, open_image, prepare, to_mnist
 
@@ -165,8 +165,9 @@ def test_all_formats_give_the_drawn_digit(tmp_path: Path, fmt: str) -> None:
 def test_preprocessing_beats_a_plain_resize_on_tight_thick_scans_and_photos(
         model_file: Path, mnist: dict[str, np.ndarray]) -> None:
     """A small convnet answers 300 held-out digits rendered as tight, thick, soft scans
-    (digits that touch the edges, strokes a third of the picture wide) and as photos:
-    after `to_mnist` it gets more right than after a plain resize told the ink's side."""
+    (digits that touch the edges, strokes a third of the picture wide), dark on white and
+    light on dark, and as photos: after `to_mnist` it gets more right than after a plain
+    resize that is told which way round the ink is."""
     import keras
 
     from mnist_mlops.data.realworld import photograph, plain_resize, scan
@@ -174,17 +175,25 @@ def test_preprocessing_beats_a_plain_resize_on_tight_thick_scans_and_photos(
     net = keras.models.load_model(model_file, compile=False)
     x, y = mnist["x_test"][:300], mnist["y_test"][:300]
     rng = np.random.default_rng(7)
-    kinds = {"scans": [scan(d) for d in x], "photos": [photograph(d, rng) for d in x]}
+    scans = [scan(d) for d in x]
+    kinds = {"scans": (scans, [True] * len(x)),
+             "inverted": ([ImageOps.invert(s) for s in scans], [False] * len(x))}
+    photos = [photograph(d, rng) for d in x]
+    kinds["photos"] = (photos, [paper_is_light(p) for p in photos])
 
     def accuracy(arrays: list[np.ndarray | None]) -> float:
         batch = np.stack([np.zeros((28, 28), np.uint8) if a is None else a for a in arrays])
         return float((net.predict(batch[..., None].astype("float32"), verbose=0).argmax(1)
                       == y).mean())
 
-    def dark_ink(kind: str, picture: Image.Image) -> bool:     # scans: dark on white
-        return kind == "scans" or bool(np.median(np.asarray(picture.convert("L"))[0]) > 127)
-
-    for kind, pictures in kinds.items():
+    for kind, (pictures, dark) in kinds.items():
         ours = accuracy([to_mnist(p) for p in pictures])
-        plain = accuracy([plain_resize(p, dark_ink(kind, p)) for p in pictures])
+        plain = accuracy([plain_resize(p, d) for p, d in zip(pictures, dark, strict=True)])
         assert ours > plain + 0.05, (kind, ours, plain)
+
+
+def paper_is_light(photo: Image.Image) -> bool:
+    """A photo's border is its paper: the ink is the far side of the range from it."""
+    gray = np.asarray(photo.convert("L"), dtype=np.float64)
+    paper = np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]))
+    return bool(paper - gray.min() >= gray.max() - paper)

@@ -72,6 +72,7 @@ def log_and_register(tmp: Path, uri: str) -> str:
     from mnist_mlops.tracking.logged_model import add_onnx, log_keras_model
 
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("digits")   # in this store (not one an earlier test left active)
     with mlflow.start_run() as run:
         pass
     model_uri = log_keras_model(run.info.run_id, tmp / "m.h5", tmp / "example.npy")

@@ -27,7 +27,8 @@ MIN_CONTRAST = 0.10            # less contrast than this: no digit on the page
 STROKE_PX = 2.2                # typical MNIST stroke width, in 28x28 pixels
 DIGIT_BOX = 20.0               # MNIST fits each digit in 20x20, then centres it in 28x28
 CENTRE = 14.0                  # where MNIST puts the centre of mass (measured on its digits)
-LIGHT_INK_BORDER = 0.8         # light ink on dark: at least this share of the border is dark
+MIXED_BORDER = 0.3             # a border with this share of ink and of paper: a tight crop
+RING = 0.15                    # ... whose outer ring this wide is compared with the rest
 TIGHT_CROP = 0.85              # a digit spanning this share of the picture is tightly cropped
 TIGHT_STROKE = 0.6             # ... its paper filter: this share of the digit's span
 INK_MAJORITY = 0.15            # strong ink on this share of the picture: paper is the rest
@@ -87,11 +88,7 @@ def ink_map(gray: np.ndarray) -> np.ndarray | None:
     The paper is estimated locally (`background`), not assumed near-white: a dark digit on
     grey, textured or unevenly lit paper is ink where it is darker than the paper around it.
     """
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    lo, hi = np.percentile(gray, [0.5, 99.5])
-    # light ink (chalk on a board) only when the board is nearly the whole border: a digit
-    # cropped tightly touches the edges, so its border is part ink, yet its ink is dark
-    dark_ink = float(np.mean(border < (lo + hi) / 2)) < LIGHT_INK_BORDER
+    dark_ink = _dark_ink(gray)
     bg = background(gray, dark_ink)
     if (wide := _digit_side(bg, gray, dark_ink)) is not None:
         bg = background(gray, dark_ink, wide)    # strokes as wide as the picture allows
@@ -112,17 +109,37 @@ def ink_map(gray: np.ndarray) -> np.ndarray | None:
     return ink if (ink > 0.5).any() else None
 
 
+def _dark_ink(gray: np.ndarray) -> bool:
+    """Whether the ink is darker than the paper. The border is taken for paper: the ink is
+    the far side of the picture's range from the border's median. A tight crop touches the
+    edges, so its border holds both extremes, ink and paper (MIXED_BORDER of each); then the
+    ink is the side that is more central (the outer ring against the middle)."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    lo, hi = np.percentile(gray, [0.5, 99.5])
+    quarter = (hi - lo) / 4
+    if min(np.mean(border <= lo + quarter), np.mean(border >= hi - quarter)) < MIXED_BORDER:
+        paper = float(np.median(border))
+        return bool(paper - lo >= hi - paper)
+    h, w = gray.shape
+    ring = max(1, round(min(h, w) * RING))
+    middle = gray[ring:h - ring, ring:w - ring]
+    outer = (gray.sum() - middle.sum()) / max(gray.size - middle.size, 1)
+    return bool(outer >= middle.mean())      # paper brighter at the edge: the ink is dark
+
+
 def _digit_side(bg: np.ndarray, gray: np.ndarray, dark_ink: bool) -> float | None:
     """When the digit fills most of the picture (a tight crop, a marker filling the frame),
     the fraction of the picture its ink spans; else None. Its strokes may then be wider than
-    the first paper estimate's filter, which took their middles for paper."""
-    ink = (bg - gray) if dark_ink else (gray - bg)
-    mask = ink > 0.5 * max(float(ink.max()), 1e-6)
-    if not mask.any():
+    the first paper estimate's filter, which took their middles for paper. The span is that
+    of the ink's mass (specks and grain far out do not widen it), and only ink that stands
+    out from the paper by MIN_CONTRAST counts."""
+    ink = np.clip((bg - gray) if dark_ink else (gray - bg), 0.0, 1.0)
+    peak = float(np.percentile(ink, 99.9))
+    if peak - float(np.median(ink)) < MIN_CONTRAST:
         return None
-    rows, cols = np.nonzero(mask)
-    side = max((rows.max() - rows.min() + 1) / gray.shape[0],
-               (cols.max() - cols.min() + 1) / gray.shape[1])
+    strong = np.where(ink > 0.5 * peak, ink / peak, 0.0)
+    (r0, r1), (c0, c1) = (_extent(strong, axis) for axis in (1, 0))
+    side = max((r1 - r0 + 1) / gray.shape[0], (c1 - c0 + 1) / gray.shape[1])
     return float(side) if side >= TIGHT_CROP else None
 
 
@@ -130,8 +147,10 @@ def _paper_level(ink: np.ndarray) -> tuple[float, float]:
     """The ink map's level on the paper and its robust spread: over the whole picture, where
     most of it is paper; over the pixels below half the strongest ink where the digit covers
     a large share of it (a tight crop, thick strokes), lest the ink be taken for paper."""
-    strong = ink >= 0.5 * float(np.percentile(ink, 99.9))
-    paper = ink[~strong] if strong.mean() >= INK_MAJORITY and not strong.all() else ink
+    peak = float(np.percentile(ink, 99.9))
+    strong = ink >= 0.5 * peak
+    covered = strong.mean() >= INK_MAJORITY and peak - float(np.median(ink)) >= MIN_CONTRAST
+    paper = ink[~strong] if covered and not strong.all() else ink
     level = float(np.median(paper))
     return level, 1.4826 * float(np.median(np.abs(paper - level)))
 
@@ -143,8 +162,9 @@ def background(gray: np.ndarray, dark_ink: bool, tight: float | None = None) -> 
 
     `tight` (the share of the picture the digit spans, from `_digit_side`): a tight crop,
     whose strokes may be a third of the picture wide and touch its edges. The filter is
-    then as wide as that share allows, and the margins are paper (the picture's brightest
-    tenth) instead of a mirror of the edge, which there is ink."""
+    then 0.6 of that span (TIGHT_STROKE), and the margins are paper (the 90th percentile of
+    the picture's brightness, the 10th for light ink) instead of a mirror of the edge,
+    which there is ink."""
     h, w = gray.shape
     f = min(1.0, BACKGROUND_SIDE / max(h, w))
     small = np.asarray(Image.fromarray(np.round(gray * 255).astype(np.uint8)).resize(

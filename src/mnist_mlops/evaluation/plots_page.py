@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 # DVC's plot specs declare Vega-Lite 5 ($schema .../vega-lite/v5.json): the bundle's too
 VEGA_LITE = "5.21"
+# what DVC fills in a page template (dvc_render/html.py); {scripts} (its CDN tags) is left out
+DVC_PLACEHOLDERS = ("plot_divs", "refresh_tag", "scripts")
 
 PAGE = """<!DOCTYPE html>
 <!-- The page `dvc plots show` and `dvc plots diff` write (.dvc/config plots.html_template):
@@ -60,8 +62,10 @@ def page() -> str:
         raise UserError("the plots template is written from vl-convert-python's bundle: "
                         "install the development tools (`make setup`)") from None
     bundle = vl_convert.javascript_bundle(vl_version=VEGA_LITE)
-    if "</script" in bundle.lower():       # it would end the inline script early
-        raise UserError("vl-convert's bundle holds '</script': it cannot be inlined")
+    # what would end the inline script early, or what DVC replaces by plain text search
+    for token in ("</script", "<!--", *(f"{{{name}}}" for name in DVC_PLACEHOLDERS)):
+        if token in bundle.lower():
+            raise UserError(f"vl-convert's bundle holds {token!r}: it cannot be inlined")
     return PAGE.format(bundle=bundle, vega=vl_convert.get_vega_version(),
                        vega_lite=VEGA_LITE, vega_embed=vl_convert.get_vega_embed_version(),
                        vl_convert=version("vl-convert-python"))
