@@ -123,7 +123,8 @@ def make_project(dest: Path, params_override: dict | None = None) -> Path:
     run(["dvc", "init", "-q"], dest, env)
     run(["dvc", "config", "core.analytics", "false"], dest, env)
     shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")   # plot templates
-    run(["dvc", "config", "plots.html_template", plots_template()], dest, env)   # offline page
+    with (dest / ".dvc" / "config").open("a") as config:     # the offline page, as the repo
+        config.write(f"[plots]\n    html_template = {plots_template()}\n")
     run(["git", "add", "-A"], dest, env)
     run(["git", "commit", "-qm", "init"], dest, env)
     return dest
