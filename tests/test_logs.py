@@ -32,6 +32,7 @@ def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow   # three CLI processes, each importing TensorFlow
 def test_cli_verbose_brings_library_lines_back(untrained_model: Path, tmp_path: Path) -> None:
     draw_digit(3).save(tmp_path / "three.png")
     cmd = ["--params", str(ROOT / "params.yaml"), "predict", str(tmp_path / "three.png"),

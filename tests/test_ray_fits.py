@@ -224,6 +224,7 @@ def test_a_fit_that_fails_on_its_worker_stops_the_stage_with_its_own_error(
     assert not (root / "models" / f"{MODEL}.h5").exists()
 
 
+@pytest.mark.slow   # a stage process
 def test_no_cluster_at_the_address_is_one_error_before_any_training(tmp_path: Path) -> None:
     root = project(tmp_path / "p", "ray")
     with socket.socket() as held:       # bound, never listening: nothing answers there
@@ -250,6 +251,7 @@ def test_a_fit_no_node_can_take_is_refused_before_it_waits_for_ever(
     assert "sent to Ray" not in proc.stderr and not (root / "mlflow.db").exists()
 
 
+@pytest.mark.slow   # a stage process
 def test_the_ray_executor_without_ray_says_how_to_install_it(tmp_path: Path) -> None:
     root = project(tmp_path / "p", "ray")
     shadow = tmp_path / "no-ray" / "ray"       # an `import ray` that fails as if absent
