@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -235,6 +236,16 @@ def test_no_cluster_at_the_address_is_one_error_before_any_training(tmp_path: Pa
     assert f"no Ray cluster answers at RAY_ADDRESS={address}" in proc.stderr
     assert "Traceback" not in proc.stderr and "sent to Ray" not in proc.stderr
     assert not (root / "mlflow.db").exists() and not (root / "models").exists()
+
+
+@pytest.mark.parametrize("address", ["head-without-port", "ray://:10001", "host:notaport"])
+def test_an_address_that_is_not_one_is_refused_naming_the_forms(address: str) -> None:
+    from mnist_mlops.core.runtime import UserError
+    from mnist_mlops.training.ray_fits import check_reachable
+
+    with pytest.raises(UserError, match=f"RAY_ADDRESS={re.escape(address)} is not a Ray "
+                                        "address: give host:port"):
+        check_reachable(address)
 
 
 @pytest.mark.slow

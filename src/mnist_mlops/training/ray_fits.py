@@ -189,7 +189,7 @@ class StageFolder:
 
 
 def fit_on_worker(ctx: FitContext, job: FitJob, train: Split, folds: np.ndarray,
-                  folder: StageFolder | None) -> WorkerFit:
+                  folder: StageFolder) -> WorkerFit:
     """One fit on a Ray worker, checkpointing each epoch where the stage's folder is its
     own. `ctx` arrives without checkpoint or hooks: those live with the stage."""
     import ray
@@ -197,7 +197,7 @@ def fit_on_worker(ctx: FitContext, job: FitJob, train: Split, folds: np.ndarray,
     configure(ctx.tp)
     if ctx.tp.data_parallel:      # this worker's devices, as the stage does with its own
         backend.data_parallel(ctx.p.batch_size)
-    ckpt = folder.checkpoint() if folder is not None else None
+    ckpt = folder.checkpoint()
     seen = FitStart()
     try:
         r = fit(replace(ctx, ckpt=ckpt, hooks=seen), job, *job_data(job, train, folds))
@@ -230,8 +230,9 @@ class RayRunner:
 
     def __call__(self, ctx: FitContext, jobs: list[FitJob], train: Split,
                  folds: np.ndarray) -> dict[str, FitResult]:
-        ray, rp = self.ray, self.rp
-        done = {j.key: ctx.ckpt.fit_done(j.key) for j in jobs} if ctx.ckpt else {}
+        ray, rp, ckpt = self.ray, self.rp, ctx.ckpt
+        assert ckpt is not None, "finished fits come back to the stage's checkpoint"
+        done = {j.key: ckpt.fit_done(j.key) for j in jobs}
         results = {k: FitResult(None, **r) for k, r in done.items() if r is not None}
         # the longest first: the refit (on all images) before the folds, so that N workers
         # finish a refit model's K + 1 fits sooner than in plan order
@@ -242,8 +243,7 @@ class RayRunner:
         self.join()
         bare = replace(ctx, ckpt=None, hooks=FitStart())   # what travels to workers
         data = ray.put(train), ray.put(folds)     # once in the object store, not per task
-        folder = None if ctx.ckpt is None else StageFolder(str(ctx.ckpt.dir),
-                                                           ctx.ckpt.state["attempt"])
+        folder = StageFolder(str(ckpt.dir), ckpt.state["attempt"])
         pending = {}
         for job in todo:
             task = ray.remote(fit_on_worker).options(
@@ -302,12 +302,7 @@ def _record(ctx: FitContext, job: FitJob, wf: WorkerFit) -> FitResult:
     for epoch, logs, seconds in result.epochs():   # those of a killed attempt included
         ctx.hooks.epoch_end(job, epoch, logs, seconds)
     ctx.hooks.fit_end(job, result)
-    if ctx.ckpt is not None:
-        ctx.ckpt.finish_fit(job.key, wf.weights, result.record())
-    else:        # nowhere to keep the weights: the model rides on the result
-        from mnist_mlops.training.models import new_model
-
-        result.model = new_model(ctx.p, ctx.tp, job.index, n_train=0)
-        result.model.set_weights(wf.weights)
+    assert ctx.ckpt is not None
+    ctx.ckpt.finish_fit(job.key, wf.weights, result.record())   # final_model reads it there
     log.info("%s %s: done on Ray node %s", ctx.p.name, job.label, wf.node[:12])
     return result
