@@ -71,3 +71,39 @@ def drawn_set(folder: Path) -> tuple[list[Path], list[int]]:
             draw_digit(digit, **kw).save(files[-1])
             truth.append(digit)
     return files, truth
+
+
+LETTERS = "AEFHKMNRWX"     # capitals that do not look like a digit
+
+
+def not_one_digit(folder: Path, digits: list[Image.Image], seed: int = 0) -> list[Path]:
+    """Thirty pictures that hold no single digit, dark on white: ten capital letters
+    (280x280), ten pen scribbles (280x280) and ten pairs of the given digits side by side
+    (560x280). What `predict` should answer "unsure" for."""
+    import numpy as np
+    from PIL import ImageFont
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    font = ImageFont.load_default(size=200)
+    pictures: list[tuple[str, Image.Image]] = []
+    for letter in LETTERS:
+        img = Image.new("L", (280, 280), 255)
+        ImageDraw.Draw(img).text((140, 140), letter, fill=0, font=font, anchor="mm")
+        pictures.append((f"letter-{letter}", img))
+    for i in range(10):
+        img = Image.new("L", (280, 280), 255)
+        points = [tuple(p) for p in rng.uniform(40, 240, (int(rng.integers(6, 12)), 2))]
+        ImageDraw.Draw(img).line(points, fill=0, width=int(rng.integers(10, 22)), joint="curve")
+        pictures.append((f"scribble-{i}", img))
+    for i in range(10):
+        img = Image.new("L", (560, 280), 255)
+        for j, digit in enumerate(digits[2 * i:2 * i + 2]):
+            ink = digit.resize((280, 280), Image.BILINEAR).point(lambda v: 255 - v)
+            img.paste(ink, (280 * j, 0))
+        pictures.append((f"pair-{i}", img))
+    paths = []
+    for name, img in pictures:
+        img.save(folder / f"{name}.png")
+        paths.append(folder / f"{name}.png")
+    return paths

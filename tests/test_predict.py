@@ -204,3 +204,43 @@ def test_every_option_of_predict_serve_and_promote_says_what_it_does() -> None:
         assert "--trust-model also load an MLflow model that is neither one this pipeline " \
                "logged (a python-function model carrying its .h5" in text
         assert "TensorFlow flavour" not in text
+
+
+@pytest.fixture(scope="module")
+def calibrated_h5(mnist: dict, model_file: Path, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Path:
+    """The trained model with a calibration fitted as the train stage fits it, on images it
+    never trained on (training images 50,000-54,999: model_file trains on the first 20,000)."""
+    from mnist_mlops.core.calibration import calibrate, write_h5
+
+    path = tmp_path_factory.mktemp("calibrated") / "cnn.h5"
+    shutil.copyfile(model_file, path)
+    held_out = slice(50_000, 55_000)
+    proba = Predictor(str(model_file)).predict_proba(mnist["x_train"][held_out])
+    cal, _ = calibrate(proba, mnist["y_train"][held_out], give_up=0.05)
+    write_h5(path, cal)
+    return path
+
+
+def test_pictures_of_no_single_digit_are_unsure_and_clean_digits_rarely(
+        mnist: dict, model_file: Path, calibrated_h5: Path, tmp_path: Path) -> None:
+    from .drawing import not_one_digit
+
+    pairs = [Image.fromarray(d) for d in mnist["x_test"][2000:2020]]
+    files = not_one_digit(tmp_path, pairs)
+    predictor = Predictor(str(calibrated_h5))
+    assert predictor.calibration is not None
+    results = predict_files(predictor, files)
+    answered = [r for r in results if r.digit is not None]
+    unsure = [Path(r.file).stem for r in answered if r.unsure]
+    # "no digit found" is as good an answer as "unsure" for these
+    flagged = len(unsure) + len(results) - len(answered)
+    assert flagged > len(files) / 2, (flagged, [r.line() for r in results])   # most
+    assert all(r.line().endswith("draw or photograph it again, alone and larger")
+               for r in answered if r.unsure)
+    # the model without a calibration says every one of them is a digit, never unsure
+    plain = predict_files(Predictor(str(model_file)), files)
+    assert not any(r.unsure for r in plain)
+
+    clean = predictor.calibrated(predictor.predict_proba(mnist["x_test"][:2000]))[1]
+    assert clean.mean() <= 0.10, clean.mean()

@@ -132,8 +132,8 @@ def test_rewording_tracking_or_serving_code_retrains_nothing(tmp_path: Path) -> 
         (root / f).parent.mkdir(parents=True, exist_ok=True)
         (root / f).write_bytes(b"stand-in")
     out = root / paths.train_dir(name)
-    for f in ("summary.txt", "run.json", "cv.json", "history/fold_0.csv", "curves.csv",
-              "curves.png"):
+    for f in ("summary.txt", "run.json", "cv.json", "calibration.json", "history/fold_0.csv",
+              "curves.csv", "curves.png", "reliability.png"):
         (out / f).parent.mkdir(parents=True, exist_ok=True)
         (out / f).write_text("stand-in\n")
     run(["dvc", "commit", "-f", stage], root)

@@ -97,6 +97,18 @@ def test_train_writes_outputs_and_tracks_everything(project: Params) -> None:
     assert run_info["run_id"] == parent.info.run_id
     assert run_info["model_uri"].startswith("models:/")
 
+    # calibrated on the 240 out-of-fold answers; the .h5 carries it, MLflow records it
+    from mnist_mlops.core.calibration import read_h5
+
+    report = json.loads((out / "calibration.json").read_text())
+    assert report["images"] == 240 and report["give_up"] == 0.05
+    assert report["unsure_right_given_up"] <= 0.05
+    cal = read_h5(paths.model_file("mlp_512x2"))
+    assert cal is not None and cal.temperature == pytest.approx(report["temperature"])
+    assert (out / "reliability.png").stat().st_size > 1000
+    assert parent.data.metrics["oof_temperature"] == pytest.approx(cal.temperature)
+    assert parent.data.metrics["oof_ece_after"] == pytest.approx(report["ece_after"])
+
 
 def test_logged_mlflow_model_serves_raw_uint8(project: Params) -> None:
     import mlflow
@@ -136,6 +148,9 @@ def test_final_model_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fina
     model = keras.saving.load_model(params.paths.model_file("mlp_512x2"), compile=False)
     expected = 669_706 * (2 if final == "ensemble" else 1)
     assert model.count_params() == expected == summary["n_params"]
+    from mnist_mlops.core.calibration import read_h5
+
+    assert read_h5(params.paths.model_file("mlp_512x2")) is not None   # from the folds
     names = {r.info.run_name for r in runs_of("mlp_512x2")["children"]}
     assert not any("final" in n for n in names)
 

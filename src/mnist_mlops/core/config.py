@@ -184,6 +184,7 @@ class TrainParams(Section):
     data_parallel: bool = True     # several accelerators (JAX backend): split every batch
     verbose: Annotated[Literal[0, 1, 2], _exactly(0, 1, 2)] = 2  # as Keras's (progress.py)
     executor: Literal["local", "ray"] = "local"   # where a stage's fits run (docs/ray.md)
+    unsure_give_up: float = Field(0.05, ge=0, lt=1)  # right answers the unsure line may flag
     ray: RayParams = RayParams()
 
 

@@ -81,3 +81,23 @@ def digit_grid(images: np.ndarray, captions: list[str], out: Path, title: str) -
         ax.set_title(cap, fontsize=8)
     fig.suptitle(title)
     _save(fig, out)
+
+
+def reliability_diagram(curves: dict[str, list[dict[str, float]]], out: Path, title: str
+                        ) -> None:
+    """Accuracy against confidence per bin (core/calibration.reliability), one line per set
+    of answers (before and after calibration): a calibrated model lies on the diagonal."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="calibrated")
+    for label, bins in curves.items():
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-",
+                label=f"{label} ({sum(int(b['count']) for b in bins)} answers)")
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title)
+    _save(fig, out)

@@ -18,7 +18,8 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from mnist_mlops.core import figures
+from mnist_mlops.core import calibration, figures
+from mnist_mlops.core.calibration import effect, reliability
 from mnist_mlops.core.config import Params, load_params
 from mnist_mlops.core.fsio import write_json_atomic, write_text_atomic
 from mnist_mlops.core.mnist import NUM_CLASSES
@@ -133,6 +134,7 @@ def evaluate(params: Params, name: str) -> dict[str, Any]:
     metrics = {"test_accuracy": m["accuracy"], "test_loss": m["loss"],
                "test_macro_f1": m["macro_f1"], "test_errors": int((pred != y).sum()),
                **member_metrics(model, x, y), **realworld_set.accuracy(rs, rw_pred)}
+    metrics.update(calibration_metrics(predictor, proba, y, out / "reliability.png"))
     timings = {f"infer_{k}": v for k, v in speed.items()}
     onnx = export_onnx(params, name, model, x, proba)
     if onnx["exported"]:     # the ONNX file's speed beside Keras' (speed.json, MLflow)
@@ -151,16 +153,42 @@ def evaluate(params: Params, name: str) -> dict[str, Any]:
     return metrics
 
 
-def export_onnx(params: Params, name: str, model: Any, x: np.ndarray, proba: np.ndarray
-                ) -> dict[str, Any]:
+def calibration_metrics(predictor: Predictor, proba: np.ndarray, y: np.ndarray, figure: Path
+                        ) -> dict[str, float]:
+    """What the model's calibration (fitted by the train stage on out-of-fold answers) does
+    on the test set: the calibration error before and after, the unsure answers; the
+    reliability diagram. Nothing for a model without one."""
+    cal = predictor.calibration
+    if cal is None:
+        return {}
+    after = cal.apply(proba)
+    figures.reliability_diagram(
+        {"model's own": reliability(proba, y), "calibrated": reliability(after, y)}, figure,
+        f"{predictor.about['architecture']}: test digits, temperature {cal.temperature:.2f}")
+    found = effect(cal, proba, y)
+    log.info("test set: calibration error %.4f -> %.4f; %.1f%% of the answers unsure (%.1f%% "
+             "of the right ones, %.1f%% of the wrong ones)", found["ece_before"],
+             found["ece_after"], 100 * found["unsure_rate"],
+             100 * found["unsure_right_given_up"], 100 * found["unsure_wrong_caught"])
+    return {"test_ece": found["ece_before"], "test_ece_calibrated": found["ece_after"],
+            "test_unsure_rate": found["unsure_rate"],
+            "test_unsure_right_given_up": found["unsure_right_given_up"],
+            "test_unsure_wrong_caught": found["unsure_wrong_caught"],
+            "temperature": cal.temperature, "unsure_below": cal.unsure_below}
+
+
+def export_onnx(params: Params, name: str, predictor: Predictor, x: np.ndarray,
+                proba: np.ndarray) -> dict[str, Any]:
     """The model as ONNX, checked against Keras' answers on the test digits
-    (paths.onnx/<name>/): what register records beside the .h5, and what predict and serve
-    run on. `register.onnx: false` skips it."""
+    (paths.onnx/<name>/), carrying the .h5's calibration: what register records beside the
+    .h5, and what predict and serve run on. `register.onnx: false` skips it."""
     folder = params.paths.onnx_dir(name)
     if not params.register.onnx:
         return onnx_export.skipped(folder, "register.onnx is false in params.yaml")
-    return onnx_export.export_checked(model, folder, x, proba,
-                                      {"architecture": model.name, "model": name},
+    model, cal = predictor.keras_model, predictor.calibration
+    metadata = {"architecture": model.name, "model": name,
+                **({calibration.KEY: cal.to_json()} if cal is not None else {})}
+    return onnx_export.export_checked(model, folder, x, proba, metadata,
                                       params.paths.model_file(name))
 
 

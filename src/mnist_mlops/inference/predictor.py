@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from mnist_mlops.core import calibration
+from mnist_mlops.core.calibration import Calibration
 from mnist_mlops.core.mnist import INPUT_SHAPE, NUM_CLASSES
 from mnist_mlops.core.model_files import H5_ARTIFACT, KERAS_H5, ONNX_FILE, RUNTIMES
 from mnist_mlops.core.runtime import UserError
@@ -83,6 +85,22 @@ def h5_in(folder: Path, model: dict[str, Any]) -> Path | None:
     return inside(folder, path)
 
 
+def _carried(source: str, read: Any) -> Calibration | None:
+    """The calibration a model file carries (`read()`), None with one warning where it has
+    none (a model trained before calibration existed) or an unreadable one."""
+    try:
+        found = read()
+    except ValueError as exc:
+        log.warning("%s: its calibration cannot be read (%s): answering with the model's own "
+                    "probabilities, never unsure", source, exc)
+        return None
+    if found is None:
+        log.warning("%s carries no calibration (trained before the train stage calibrated "
+                    "models): answering with its own probabilities, never unsure; retrain it "
+                    "to have one", source)
+    return found
+
+
 class Predictor:
     """One interface over ONNX Runtime, a Keras model and an MLflow pyfunc model."""
 
@@ -99,12 +117,13 @@ class Predictor:
         self._onnx: OnnxModel | None = None
         self._pyfunc: Any = None
         self._both: Any = None          # the Keras model with its embedding output
+        self.calibration: Calibration | None = None    # what the model file carries
         path = Path(source)
         if path.suffix == ".onnx":
             self._load_onnx(path, "export it again (`dvc repro evaluate@<model>`), or pass "
                             "--model with the model's .h5")
         elif path.suffix in (".h5", ".keras") or path.is_file():
-            self._keras = load_keras_model(path)
+            self._load_keras(path)
         elif path.is_dir():
             if not self._load_folder(path, mlmodel(path)):
                 self._load_mlflow(source, trusted)
@@ -118,6 +137,7 @@ class Predictor:
         self = cls.__new__(cls)
         self.source, self.runtime, self.threads = source, "keras", None
         self._keras, self._onnx, self._pyfunc, self._both = model, None, None, None
+        self.calibration = None
         self.about = {"source": source, "version": None, "architecture": None,
                       "runtime": None}
         self._describe()
@@ -137,6 +157,14 @@ class Predictor:
             raise UserError(f"{path} is an ONNX file: --runtime keras needs the model's .h5 "
                             "or an MLflow model")
         self._onnx = OnnxModel(path, advice, self.threads)
+        self.calibration = _carried(str(path), lambda: (
+            calibration.Calibration.from_json(self._onnx.metadata[calibration.KEY])
+            if calibration.KEY in self._onnx.metadata else None))
+
+    def _load_keras(self, path: Path) -> None:
+        self._keras = load_keras_model(path)
+        self.calibration = _carried(str(path), lambda: calibration.read_h5(path)
+                                    if path.suffix == ".h5" else None)
 
     def _load_folder(self, folder: Path, model: dict[str, Any]) -> bool:
         """An MLflow model folder this pipeline logged: its ONNX file (the default) or its
@@ -153,7 +181,7 @@ class Predictor:
             log.warning("%s has no ONNX file (registered before the pipeline exported one, "
                         "or with register.onnx: false): answering with its Keras .h5",
                         self.source)
-        self._keras = load_keras_model(h5)
+        self._load_keras(h5)
         return True
 
     def _load_mlflow(self, source: str, trusted: bool) -> None:
@@ -197,6 +225,14 @@ class Predictor:
         else:
             out = self._pyfunc.predict(x)
         return np.asarray(out, dtype=np.float64).reshape(len(x), NUM_CLASSES)
+
+    def calibrated(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities as the model's calibration makes them, unsure per answer); a model
+        without a calibration answers with its own probabilities and is never unsure."""
+        if self.calibration is None:
+            return proba, np.zeros(len(proba), dtype=bool)
+        after = self.calibration.apply(proba)
+        return after, self.calibration.unsure(after)
 
     def answer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities, embedding) from one model call: the embedding is the penultimate

@@ -108,6 +108,8 @@ def log_to_mlflow(params: Params, summary: dict[str, Any], files: tuple[Path, ..
               **{f"feature_{k}": f["score"] for k, f in summary["features"].items()}}
     if summary["embedding"]:
         values["embedding_auc"] = summary["embedding"]["auc"]
+    if summary.get("unsure_rate") is not None:
+        values["unsure_rate"] = summary["unsure_rate"]
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, step)
                                       for k, v in values.items()])
     for f in files:
@@ -157,12 +159,19 @@ def check(params: Params, predictor: Predictor, records: list[dict[str, Any]],
     summary = {"model": about, "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                             time.gmtime()),
                "log": str(where), "from": current[0]["time"], "to": current[-1]["time"],
-               **summary}
+               "unsure_rate": unsure_rate(current), **summary}
     files = write_outputs(snapshot, summary, out or params.paths.monitor_reports)
     summary["files"] = [str(f) for f in files]
     if to_mlflow:
         summary["mlflow_run"] = log_to_mlflow(params, summary, files)
     return summary
+
+
+def unsure_rate(records: list[dict[str, Any]]) -> float | None:
+    """The share of answers that were unsure (below the model's calibrated line), among the
+    records that say; None where none does (logged before answers could be unsure)."""
+    flags = [bool(r["unsure"]) for r in records if "unsure" in r]
+    return sum(flags) / len(flags) if flags else None
 
 
 def verdict(summary: dict[str, Any]) -> str:
@@ -179,4 +188,6 @@ def verdict(summary: dict[str, Any]) -> str:
         f"  confidence: {summary['confidence']['current_mean']:.3f} (training "
         f"{summary['confidence']['reference_mean']:.3f})",
         f"  class mix distance: {summary['class_mix']['score']:.3f}",
+        "  unsure answers: not logged" if summary.get("unsure_rate") is None else
+        f"  unsure answers: {100 * summary['unsure_rate']:.1f}%",
     ])

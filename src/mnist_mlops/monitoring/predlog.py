@@ -77,7 +77,7 @@ def logged_call(params: Params | None, predictor: Any, command: str = "predict"
 
     def predict(images: np.ndarray) -> np.ndarray:
         proba, emb = predictor.answer(images)
-        plog.append(images, proba, emb, predictor.about)
+        plog.append(images, proba, emb, predictor.about, predictor.calibrated(proba)[1])
         return proba
     return predict
 
@@ -87,23 +87,27 @@ def backup_path(path: Path, i: int) -> Path:
 
 
 def lines(images: np.ndarray, proba: np.ndarray, embedding: np.ndarray | None,
-          about: dict[str, Any], when: float) -> bytes:
+          about: dict[str, Any], when: float, unsure: np.ndarray | None = None) -> bytes:
     """The log lines of one batch (UTF-8, newline-terminated). Printed from one template
     (a float costs about 0.4 us to format in Python: an embedding of 64 as JSON numbers
-    would cost more than describing the image), the embedding as base64 float16."""
+    would cost more than describing the image), the embedding as base64 float16.
+    `confidence` is the model's own top probability (what monitor compares with the
+    training images); `unsure` whether the calibrated answer fell below the model's line."""
     feats = describe(images).tolist()
     digits, conf = proba.argmax(axis=1).tolist(), proba.max(axis=1).tolist()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1000):03d}Z"
     model = json.dumps({"version": about.get("version"),
                         "architecture": about.get("architecture")}, separators=(",", ":"))
     template = (f'{{"v":{FORMAT},"time":"{stamp}","model":{model},"digit":%d,'
-                f'"confidence":%.5f,"features":{{'
+                f'"confidence":%.5f,"unsure":%s,"features":{{'
                 + ",".join(f'"{k}":%.4f' for k in FEATURES) + "}")
+    flags = ["false"] * len(digits) if unsure is None else \
+        ["true" if u else "false" for u in np.asarray(unsure).tolist()]
     embs = (None if embedding is None else
             [base64.b64encode(e.tobytes()).decode() for e in as_logged(embedding)])
     out = []
     for i, d in enumerate(digits):
-        line = template % (d, conf[i], *feats[i])
+        line = template % (d, conf[i], flags[i], *feats[i])
         out.append(line + (f',"embedding":"{embs[i]}"}}' if embs is not None else "}"))
     return ("\n".join(out) + "\n").encode()
 
@@ -184,13 +188,14 @@ class PredictionLog:
         atexit.register(self.close)      # `predict`: what is queued is written before exit
 
     def append(self, images: np.ndarray, proba: np.ndarray, embedding: np.ndarray | None,
-               about: dict[str, Any]) -> None:
+               about: dict[str, Any], unsure: np.ndarray | None = None) -> None:
         """Queue one batch; never raises, never waits."""
         try:
             self.queue.put_nowait((np.array(images, dtype=np.uint8, copy=True),
                                    np.asarray(proba),
                                    embedding if self.opts.embedding else None,
-                                   dict(about), time.time()))
+                                   dict(about), time.time(),
+                                   None if unsure is None else np.array(unsure, dtype=bool)))
         except queue.Full:
             self._warn_once("full", "the prediction log is falling behind: answers are "
                             "being left out of it")

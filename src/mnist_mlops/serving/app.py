@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -31,7 +31,7 @@ from mnist_mlops.monitoring.predlog import LogOptions, PredictionLog
 from mnist_mlops.serving import inputs
 from mnist_mlops.serving.batcher import Batcher, BatchOptions, Overloaded
 from mnist_mlops.serving.metrics import Metrics, MetricsMiddleware
-from mnist_mlops.serving.predict import NO_DIGIT
+from mnist_mlops.serving.predict import NO_DIGIT, UNSURE
 
 log = logging.getLogger(__name__)
 # MLflow's error codes (mlflow.protos.databricks_pb2) for the statuses this server answers
@@ -84,7 +84,8 @@ class Service:
             return self.predictor.predict_proba(x)
         proba, embedding = self.predictor.answer(x)    # both from one model call
         if self.ready:               # the warm-up's blank pictures are not answers
-            self.plog.append(x, proba, embedding, self.predictor.about)
+            self.plog.append(x, proba, embedding, self.predictor.about,
+                             self.predictor.calibrated(proba)[1])
         return proba
 
     async def start(self) -> None:
@@ -210,8 +211,10 @@ async def page(request: Request) -> Response:
 async def info(request: Request) -> Response:
     svc = _svc(request)
     about = svc.predictor.about if svc.predictor else {}
+    cal = svc.predictor.calibration if svc.predictor else None
     return JSONResponse({"model": svc.predictor.source if svc.predictor else None,
                          **about, "ready": svc.ready,
+                         "calibration": asdict(cal) if cal is not None else None,
                          "max_batch": svc.opts.batch.max_batch,
                          "max_wait_ms": svc.opts.batch.max_wait_s * 1000})
 
@@ -239,9 +242,12 @@ async def predict(request: Request) -> Response:
     if arr is None:
         return JSONResponse({"digit": None, "probabilities": [], "message": NO_DIGIT,
                              "model": about})
-    proba = (await svc.probabilities(arr[None]))[0]
+    assert svc.predictor is not None       # probabilities() answered: the model is loaded
+    calibrated, unsure = svc.predictor.calibrated(await svc.probabilities(arr[None]))
+    proba = calibrated[0]
     return JSONResponse({
         "digit": int(proba.argmax()), "probabilities": [round(float(p), 5) for p in proba],
+        "unsure": bool(unsure[0]), **({"message": UNSURE} if unsure[0] else {}),
         "model": about, "input": inputs.png_data_url(arr),
         "latency_ms": round((time.perf_counter() - t0) * 1000, 1)})
 
@@ -250,7 +256,10 @@ async def invocations(request: Request) -> Response:
     svc = _svc(request)
     images = inputs.scoring_images(await svc.body(request, inputs.EXPECTED_MLFLOW_WHAT))
     proba = await svc.probabilities(images)
-    return JSONResponse({"predictions": proba.tolist()})
+    assert svc.predictor is not None
+    # `predictions`: the model's own probabilities, as `mlflow models serve` answers
+    return JSONResponse({"predictions": proba.tolist(),
+                         "unsure": svc.predictor.calibrated(proba)[1].tolist()})
 
 
 async def not_found(request: Request, exc: Exception) -> Response:

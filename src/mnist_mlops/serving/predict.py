@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # Cold start: the registry and MLflow (2 s to import) are imported where a registered
 # model is resolved: an ONNX file or model folder answers in a fraction of a second.
 NO_DIGIT = "no digit found"
+UNSURE = "unsure: perhaps not one digit; draw or photograph it again, alone and larger"
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Result:
     digit: int | None = None
     probability: float | None = None
     top3: list[tuple[int, float]] = field(default_factory=list)
+    unsure: bool | None = None      # the calibrated answer is below the model's line
     error: str | None = None
     message: str | None = None      # why there is no digit without an error: NO_DIGIT
     model: dict[str, str | None] = field(default_factory=dict)   # Predictor.about
@@ -48,7 +50,8 @@ class Result:
         if self.digit is None:
             return f"{self.file}: {self.message or NO_DIGIT}"
         top = ", ".join(f"{k} {p:.3f}" for k, p in self.top3)
-        return f"{self.file}: {self.digit} (p={self.probability:.3f}; top-3: {top})"
+        return (f"{self.file}: {self.digit} (p={self.probability:.3f}; top-3: {top})"
+                + (f" {UNSURE}" if self.unsure else ""))
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -72,7 +75,9 @@ def top3(proba: np.ndarray) -> list[tuple[int, float]]:
 def predict_files(predictor: Predictor, files: list[Path], threshold: float | None = None,
                   call: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Result]:
     """Per-file results; a bad file gets an error entry and the others still run.
-    `call` replaces predictor.predict_proba (the prediction log's, monitoring/)."""
+    Probabilities are calibrated where the model carries a calibration, which also says
+    which answers are unsure. `call` replaces predictor.predict_proba (the prediction log's,
+    monitoring/)."""
     results: list[Result] = []
     ready: list[tuple[Result, np.ndarray]] = []
     for f in files:
@@ -88,10 +93,12 @@ def predict_files(predictor: Predictor, files: list[Path], threshold: float | No
         else:
             ready.append((r, arr))
     if ready:
-        proba = (call or predictor.predict_proba)(np.stack([a for _, a in ready]))
-        for (r, _), p in zip(ready, proba, strict=True):
+        proba, unsure = predictor.calibrated(
+            (call or predictor.predict_proba)(np.stack([a for _, a in ready])))
+        for (r, _), p, u in zip(ready, proba, unsure, strict=True):
             r.top3 = top3(p)
             r.digit, r.probability = r.top3[0]
+            r.unsure = bool(u)
     return results
 
 

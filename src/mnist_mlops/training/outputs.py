@@ -10,10 +10,11 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mnist_mlops.core import figures
+from mnist_mlops.core import calibration, figures
 from mnist_mlops.core.config import Paths
 from mnist_mlops.core.fsio import atomic_path, write_json_atomic, write_text_atomic
 from mnist_mlops.core.runtime import signals_deferred
+from mnist_mlops.training.calibrate import Calibrated
 from mnist_mlops.training.checkpoint import Checkpoint
 from mnist_mlops.training.fit import FitResult
 from mnist_mlops.training.progress import HISTORY_KEYS
@@ -58,14 +59,10 @@ def model_summary(model: keras.Model) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_h5(model: keras.Model, out: Path) -> None:
-    with atomic_path(out, suffix=".tmp.h5") as tmp:
-        model.save(tmp)
-
-
 def stage_outputs(name: str, cv: list[FitResult], final: FitResult, summary: dict[str, Any],
-                  ckpt: Checkpoint) -> None:
-    """Write every output into the checkpoint's staging folder (committed later)."""
+                  cal: Calibrated, ckpt: Checkpoint) -> None:
+    """Write every output into the checkpoint's staging folder (committed later): the .h5
+    carries its calibration."""
     out = ckpt.staged("train")
     histories = {f"fold {i}": r.history for i, r in enumerate(cv)}
     for i, r in enumerate(cv):
@@ -77,7 +74,19 @@ def stage_outputs(name: str, cv: list[FitResult], final: FitResult, summary: dic
     write_text_atomic(out / "curves.csv", curves_csv(cv, final))
     write_text_atomic(out / "summary.txt", model_summary(final.model))
     write_json_atomic(out / "cv.json", summary)
-    save_h5(final.model, ckpt.staged(f"{name}.h5"))
+    write_json_atomic(out / "calibration.json", cal.report)
+    figures.reliability_diagram(cal.curves(), out / "reliability.png",
+                                f"{name}: out-of-fold answers, temperature "
+                                f"{cal.calibration.temperature:.2f}")
+    save_h5(final.model, ckpt.staged(f"{name}.h5"), cal.calibration)
+
+
+def save_h5(model: keras.Model, out: Path, cal: calibration.Calibration | None = None) -> None:
+    """The model as .h5, with its calibration (core/calibration.py) when it has one."""
+    with atomic_path(out, suffix=".tmp.h5") as tmp:
+        model.save(tmp)
+        if cal is not None:
+            calibration.write_h5(tmp, cal)
 
 
 def commit_outputs(paths: Paths, name: str, ckpt: Checkpoint, run_info: dict[str, Any]

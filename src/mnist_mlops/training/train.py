@@ -25,6 +25,7 @@ from mnist_mlops.data.dataset import load_dataset
 from mnist_mlops.tracking import mlflow_io
 from mnist_mlops.tracking.journal import Journal, short_reason
 from mnist_mlops.training import backend
+from mnist_mlops.training.calibrate import calibrate_model
 from mnist_mlops.training.checkpoint import Checkpoint, fingerprint, open_checkpoint
 from mnist_mlops.training.fit import (
     FINAL,
@@ -230,11 +231,15 @@ def _train_tracked(run: StageRun, train_set: Split, folds: np.ndarray) -> dict[s
     progress = Progress(name, n_fits * epochs, done_epochs, tp.verbose)
     ctx = FitContext(p, tp, ckpt, TrackedHooks(name, journal, progress, epochs))
     cv, final = train_model(ctx, train_set, folds, run.runner)
+    cal = calibrate_model(ctx, cv, train_set, folds)
     seconds = sum(r.seconds for r in cv) + (final.seconds if final.history else 0.0)
     summary = {**cv_summary(cv), "train_time_s": seconds,
                "n_params": int(final.model.count_params()), "final": final_kind(p, tp)}
-    journal.metrics("parent", {k: v for k, v in summary.items() if isinstance(v, int | float)})
-    stage_outputs(name, cv, final, summary, ckpt)
+    journal.metrics("parent", {**{k: v for k, v in summary.items()
+                                  if isinstance(v, int | float)},
+                               **{f"oof_{k}": v for k, v in cal.report.items()}})
+    _log_calibration(name, cal.report)
+    stage_outputs(name, cv, final, summary, cal, ckpt)
     example = ckpt.dir / "input_example.npy"
     np.save(example, _input_example(params))
     journal.artifacts("parent", ckpt.staged(f"{name}.h5"), "keras")
@@ -244,6 +249,14 @@ def _train_tracked(run: StageRun, train_set: Split, folds: np.ndarray) -> dict[s
     ckpt.state["summary"] = summary
     ckpt.mark("staged")
     return summary
+
+
+def _log_calibration(name: str, report: dict[str, Any]) -> None:
+    log.info("%s: calibrated on %d out-of-fold answers: temperature %.2f, calibration error "
+             "%.4f -> %.4f; unsure below %.3f (gives up %.1f%% of the right answers, catches "
+             "%.1f%% of the wrong ones)", name, report["images"], report["temperature"],
+             report["ece_before"], report["ece_after"], report["unsure_below"],
+             100 * report["unsure_right_given_up"], 100 * report["unsure_wrong_caught"])
 
 
 def _input_example(params: Params) -> np.ndarray:
