@@ -169,6 +169,29 @@ def model_file(mnist: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFa
     return path
 
 
+@pytest.fixture(scope="session")
+def calibrated_h5(mnist: dict[str, np.ndarray], model_file: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`model_file` with a calibration fitted as the train stage fits one, on images it never
+    trained on (training images 50,000-54,999; it trained on the first 20,000)."""
+    from filelock import FileLock
+
+    from mnist_mlops.core.calibration import calibrate, write_h5
+    from mnist_mlops.inference.predictor import Predictor
+
+    shared = shared_dir(tmp_path_factory)
+    path = shared / "cnn-calibrated.h5"
+    with FileLock(str(shared / "cnn-calibrated.h5.lock")):
+        if not path.exists():
+            held_out = slice(50_000, 55_000)
+            proba = Predictor(str(model_file)).predict_proba(mnist["x_train"][held_out])
+            cal, _ = calibrate(proba, mnist["y_train"][held_out], give_up=0.05)
+            shutil.copyfile(model_file, shared / "cnn-calibrated.partial.h5")
+            write_h5(shared / "cnn-calibrated.partial.h5", cal)
+            os.replace(shared / "cnn-calibrated.partial.h5", path)
+    return path
+
+
 def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder every worker of this test run sees (the parent of a pytest -n worker's
     base temp; the base temp itself in a run without workers)."""

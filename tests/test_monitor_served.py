@@ -84,8 +84,8 @@ def project(tmp_path_factory: pytest.TempPathFactory, mnist: dict) -> Project:
 
 
 @pytest.fixture(scope="module")
-def server(model_file: Path, project: Project) -> Iterator[MonitoredServer]:
-    s = MonitoredServer(model_file, project)
+def server(calibrated_h5: Path, project: Project) -> Iterator[MonitoredServer]:
+    s = MonitoredServer(calibrated_h5, project)
     try:
         s.wait_ready()
         yield s
@@ -132,20 +132,23 @@ def test_mnist_digits_do_not_drift(server: MonitoredServer, project: Project, mn
     first = next(predlog.records(project.log))
     assert first["model"] == {"version": None, "architecture": "cnn_32_64_64"}
     assert len(predlog.embedding(first)) == 64 and 0 <= first["digit"] <= 9
+    assert isinstance(first["unsure"], bool)
 
     code, s, out = monitor(project, model_file)
     assert code == 0 and not s["drift"] and out.startswith("no drift"), out
+    assert s["unsure_rate"] <= 0.1 and "unsure answers: " in out    # clean digits: rarely
     assert s["window"] == N and s["reference"] == 1000 and s["drift_share"] < 0.3
     assert s["embedding"]["auc"] < 0.6 and s["confidence"]["current_mean"] > 0.9
     assert not project.marker.exists()
 
 
 def test_rotated_inverted_and_photographed_digits_drift_and_retrain(
-        server: MonitoredServer, project: Project, mnist: dict, model_file: Path) -> None:
+        server: MonitoredServer, project: Project, mnist: dict, model_file: Path,
+        calibrated_h5: Path) -> None:
     before = logged(project)
     assert before == N, "runs after test_mnist_digits_do_not_drift"
     server.stop()                                        # a restart, in the middle
-    again = MonitoredServer(model_file, project)
+    again = MonitoredServer(calibrated_h5, project)
     try:
         again.wait_ready()
         x = mnist["x_test"][np.random.default_rng(2).choice(10000, N, replace=False)]
@@ -164,6 +167,7 @@ def test_rotated_inverted_and_photographed_digits_drift_and_retrain(
     code, s, out = monitor(project, model_file, "--retrain")
     assert code == 1 and s["drift"] and out.startswith("DRIFT"), out
     assert s["drift_share"] >= 0.3 and s["embedding"]["drifted"], s
+    assert s["unsure_rate"] > 0.2, s["unsure_rate"]   # rotated, inverted: often unsure
     assert project.marker.read_text() == "retrain started\n"
     assert "retrain command exited with 0" in out
 

@@ -206,22 +206,6 @@ def test_every_option_of_predict_serve_and_promote_says_what_it_does() -> None:
         assert "TensorFlow flavour" not in text
 
 
-@pytest.fixture(scope="module")
-def calibrated_h5(mnist: dict, model_file: Path, tmp_path_factory: pytest.TempPathFactory
-                  ) -> Path:
-    """The trained model with a calibration fitted as the train stage fits it, on images it
-    never trained on (training images 50,000-54,999: model_file trains on the first 20,000)."""
-    from mnist_mlops.core.calibration import calibrate, write_h5
-
-    path = tmp_path_factory.mktemp("calibrated") / "cnn.h5"
-    shutil.copyfile(model_file, path)
-    held_out = slice(50_000, 55_000)
-    proba = Predictor(str(model_file)).predict_proba(mnist["x_train"][held_out])
-    cal, _ = calibrate(proba, mnist["y_train"][held_out], give_up=0.05)
-    write_h5(path, cal)
-    return path
-
-
 def test_pictures_of_no_single_digit_are_unsure_and_clean_digits_rarely(
         mnist: dict, model_file: Path, calibrated_h5: Path, tmp_path: Path) -> None:
     from .drawing import not_one_digit

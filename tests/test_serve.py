@@ -123,6 +123,39 @@ def png_claiming(width: int, height: int) -> bytes:
     return bytes(raw)
 
 
+def test_a_calibrated_model_says_when_it_is_unsure(calibrated_h5: Path, model_file: Path,
+                                                  mnist: dict, tmp_path: Path) -> None:
+    """/predict: calibrated probabilities and `unsure` with what to do; /invocations: the
+    model's own probabilities, as MLflow gives them, and one flag per image; /info: the
+    calibration."""
+    from mnist_mlops.core.calibration import read_h5
+
+    from .drawing import not_one_digit
+
+    server = Served(calibrated_h5)
+    try:
+        server.wait_ready()
+        code, info = server.json("info")
+        assert code == 200 and info["calibration"] == {
+            "temperature": read_h5(calibrated_h5).temperature,
+            "unsure_below": read_h5(calibrated_h5).unsure_below}
+        code, out = post(server.url, data_url(draw_digit(7, size=280)))
+        assert code == 200 and out["digit"] == 7 and out["unsure"] is False
+        answers = [post(server.url, data_url(Image.open(f)))[1] for f in not_one_digit(
+            tmp_path, [Image.fromarray(d) for d in mnist["x_test"][2000:2020]])]
+        unsure = [a for a in answers if a["digit"] is not None and a["unsure"]]
+        assert len(unsure) >= 10, answers
+        assert all("draw or photograph it again" in a["message"] for a in unsure)
+        x = mnist["x_test"][:200]
+        code, out = server.json("invocations", json.dumps({"inputs": x.tolist()}).encode())
+        own = Predictor(str(model_file)).predict_proba(x)
+        assert code == 200 and len(out["unsure"]) == 200 and sum(out["unsure"]) <= 20
+        assert max(abs(a - b) for p, q in zip(out["predictions"], own.tolist(), strict=True)
+                   for a, b in zip(p, q, strict=True)) < 1e-5
+    finally:
+        server.kill()
+
+
 def test_pictures_too_large_get_413_not_a_dropped_connection(page_url: str) -> None:
     for w, h in ((20000, 20000), (6000, 6000), (1001, 1001)):
         body = json.dumps({"image": "data:image/png;base64,"
@@ -202,6 +235,8 @@ def test_draw_in_a_real_browser(page_url: str, tmp_path: Path) -> None:
                 "() => document.getElementById('answer').dataset.version === "
                 "document.getElementById('pad').dataset.version", timeout=20000)
             assert answer.inner_text() == "7"
+            assert answer.get_attribute("data-unsure") == "false"     # sure of a clear 7
+            assert page.get_by_test_id("unsure").inner_text() == ""
             assert page.get_by_test_id("probs").locator(".bar").count() == 10
             # what the model saw: the 28x28 picture, and who answered in how long
             seen = page.get_by_test_id("seen")

@@ -4,9 +4,10 @@ A network trained with cross-entropy is over-confident: on pictures that hold no
 all it still answers with a probability near 1. The train stage fits one temperature to the
 model's out-of-fold predictions (each fold model on the fold it never saw), which makes its
 probabilities honest on average, and chooses the probability below which an answer is
-"unsure" from the same predictions: the lowest line that gives up at most `give_up` of the
+"unsure" from the same predictions: the highest line that gives up at most `give_up` of the
 right answers. Both travel inside the model file (the .h5's attributes, the ONNX file's
-metadata), so every way of loading a model answers the same. Pure NumPy and SciPy here.
+metadata), so every way of loading a model answers the same. Pure NumPy and SciPy here;
+SciPy's optimiser and h5py are imported where they are used, off `predict`'s cold start.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 KEY = "mnist_mlops.calibration"    # the .h5 attribute and the ONNX metadata key
 BINS = 15                          # equal-width confidence bins of the calibration error
@@ -68,6 +68,8 @@ def nll(proba: np.ndarray, y: np.ndarray) -> float:
 
 def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float:
     """The temperature (0.05-20) that minimises the negative log-likelihood of `y`."""
+    from scipy.optimize import minimize_scalar  # 0.3 s: only the train stage fits one
+
     res = minimize_scalar(lambda log_t: nll(scale(proba, float(np.exp(log_t))), y),
                           bounds=(np.log(0.05), np.log(20.0)), method="bounded",
                           options={"xatol": 1e-4})
