@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from mnist_mlops.evaluation.compare import Row, render_markdown, render_text, table
+from mnist_mlops.evaluation.compare import (
+    Row,
+    kinds_table,
+    render,
+    render_markdown,
+    render_text,
+    table,
+)
 
 
 def row(model: str, acc: float, **params: str) -> Row:
@@ -59,3 +66,26 @@ def test_epochs_are_those_trained_not_the_recipes() -> None:
     assert trained == {"cnn_deep_dropout": "2 (recipe 60)", "cnn_32_64_64": "2 (recipe 7)",
                        "full": "10", "older": "3 (recipe 20)"}
     assert not any("epochs=" in b[header.index("differing params")] for b in body)
+
+
+def test_the_real_world_table_shows_each_kind_ours_and_the_plain_resize() -> None:
+    """A second table: real-world accuracy over all and per kind (in params.yaml's order of
+    kinds), the plain resize's in brackets; a run from before kinds shows dashes, and no
+    run with kinds means no table."""
+    kinds = {"realworld_accuracy": 0.9, "realworld_accuracy/drawn": 0.95,
+             "realworld_plain_accuracy/drawn": 0.3, "realworld_accuracy/photo": 0.92,
+             "realworld_plain_accuracy/photo": 0.12, "realworld_accuracy/user": 1.0}
+    new = Row("cnn", "cnn0000run", "exp", {}, {"test_accuracy": 0.99, **kinds}, 0)
+    old = Row("mlp", "mlp0000run", "exp", {}, {"test_accuracy": 0.98,
+                                               "realworld_accuracy": 0.8}, 0)
+    found = kinds_table([new, old])
+    assert found is not None
+    header, body = found
+    assert header == ["model", "real-world", "photo (plain)", "drawn (plain)", "user (plain)"]
+    assert body == [["cnn", "0.9000", "0.920 (0.120)", "0.950 (0.300)", "1.000"],
+                    ["mlp", "0.8000", "-", "-", "-"]]
+    assert kinds_table([old]) is None
+    text = render([table([new, old]), found])
+    assert text.count("\n\n") == 1 and "drawn (plain)" in text
+    md = render([table([new, old]), found], markdown=True)
+    assert md.count("| model |") == 2

@@ -105,6 +105,10 @@ def test_env_tracking_uri_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     ("models.mlp_512x2.name", "other", "models.mlp_512x2.name is not a key"),
     ("models.mlp_512x2.hidden_units", [512, 0], "models.mlp_512x2.hidden_units.1 must be >= 1"),
     ("realworld.count", 15, "realworld.count must be a multiple of 10"),
+    ("realworld.kinds", ["photo", "crayon"], "realworld.kinds.1 is 'crayon'; expected one of "
+     "'photo', 'scan', 'marker', 'thin', 'slant', 'drawn' or 'user'"),
+    ("realworld.kinds", ["scan", "scan"], "realworld.kinds lists scan more than once"),
+    ("realworld.kinds", [], "realworld.kinds must not be empty"),
     ("paths.raw", "", "paths.raw must be a non-empty path string"),
     ("models", {}, "models must not be empty"),
 ])

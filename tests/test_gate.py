@@ -3,13 +3,14 @@ constructed predictions, and the real-world set."""
 
 from __future__ import annotations
 
+import json
 from math import comb
 
 import numpy as np
 import pytest
 
 from mnist_mlops.core.config import RegisterParams
-from mnist_mlops.registry.gate import Candidate, Evidence, Paired, decide, mcnemar
+from mnist_mlops.registry.gate import Candidate, Decision, Evidence, Paired, decide, mcnemar
 
 GATE = RegisterParams(margin=0.001, floor=0.9, alpha=0.05, realworld_margin=0.01)
 
@@ -90,6 +91,46 @@ def test_worse_on_the_real_world_set_is_refused() -> None:
                 Evidence(mcnemar(new, old), challenger_realworld=0.925,
                          champion_realworld=0.93))
     assert ok.promote and "real-world accuracy 0.9250 vs 0.9300" in ok.reason
+
+
+def test_worse_on_one_kind_of_picture_is_refused_though_the_average_is_fine() -> None:
+    """A challenger better on most kinds but 0.02 worse on drawings: the average (0.9217
+    vs 0.9150) passes, the drawings do not, and the reason names them and both figures."""
+    new, old = correctness(10_000, 9_900, 30, 10)
+    champion = {"photo": 0.92, "scan": 0.85, "drawn": 0.975}
+    challenger = {"photo": 0.95, "scan": 0.86, "drawn": 0.955}
+
+    def judged(by_kind: dict[str, float]) -> Decision:
+        return decide(cand("2", 0.9930), cand("1", 0.9910), GATE, Evidence(
+            mcnemar(new, old), challenger_realworld=sum(by_kind.values()) / 3,
+            champion_realworld=sum(champion.values()) / 3, challenger_by_kind=by_kind,
+            champion_by_kind=champion))
+
+    d = judged(challenger)
+    assert not d.promote
+    assert d.reason == ("real-world accuracy on drawn pictures 0.9550 is worse than the "
+                        "champion's 0.9750 by more than 0.0100")
+    rec = d.record()
+    assert rec["realworld_accuracy"]["challenger"] > rec["realworld_accuracy"]["champion"]
+    assert rec["realworld_accuracy_by_kind"]["drawn"] == {"challenger": 0.955,
+                                                          "champion": 0.975}
+    ok = judged({**challenger, "drawn": 0.966})               # within the margin: promoted
+    assert ok.promote and "no kind of picture worse by more than 0.0100 (3 compared)" in \
+        ok.reason
+    assert json.loads(json.dumps(ok.record())) == ok.record()        # the record is JSON
+
+
+def test_kinds_only_one_version_was_scored_on_are_not_compared() -> None:
+    """Per-kind figures are compared where both versions have them; a decision without
+    them records an empty table, as records from before kinds had none."""
+    new, old = correctness(10_000, 9_900, 30, 10)
+    d = decide(cand("2", 0.9930), cand("1", 0.9910), GATE, Evidence(
+        mcnemar(new, old), 0.95, 0.95, challenger_by_kind={"user": 0.5, "photo": 0.95},
+        champion_by_kind={"photo": 0.95}))
+    assert d.promote and "(1 compared)" in d.reason
+    assert d.record()["realworld_accuracy_by_kind"] == {
+        "photo": {"challenger": 0.95, "champion": 0.95}}
+    assert Decision(True, "x").record()["realworld_accuracy_by_kind"] == {}
 
 
 def test_without_a_local_test_set_the_gate_says_what_it_skipped() -> None:

@@ -78,8 +78,10 @@ def test_outputs_of_every_stage(project: Path) -> None:
         assert (project / "models" / "onnx" / m / "model.onnx").is_file()
         assert speed["infer_onnx_images_per_s"] > 0 and speed["onnx_export_s"] > 0
     assert max(accuracies) > 0.5                     # the quick profile does learn
-    photos = list((project / "data" / "realworld" / "generated").rglob("*.png"))
-    assert len(photos) == QUICK["realworld.count"]
+    for kind in ("photo", "scan", "marker", "thin", "slant", "drawn"):   # count per kind
+        pictures = list((project / "data" / "realworld" / kind).rglob("*.png"))
+        assert len(pictures) == QUICK["realworld.count"], kind
+        assert 0 <= metrics[f"realworld_plain_accuracy/{kind}"] <= 1
     decision = json.loads((project / "reports" / "registry.json").read_text())
     assert decision["promoted"] is True and len(decision["new_versions"]) == len(MODELS)
     assert_record_matches_aliases(project)
@@ -226,7 +228,9 @@ def test_cli_compare_promote_rollback(project: Path) -> None:
     for m in MODELS:
         assert m in out
     md = (project / "report.md").read_text()
-    assert md.startswith("| model |") and md.count("\n") == 2 + len(MODELS)
+    main_table, by_kind = md.split("\n\n")       # the runs, then real-world accuracy by kind
+    assert main_table.startswith("| model |") and main_table.count("\n") == 1 + len(MODELS)
+    assert by_kind.startswith("| model | real-world | photo (plain) |")
     client = client_for(project)
     champ = str(client.get_model_version_by_alias(REG, "champion").version)
     worst = min(client.search_model_versions(f"name='{REG}'"),
@@ -259,6 +263,8 @@ def test_cli_compare_promote_rollback(project: Path) -> None:
     assert paired["better"] > paired["worse"] and paired["p_value"] < 0.05
     assert "significant" in record["reason"]
     assert all(0 < v <= 1 for v in record["realworld_accuracy"].values())
+    assert set(record["realworld_accuracy_by_kind"]) == {"photo", "scan", "marker", "thin",
+                                                         "slant", "drawn"}
     tags = client.get_model_version(REG, champ).tags
     assert tags["gate_discordant"] == f"{paired['better']}/{paired['worse']}"
 

@@ -162,10 +162,13 @@ def test_compare_shows_the_architectures_size_and_the_epochs_trained(
         project: tuple[Path, dict[str, str]]) -> None:
     root, env = project
     out = run([CLI, "compare"], root, env).stdout
-    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    runs, by_kind = out.split("\n\n")        # the runs, then real-world accuracy by kind
+    rows = {line.split()[0]: line for line in runs.splitlines()[2:]}
     assert f"{ARCHITECTURES['fc_1024_512'].params:,} (ensemble of 2)" in rows["fc_1024_512"]
     assert "2 (recipe 20)" in rows["fc_1024_512"] and "2 (recipe 10)" in rows["mlp_512x2"]
     assert "epochs=" not in out
+    assert by_kind.split()[:4] == ["model", "real-world", "photo", "(plain)"]
+    assert {line.split()[0] for line in by_kind.splitlines()[2:]} == set(MODELS)
 
 
 def test_register_says_how_to_deliver_a_trainings_undelivered_mlflow_writes(

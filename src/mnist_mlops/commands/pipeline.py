@@ -53,16 +53,16 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
-    from mnist_mlops.evaluation.compare import fetch_table, render_markdown, render_text
+    from mnist_mlops.evaluation.compare import fetch_tables, render
     from mnist_mlops.tracking import mlflow_io
 
     p = params(args)
     mlflow_io.setup(p.mlflow)
-    header, body = fetch_table(MlflowClient(), args.experiment or p.mlflow.experiment,
-                               all_runs=args.all, model=args.model)
-    print(render_text(header, body), end="")
+    tables = fetch_tables(MlflowClient(), args.experiment or p.mlflow.experiment,
+                          all_runs=args.all, model=args.model)
+    print(render(tables), end="")
     if args.markdown:
-        write_text_atomic(args.markdown, render_markdown(header, body))
+        write_text_atomic(args.markdown, render(tables, markdown=True))
         log.info("wrote %s", args.markdown)
     return 0
 

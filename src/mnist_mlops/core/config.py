@@ -99,6 +99,10 @@ PathParam = Annotated[Path, BeforeValidator(_nonempty_path)]
 Sizes = Annotated[tuple[Annotated[int, Field(ge=1)], ...], BeforeValidator(_tuple)]
 Mirrors = Annotated[tuple[str, ...], BeforeValidator(_tuple)]
 Sha256 = Annotated[str, AfterValidator(_sha256)]
+# the real-world set's kinds of picture (data/realworld.py renders all but `user`)
+RealworldKind = Literal["photo", "scan", "marker", "thin", "slant", "drawn", "user"]
+RealworldKinds = Annotated[tuple[RealworldKind, ...], BeforeValidator(_tuple),
+                           Field(min_length=1)]
 
 
 class Section(BaseModel):
@@ -211,10 +215,19 @@ class RegisterParams(Section):
 
 
 class RealworldParams(Section):
-    """The generated real-world-like test set (data/realworld.py)."""
+    """The real-world-like test set (data/realworld.py): `count` renders of each generated
+    kind, and the user's pictures where `user` is listed."""
 
-    count: int = Field(1000, ge=NUM_CLASSES, multiple_of=NUM_CLASSES)
+    count: int = Field(500, ge=NUM_CLASSES, multiple_of=NUM_CLASSES)   # per generated kind
     seed: int = 7
+    kinds: RealworldKinds = ("photo", "scan", "marker", "thin", "slant", "drawn", "user")
+
+    @model_validator(mode="after")
+    def _each_kind_once(self) -> RealworldParams:
+        twice = sorted({k for k in self.kinds if self.kinds.count(k) > 1})
+        if twice:
+            raise ValueError(f"@kinds lists {', '.join(twice)} more than once")
+        return self
 
 
 class ModelParams(Section):

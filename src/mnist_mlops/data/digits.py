@@ -109,6 +109,13 @@ def ink_map(gray: np.ndarray) -> np.ndarray | None:
     return ink if (ink > 0.5).any() else None
 
 
+def dark_ink(img: Image.Image) -> bool:
+    """Whether `img`'s ink is darker than its paper, guessed as `to_mnist` guesses it: what
+    a baseline that must be told the ink's side is told where nobody said (the real-world
+    set's user pictures)."""
+    return _dark_ink(luminance(img))
+
+
 def _dark_ink(gray: np.ndarray) -> bool:
     """Whether the ink is darker than the paper. The border is taken for paper: the ink is
     the far side of the picture's range from the border's median. A tight crop touches the

@@ -2,18 +2,25 @@
 
 MNIST's test digits are clean, centred, white on black. What `predict` and the drawing page
 get are photos of paper: grey or tinted, textured, unevenly lit, the digit anywhere, pens
-thin and thick. This stage renders held-out MNIST *test* digits that way (seeded, so the
-set is the same on every machine), adds the user's own labelled pictures from
-`paths.user_digits` (`<digit>/<any name>.png|jpg|...`), and runs every picture through the
-same preprocessing as `predict` (digits.py). evaluate scores each model on it, and the
-promotion gate refuses a challenger that is worse there than the champion.
+thin and thick. This stage renders held-out MNIST *test* digits that way, one kind of
+picture at a time (`realworld.kinds`: photos, tight scans, a marker filling the frame, a
+thin pen, slanted or rotated digits, the drawing page's canvas; each seeded, so the set is
+the same on every machine), adds the user's own labelled pictures from `paths.user_digits`
+(`<digit>/<any name>.png|jpg|...`, kind `user`), and runs every picture through the same
+preprocessing as `predict` (digits.py), keeping a plain resize of it beside as the
+baseline. evaluate scores each model on it, kind by kind, and the promotion gate refuses a
+challenger that is worse on any kind than the champion: an average hides a kind it lost.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import time
+import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -23,15 +30,48 @@ from mnist_mlops.core.config import Params, RealworldParams, load_params
 from mnist_mlops.core.mnist import NUM_CLASSES
 from mnist_mlops.core.runtime import UserError, run_main
 from mnist_mlops.data.dataset import load_dataset
-from mnist_mlops.data.digits import IMAGE_SUFFIXES, ImageInputError, prepare
-from mnist_mlops.data.realworld_set import PREPARED, RealworldSet, concat, save
+from mnist_mlops.data.digits import (
+    IMAGE_SUFFIXES,
+    ImageInputError,
+    dark_ink,
+    luminance,
+    open_image,
+    to_mnist,
+)
+from mnist_mlops.data.realworld_set import PREPARED, USER, RealworldSet, concat, save
 
 log = logging.getLogger(__name__)
-GENERATED = "generated"
+CANVAS = 280        # the drawing page's canvas (serving/web/index.html): 280x280, white,
+PAGE_PEN = 18       # ... black strokes 18 px wide with round ends and joins
+MAX_TILT = 15.0     # degrees a `slant` picture is rotated or slanted by, at most
+THINNING_SCALE = 3  # centrelines are found on the digit enlarged this much (28 -> 84)
+
+
+class Picture(NamedTuple):
+    """A rendered picture, and which way round its ink is (what the plain resize is told)."""
+
+    image: Image.Image
+    dark_ink: bool
+
+
+class Labelled(NamedTuple):
+    """A picture file of the set: its digit, its kind and which way round its ink is (None
+    for the user's pictures: nobody said, so the plain resize gets the same guess as the
+    preprocessing, digits.dark_ink)."""
+
+    path: Path
+    digit: int
+    kind: str
+    dark_ink: bool | None = None
 
 
 def photograph(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """One 28x28 MNIST digit (white on black) as a photo of it written on paper."""
+    return photo(digit, rng).image
+
+
+def photo(digit: np.ndarray, rng: np.random.Generator) -> Picture:
+    """Kind `photo`: `photograph`, and whether its ink is dark (all but chalk on a board)."""
     height = rng.uniform(34, 90)                       # digit height in the photo, pixels
     side = round(28 * height / 20)                     # MNIST digits fill 20 of 28 pixels
     stroke = Image.fromarray(digit).resize((side, side), Image.BICUBIC)
@@ -70,7 +110,7 @@ def photograph(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
         tint = rng.uniform(0.8, 1.0, 3)
         rgb = np.asarray(out.convert("RGB"), dtype=np.float64) * tint
         out = Image.fromarray(np.round(rgb).astype(np.uint8))
-    return out
+    return Picture(out, not board)
 
 
 def scan(digit: np.ndarray) -> Image.Image:
@@ -84,32 +124,184 @@ def scan(digit: np.ndarray) -> Image.Image:
     return Image.fromarray(255 - np.asarray(big))
 
 
+def thinned(mask: np.ndarray) -> np.ndarray:
+    """Zhang-Suen thinning: `mask`'s strokes worn down to lines one pixel wide, keeping
+    their ends and how they connect."""
+    img = np.pad(mask, 1).astype(np.uint8)      # the pad stays 0: rolling wraps nothing in
+    around = [(-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1)]
+    while True:
+        removed = False
+        for first in (True, False):
+            p = [np.roll(img, (-dy, -dx), (0, 1)) for dy, dx in around]  # P2..P9 clockwise
+            count = sum(p)
+            crossings = sum((p[i] == 0) & (p[(i + 1) % 8] == 1) for i in range(8))
+            n, e, s, w = p[0], p[2], p[4], p[6]
+            sides = (n * e * s == 0) & (e * s * w == 0) if first else \
+                (n * e * w == 0) & (n * s * w == 0)
+            gone = (img == 1) & (count >= 2) & (count <= 6) & (crossings == 1) & sides
+            if gone.any():
+                img[gone], removed = 0, True
+        if not removed:
+            return img[1:-1, 1:-1].astype(bool)
+
+
+def centreline(digit: np.ndarray, side: int) -> np.ndarray:
+    """The MNIST digit's strokes as a connected line one pixel wide, drawn on a `side` x
+    `side` frame (the digit's 28x28 frame enlarged): what a pen of any width then draws
+    along, as a person's hand would."""
+    scale = THINNING_SCALE * 28
+    big = np.asarray(Image.fromarray(digit).resize((scale, scale), Image.BICUBIC)) >= 128
+    bone = thinned(big)
+    bone = bone if bone.any() else big        # a blob Zhang-Suen wears away entirely
+    r, c = np.nonzero(bone)
+    starts, ends = [np.stack([r, c], 1)], [np.stack([r, c], 1)]       # every pixel: a dot
+    on = np.pad(bone, 1)                      # on[r + 1, c + 1]: bone[r, c], False outside
+    for dr, dc in ((0, 1), (1, -1), (1, 0), (1, 1)):                  # each neighbour pair once
+        nr, nc = r + dr, c + dc
+        near = on[nr + 1, nc + 1]
+        if dr and dc:       # a diagonal step only where no corner joins them (no little loops)
+            near &= ~on[r + 1, nc + 1] & ~on[nr + 1, c + 1]
+        starts.append(np.stack([r[near], c[near]], 1))
+        ends.append(np.stack([nr[near], nc[near]], 1))
+    a, b = np.concatenate(starts), np.concatenate(ends)
+    f = side / scale
+    steps = np.linspace(0, 1, int(np.ceil(2 * f * np.sqrt(2))) + 2)[:, None, None]  # <= 0.5 px
+    points = np.round((a + steps * (b - a) + 0.5) * f - 0.5).astype(int).reshape(-1, 2)
+    points = np.clip(points, 0, side - 1)
+    line = np.zeros((side, side), bool)
+    line[points[:, 0], points[:, 1]] = True
+    return line
+
+
+def pen(line: np.ndarray, width: float) -> np.ndarray:
+    """Ink (0-1) of a round pen `width` pixels wide drawn along `line`, anti-aliased at the
+    edge of the stroke as a browser's canvas draws it."""
+    if not line.any():
+        return np.zeros(line.shape)
+    return np.clip(width / 2 + 0.5 - ndimage.distance_transform_edt(~line), 0.0, 1.0)
+
+
+def on_paper(ink: np.ndarray, paper: float, shade: float) -> Image.Image:
+    """Ink coverage as a gray picture: paper of brightness `paper`, ink of brightness
+    `shade` (both 0-1)."""
+    return Image.fromarray(np.round((paper * (1 - ink) + shade * ink) * 255).astype(np.uint8))
+
+
+def cropped(ink: np.ndarray, margin: int) -> np.ndarray:
+    """The part of `ink` that holds the digit, with `margin` blank pixels around it."""
+    rows, cols = np.nonzero(ink > 0)
+    return np.pad(ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1], margin)
+
+
+def marker(digit: np.ndarray, rng: np.random.Generator) -> Picture:
+    """Kind `marker`: a thick felt pen (strokes 0.15-0.3 of the digit's height), the picture
+    cropped to the digit (a margin of 0-6% of its height), dark on light paper, 60-160
+    pixels high."""
+    side = int(rng.integers(84, 225))                 # the 28-frame: the digit is 20/28 of it
+    height = side * 20 / 28
+    ink = pen(centreline(digit, side), height * rng.uniform(0.15, 0.3))
+    ink = cropped(ink, round(height * rng.uniform(0.0, 0.06)))
+    return Picture(on_paper(ink, rng.uniform(0.75, 1.0), rng.uniform(0.0, 0.25)), True)
+
+
+def thin_pen(digit: np.ndarray, rng: np.random.Generator) -> Picture:
+    """Kind `thin`: a fine pen or pencil line (1-2.5 pixels) on a large picture, the digit
+    85-200 pixels high somewhere on white-ish paper with a little sensor noise."""
+    side = int(rng.integers(120, 281))
+    ink = pen(centreline(digit, side), rng.uniform(1.0, 2.5))
+    h, w = (side + int(rng.integers(0, side // 3)) for _ in range(2))
+    top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    page = np.zeros((h, w))
+    page[top:top + side, left:left + side] = ink
+    gray = np.asarray(on_paper(page, rng.uniform(0.8, 1.0), rng.uniform(0.05, 0.45)),
+                      dtype=np.float64) + rng.normal(0, 2.5, (h, w))
+    return Picture(Image.fromarray(np.clip(np.round(gray), 0, 255).astype(np.uint8)), True)
+
+
+def slant(digit: np.ndarray, rng: np.random.Generator) -> Picture:
+    """Kind `slant`: the digit rotated, or slanted like italics, by up to MAX_TILT degrees
+    either way (MNIST's digits are upright: the preprocessing does not straighten them),
+    dark on light paper with room around it, 50-130 pixels."""
+    side = int(rng.integers(50, 131))
+    big = np.asarray(Image.fromarray(digit).resize((side, side), Image.BICUBIC),
+                     dtype=np.float64) / 255.0
+    angle = np.radians(rng.uniform(-MAX_TILT, MAX_TILT))
+    if rng.random() < 0.5:                             # rotated
+        turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    else:                                              # slanted: rows shift sideways
+        turn = np.array([[1.0, 0.0], [np.tan(angle), 1.0]])
+    big = np.pad(big, side // 4)
+    middle = (np.array(big.shape) - 1) / 2
+    ink = np.clip(ndimage.affine_transform(big, turn, offset=middle - turn @ middle, order=1),
+                  0.0, 1.0)
+    return Picture(on_paper(ink, rng.uniform(0.8, 1.0), rng.uniform(0.0, 0.35)), True)
+
+
+def drawn(digit: np.ndarray, rng: np.random.Generator) -> Picture:
+    """Kind `drawn`: what the drawing page sends (serving/web/index.html): its 280x280
+    canvas, white, the digit in black strokes 18 pixels wide with round ends and joins,
+    100-230 pixels high anywhere on it, as an opaque RGBA PNG."""
+    height = rng.uniform(100, 230)
+    line = centreline(digit, round(height * 28 / 20))
+    rows, cols = np.nonzero(line)
+    line = line[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    room = PAGE_PEN // 2 + 1                            # the pen's half width stays inside
+    h, w = (min(n, CANVAS - 2 * room) for n in line.shape)
+    top, left = (int(rng.integers(room, CANVAS - room - n + 1)) for n in (h, w))
+    canvas = np.zeros((CANVAS, CANVAS), bool)
+    canvas[top:top + h, left:left + w] = line[:h, :w]
+    return Picture(on_paper(pen(canvas, PAGE_PEN), 1.0, 0.0).convert("RGBA"), True)
+
+
+RENDERERS: dict[str, Callable[[np.ndarray, np.random.Generator], Picture]] = {
+    "photo": photo,
+    "scan": lambda digit, rng: Picture(scan(digit), True),
+    "marker": marker,
+    "thin": thin_pen,
+    "slant": slant,
+    "drawn": drawn,
+}
+
+
 def plain_resize(img: Image.Image, dark_ink: bool) -> np.ndarray:
     """The baseline preprocessing is measured against: the picture as gray, ink made bright
     (told which way round it is, not guessed), resized to 20x20 and padded to 28x28."""
-    gray = np.asarray(img.convert("L"))
+    gray = np.round(luminance(img) * 255).astype(np.uint8)    # transparency: on white
     small = Image.fromarray(255 - gray if dark_ink else gray).resize((20, 20), Image.BILINEAR)
     return np.pad(np.asarray(small), 4)
 
 
+def kind_rng(rp: RealworldParams, kind: str) -> np.random.Generator:
+    """A kind's own seeded stream. `photo` draws from `realworld.seed` alone, as when photos
+    were the only kind (the same seed and count give the same photos); every other kind
+    from the seed and its name, so that listing or dropping a kind changes no other's."""
+    if kind == "photo":
+        return np.random.default_rng(rp.seed)
+    return np.random.default_rng([rp.seed, zlib.crc32(kind.encode())])
+
+
 def generate(x_test: np.ndarray, y_test: np.ndarray, rp: RealworldParams, out: Path
-             ) -> list[tuple[Path, int]]:
-    """`rp.count` test digits, the same number of each class, as photos in
-    `out/<digit>/<index>.png`; returns (file, digit) pairs."""
-    rng = np.random.default_rng(rp.seed)
+             ) -> list[Labelled]:
+    """For each generated kind of `rp.kinds`, `rp.count` test digits, the same number of
+    each class, rendered as that kind in `out/<kind>/<digit>/<index>.png`."""
     per_class = rp.count // NUM_CLASSES
-    files = []
-    for d in range(NUM_CLASSES):
-        pool = np.flatnonzero(y_test == d)
+    pools = [np.flatnonzero(y_test == d) for d in range(NUM_CLASSES)]
+    for d, pool in enumerate(pools):
         if len(pool) < per_class:
             raise UserError(f"realworld.count {rp.count} needs {per_class} test images of "
                             f"digit {d}; the dataset has {len(pool)}: lower realworld.count")
-        chosen = rng.choice(pool, per_class, replace=False)
-        (out / str(d)).mkdir(parents=True, exist_ok=True)
-        for i in sorted(chosen.tolist()):
-            path = out / str(d) / f"{i:05d}.png"
-            photograph(x_test[i], rng).save(path)
-            files.append((path, d))
+    files = []
+    for kind in (k for k in rp.kinds if k in RENDERERS):
+        rng, t0 = kind_rng(rp, kind), time.perf_counter()
+        for d, pool in enumerate(pools):
+            (out / kind / str(d)).mkdir(parents=True, exist_ok=True)
+            for i in sorted(rng.choice(pool, per_class, replace=False).tolist()):
+                picture = RENDERERS[kind](x_test[i], rng)
+                path = out / kind / str(d) / f"{i:05d}.png"
+                picture.image.save(path)
+                files.append(Labelled(path, d, kind, picture.dark_ink))
+        log.info("%s: %d pictures rendered in %.1f s", kind, rp.count,
+                 time.perf_counter() - t0)
     return files
 
 
@@ -129,40 +321,56 @@ def labelled_files(folder: Path) -> list[tuple[Path, int]]:
     return files
 
 
-def prepare_set(files: list[tuple[Path, int]], source: str, root: Path) -> RealworldSet:
-    """Preprocess every picture as `predict` does; a bad file is an error naming it."""
-    xs, found = [], []
-    for path, _ in files:
+def prepare_set(files: list[Labelled], root: Path) -> RealworldSet:
+    """Preprocess every picture as `predict` does (digits.prepare: the file opened, then
+    `to_mnist`), and resize it plainly beside; a bad file is an error naming it."""
+    xs, found, plain = [], [], []
+    for f in files:
         try:
-            arr = prepare(path)
+            img = open_image(f.path)
         except ImageInputError as exc:
             raise UserError(f"{exc}; fix or remove the file") from None
+        arr = to_mnist(img)
         found.append(arr is not None)
         xs.append(arr if arr is not None else np.zeros((28, 28), np.uint8))
-    n = len(files)
+        plain.append(plain_resize(img, dark_ink(img) if f.dark_ink is None else f.dark_ink))
+    empty = np.zeros((0, 28, 28), np.uint8)
     return RealworldSet(
-        x=np.stack(xs) if xs else np.zeros((0, 28, 28), np.uint8),
-        y=np.array([d for _, d in files], dtype=np.int64), found=np.array(found, dtype=bool),
-        source=np.array([source] * n), names=np.array([str(p.relative_to(root)) for p, _ in files]))
+        x=np.stack(xs) if xs else empty, y=np.array([f.digit for f in files], dtype=np.int64),
+        found=np.array(found, dtype=bool), kind=np.array([f.kind for f in files], dtype=str),
+        names=np.array([str(f.path.relative_to(root)) for f in files], dtype=str),
+        plain=np.stack(plain) if plain else empty)
+
+
+def user_files(params: Params) -> list[Labelled]:
+    """The user's labelled pictures, where `realworld.kinds` lists `user` (a log line says
+    when it leaves pictures out)."""
+    folder = params.paths.user_digits
+    mine = labelled_files(folder) if folder.is_dir() else []
+    if USER in params.realworld.kinds:
+        return [Labelled(path, d, USER) for path, d in mine]
+    if mine:
+        log.info("realworld.kinds does not list %s: the %d pictures in %s are left out",
+                 USER, len(mine), folder)
+    return []
 
 
 def build(params: Params) -> RealworldSet:
     paths, rp = params.paths, params.realworld
     out = paths.realworld
     data = load_dataset(paths.dataset)
-    generated = generate(data["x_test"], data["y_test"], rp, out / GENERATED)
-    sets = [prepare_set(generated, GENERATED, out)]
-    user = paths.user_digits
-    if user.is_dir():
-        mine = labelled_files(user)
-        if mine:
-            sets.append(prepare_set(mine, "user", user))
-    rs = concat(sets)
+    mine = user_files(params)
+    generated = generate(data["x_test"], data["y_test"], rp, out)
+    if not generated and not mine:
+        raise UserError(f"realworld.kinds lists only {USER} and {paths.user_digits} holds no "
+                        "pictures: the real-world set would be empty; list a generated kind")
+    rs = concat([prepare_set(generated, out), prepare_set(mine, paths.user_digits)])
     save(rs, out / PREPARED)
-    n_user = int((rs.source == "user").sum())
-    log.info("real-world set: %d generated photos in %s, %d of your pictures from %s; "
-             "preprocessing found a digit in %d of %d", len(generated), out / GENERATED,
-             n_user, user, int(rs.found.sum()), len(rs))
+    counts = ", ".join(f"{k} {int((rs.kind == k).sum())}"
+                       + (f" (yours, in {paths.user_digits})" if k == USER else "")
+                       for k in rp.kinds)
+    log.info("real-world set in %s: %s pictures; preprocessing found a digit in %d of %d",
+             out, counts, int(rs.found.sum()), len(rs))
     return rs
 
 

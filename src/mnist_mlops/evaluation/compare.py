@@ -5,16 +5,25 @@ One row per model (its latest finished pipeline run) by default, or every run wi
 value differs from the most common one across the rows: in an ablation grid, exactly the
 one change each variant makes. "epochs" is what each run trained (`train.max_epochs` caps
 the recipe's), "params" the architecture's size: a fold ensemble ships K copies of it.
+
+A second table has each row's real-world accuracy, over all pictures and per kind of
+picture, after the preprocessing and (in brackets) after a plain resize: an average over
+kinds hides the kind a model got worse on.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import get_args
 
 from mlflow.tracking import MlflowClient
 
+from mnist_mlops.core.config import RealworldKind
 from mnist_mlops.core.runtime import UserError
+from mnist_mlops.data import realworld_set
+
+Table = tuple[list[str], list[list[str]]]
 
 # shown in their own columns: the epochs trained, the architecture's size
 HIDDEN_PARAMS = {"model.name", "model.architecture", "model.epochs", "model.effective_epochs"}
@@ -94,7 +103,7 @@ def size(row: Row) -> str:
     return f"{n / k:,.0f} (ensemble of {k})" if k else f"{n:,.0f} (ensemble)"
 
 
-def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+def table(rows: list[Row]) -> Table:
     common = common_values(rows)
     header = ["model", "differing params", "CV acc (mean ± std)", "test acc", "epochs",
               "train s", "params", "run", "dvc exp"]
@@ -108,6 +117,28 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         body.append([r.model, params or "-", cv, _fmt(m.get("test_accuracy"), ".4f"),
                      epochs(r), _fmt(m.get("train_time_s"), ".0f"), size(r), r.run_id[:8],
                      r.exp])
+    return header, body
+
+
+def kinds_table(rows: list[Row]) -> Table | None:
+    """Real-world accuracy per kind of picture, `ours (plain resize)`; None when no row
+    has it (runs evaluated before the set had kinds)."""
+    tables = [realworld_set.kind_table(r.metrics) for r in rows]
+    known = get_args(RealworldKind)
+    kinds = sorted({k for t in tables for k in t},
+                   key=lambda k: (known.index(k) if k in known else len(known), k))
+    if not kinds:
+        return None
+
+    def cell(found: tuple[float, float | None] | None) -> str:
+        if found is None:
+            return "-"
+        ours, plain = found
+        return f"{ours:.3f}" + ("" if plain is None else f" ({plain:.3f})")
+
+    header = ["model", "real-world", *(f"{k} (plain)" for k in kinds)]
+    body = [[r.model, _fmt(r.metrics.get(realworld_set.ACCURACY), ".4f"),
+             *(cell(t.get(k)) for k in kinds)] for r, t in zip(rows, tables, strict=True)]
     return header, body
 
 
@@ -128,16 +159,22 @@ def render_markdown(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fetch_table(client: MlflowClient, experiment: str, *, all_runs: bool = False,
-                model: str | None = None) -> tuple[list[str], list[list[str]]]:
-    """The comparison table (one query to the store), to render as text or Markdown."""
+def fetch_tables(client: MlflowClient, experiment: str, *, all_runs: bool = False,
+                 model: str | None = None) -> list[Table]:
+    """The comparison table, and the per-kind real-world table where the runs have it (one
+    query to the store), to render as text or Markdown."""
     rows = fetch_rows(client, experiment, all_runs=all_runs, model=model)
     if not rows:
         raise UserError(f"experiment {experiment!r} has no finished training runs yet")
-    return table(rows)
+    by_kind = kinds_table(rows)
+    return [table(rows), *([by_kind] if by_kind else [])]
+
+
+def render(tables: list[Table], markdown: bool = False) -> str:
+    """The tables one after another, a blank line between them."""
+    return "\n".join((render_markdown if markdown else render_text)(*t) for t in tables)
 
 
 def compare(client: MlflowClient, experiment: str, *, markdown: bool = False,
             all_runs: bool = False, model: str | None = None) -> str:
-    header, body = fetch_table(client, experiment, all_runs=all_runs, model=model)
-    return (render_markdown if markdown else render_text)(header, body)
+    return render(fetch_tables(client, experiment, all_runs=all_runs, model=model), markdown)

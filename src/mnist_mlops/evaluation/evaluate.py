@@ -129,14 +129,16 @@ def evaluate(params: Params, name: str) -> dict[str, Any]:
                        f"{name}: most confident mistakes")
     rs = realworld_set.load(paths.realworld / realworld_set.PREPARED)
     rw_pred = realworld_set.predictions(predictor.predict_proba, rs)
-    write_text_atomic(out / "realworld.csv", "file,actual,predicted\n" + "".join(
-        f"{n},{a},{b}\n" for n, a, b in zip(rs.names, rs.y, rw_pred, strict=True)))
+    rw_plain = realworld_set.plain_predictions(predictor.predict_proba, rs)
+    write_text_atomic(out / "realworld.csv", realworld_set.answers_csv(rs, rw_pred, rw_plain))
     metrics = {"test_accuracy": m["accuracy"], "test_loss": m["loss"],
                "test_macro_f1": m["macro_f1"], "test_errors": int((pred != y).sum()),
-               **member_metrics(model, x, y), **realworld_set.accuracy(rs, rw_pred)}
+               **member_metrics(model, x, y), **realworld_set.accuracy(rs, rw_pred, rw_plain)}
+    log.info("%s: real-world accuracy by kind of picture: %s", name,
+             realworld_set.table_line(metrics))
     metrics.update(calibration_metrics(predictor, proba, y, out / "reliability.png"))
     timings = {f"infer_{k}": v for k, v in speed.items()}
-    onnx = export_onnx(params, name, model, x, proba)
+    onnx = export_onnx(params, name, predictor, x, proba)
     if onnx["exported"]:     # the ONNX file's speed beside Keras' (speed.json, MLflow)
         _, ort_speed = throughput(Predictor(str(paths.onnx_dir(name) / ONNX_FILE)), x[:1000])
         timings.update(onnx_export_s=onnx["export_s"], onnx_parity_s=onnx["parity_s"],

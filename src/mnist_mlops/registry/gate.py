@@ -5,9 +5,10 @@ Test accuracies differ by a few digits between runs of the same recipe (CV std 0
 The gate pairs both models on the same test images and asks McNemar's exact question: of
 the images exactly one of them gets right, does the challenger win significantly more
 often than a coin would (one-sided, level `register.alpha`)? It also scores both on the
-real-world set (realworld.py) and refuses a challenger worse there by more than
-`register.realworld_margin`. Pure functions here; register.py and `promote` gather the
-predictions.
+real-world set (realworld.py), over all pictures and kind by kind, and refuses a challenger
+worse than the champion by more than `register.realworld_margin` on the whole set or on any
+one kind (a regression on one kind hides in the average). Pure functions here; register.py
+and `promote` gather the predictions.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ class Evidence:
     challenger_realworld: float | None = None
     champion_realworld: float | None = None
     missing: str | None = None     # why there is no paired evidence, if there is none
+    challenger_by_kind: dict[str, float] | None = None   # real-world accuracy per kind
+    champion_by_kind: dict[str, float] | None = None
+
+    def kinds(self) -> dict[str, tuple[float, float]]:
+        """kind -> (challenger's, champion's) real-world accuracy, where both have it."""
+        new, old = self.challenger_by_kind or {}, self.champion_by_kind or {}
+        return {k: (new[k], old[k]) for k in new if k in old}
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,8 @@ class Decision:
                 "paired_test": asdict(ev.paired) if ev.paired else None,
                 "realworld_accuracy": {"challenger": ev.challenger_realworld,
                                        "champion": ev.champion_realworld},
+                "realworld_accuracy_by_kind": {k: {"challenger": new, "champion": old}
+                                               for k, (new, old) in ev.kinds().items()},
                 **({"evidence_missing": ev.missing} if ev.missing else {})}
 
 
@@ -107,11 +117,24 @@ def decide(challenger: Candidate, champion: Candidate | None, gate: RegisterPara
         reasons.append(f"significant: {ev.paired.text()} < alpha {gate.alpha}")
     elif ev.missing:
         reasons.append(f"paired test not run: {ev.missing}")
+    refused, said = real_world(ev, gate.realworld_margin)
+    if refused:
+        return Decision(False, refused, ev)
+    return Decision(True, "; ".join(reasons + said), ev)
+
+
+def real_world(ev: Evidence, margin: float) -> tuple[str | None, list[str]]:
+    """The real-world check over all pictures, then kind by kind: (why it refuses, or None;
+    what it says otherwise). Says nothing where neither was measured."""
     rw_new, rw_old = ev.challenger_realworld, ev.champion_realworld
-    if rw_new is not None and rw_old is not None:
-        if rw_new < rw_old - gate.realworld_margin:
-            return Decision(False, f"real-world accuracy {rw_new:.4f} is worse than the "
-                                   f"champion's {rw_old:.4f} by more than "
-                                   f"{gate.realworld_margin:.4f}", ev)
-        reasons.append(f"real-world accuracy {rw_new:.4f} vs {rw_old:.4f}")
-    return Decision(True, "; ".join(reasons), ev)
+    overall = [("", rw_new, rw_old)] if rw_new is not None and rw_old is not None else []
+    kinds = ev.kinds()
+    for where, new, old in overall + [(f" on {k} pictures", *v) for k, v in kinds.items()]:
+        if new < old - margin:
+            return (f"real-world accuracy{where} {new:.4f} is worse than the champion's "
+                    f"{old:.4f} by more than {margin:.4f}"), []
+    said = [f"real-world accuracy {rw_new:.4f} vs {rw_old:.4f}"] if overall else []
+    if kinds:
+        said.append(f"no kind of picture worse by more than {margin:.4f} "
+                    f"({len(kinds)} compared)")
+    return None, said

@@ -129,4 +129,8 @@ def as_markdown(rec: dict[str, Any]) -> list[str]:
     if rw.get("challenger") is not None:
         lines.append(f"- real-world set: challenger {rw['challenger']:.4f}, champion "
                      f"{rw['champion']:.4f}")
+    kinds = rec.get("realworld_accuracy_by_kind") or {}     # records since the set has kinds
+    if kinds:
+        lines.append("- real-world set by kind (challenger / champion): " + ", ".join(
+            f"{k} {v['challenger']:.4f} / {v['champion']:.4f}" for k, v in kinds.items()))
     return [*lines, ""]

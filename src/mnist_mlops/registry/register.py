@@ -115,7 +115,9 @@ def register(params: Params) -> dict[str, Any]:
 
 
 def evidence(params: Params, version: str, champion: str) -> gate.Evidence:
-    """Both versions' predictions on the same test images and real-world pictures."""
+    """Both versions' predictions on the same test images and real-world pictures (per kind
+    too), recomputed on the current prepared set: versions registered before the set had
+    kinds are judged by kind as well."""
     paths, reg = params.paths, params.mlflow.registered_model
     prepared = paths.realworld / realworld_set.PREPARED
     for needed, stage in ((paths.dataset, "parse"), (prepared, "realworld")):
@@ -123,13 +125,15 @@ def evidence(params: Params, version: str, champion: str) -> gate.Evidence:
             return gate.Evidence(missing=f"{needed} not found (`dvc repro {stage}` makes it)")
     data, rs = load_dataset(paths.dataset), realworld_set.load(prepared)
     x, y = data["x_test"], data["y_test"].astype(np.int64)
-    right, rw = [], []
+    right, rw, kinds = [], [], []
     for v in (version, champion):
         model = Predictor(f"models:/{reg}/{v}")
         right.append(model.predict_proba(x).argmax(axis=1) == y)
-        rw.append(realworld_set.accuracy(rs, realworld_set.predictions(model.predict_proba, rs))[
-            "realworld_accuracy"])
-    return gate.Evidence(gate.mcnemar(*right), rw[0], rw[1])
+        pred = realworld_set.predictions(model.predict_proba, rs)
+        rw.append(realworld_set.accuracy(rs, pred)[realworld_set.ACCURACY])
+        kinds.append(realworld_set.by_kind(rs, pred))
+    return gate.Evidence(gate.mcnemar(*right), rw[0], rw[1], challenger_by_kind=kinds[0],
+                         champion_by_kind=kinds[1])
 
 
 def judge(client: MlflowClient, params: Params, version: str) -> gate.Decision:
