@@ -238,16 +238,8 @@ def test_a_set_prepared_before_kinds_is_read_as_photos_and_yours(
         "generated/1/a.png,photo,1,1,"
 
 
-# Measured with bench_pictures.py (500 of each kind, the same convnet): the preprocessing
-# finds no digit in 150 of 500 marker pictures cropped to the digit (its tight-crop paper
-# estimate takes flat strokes that wide for paper): 0.652 against the plain resize's 0.732.
-MARKER_LOSES = pytest.mark.xfail(strict=True, reason="preprocessing loses on marker: 0.652 "
-                                 "vs the plain resize's 0.732 (150 of 500 'no digit')")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=MARKER_LOSES) if k == "marker" else k
-                                  for k in GENERATED])
+@pytest.mark.parametrize("kind", GENERATED)
 def test_preprocessing_matches_or_beats_a_plain_resize_on_each_kind(
         kind: str, model_file: Path, mnist: dict[str, np.ndarray], tmp_path: Path) -> None:
     """A small convnet answers 200 held-out digits of the kind, as the stage prepares

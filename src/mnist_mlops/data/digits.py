@@ -156,8 +156,12 @@ def _paper_level(ink: np.ndarray) -> tuple[float, float]:
     a large share of it (a tight crop, thick strokes), lest the ink be taken for paper."""
     peak = float(np.percentile(ink, 99.9))
     strong = ink >= 0.5 * peak
-    covered = strong.mean() >= INK_MAJORITY and peak - float(np.median(ink)) >= MIN_CONTRAST
-    paper = ink[~strong] if covered and not strong.all() else ink
+    rest = ink[~strong]
+    # the strong ink must stand out from the rest, not from the median: where it covers
+    # more than half the picture (a marker filling the frame), the median is ink
+    covered = (strong.mean() >= INK_MAJORITY and rest.size > 0
+               and peak - float(np.median(rest)) >= MIN_CONTRAST)
+    paper = rest if covered else ink
     level = float(np.median(paper))
     return level, 1.4826 * float(np.median(np.abs(paper - level)))
 
