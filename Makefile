@@ -1,7 +1,7 @@
 # make setup : create .venv and install the package with its dev extra (and gpu where
 #              nvidia-smi lists a GPU), from requirements.lock; every target but clean runs it
 # make quick : the whole pipeline on the quick profile (3,000-image subset, 2 folds, at most
-#              2 epochs), as a temporary experiment: params.yaml stays as written
+#              2 epochs, 100 real-world pictures a kind), as a temporary experiment: params.yaml stays as written
 # make test  : the whole test suite (what CI runs), on TEST_WORKERS pytest processes
 # make test-fast : the suite without the `slow` tests, on TEST_WORKERS pytest processes
 # make run   : the whole pipeline with the full recipes (dvc repro)
