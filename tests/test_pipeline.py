@@ -77,6 +77,13 @@ def test_outputs_of_every_stage(project: Path) -> None:
         assert parity["ok"] and parity["images"] == 10000 and parity["max_diff"] <= 1e-4
         assert (project / "models" / "onnx" / m / "model.onnx").is_file()
         assert speed["infer_onnx_images_per_s"] > 0 and speed["onnx_export_s"] > 0
+        # calibrated on the folds (train), measured on the test digits (evaluate)
+        oof = json.loads((project / "reports" / "train" / m / "calibration.json").read_text())
+        assert oof["images"] == 1000 and oof["unsure_right_given_up"] <= 0.05
+        assert metrics["temperature"] == oof["temperature"] and 0 <= metrics["test_ece"] <= 1
+        assert 0 <= metrics["test_ece_calibrated"] <= 1 and 0 <= metrics["test_unsure_rate"] <= 1
+        for figure in ("train/" + m, "evaluate/" + m):
+            assert (project / "reports" / figure / "reliability.png").is_file()
     assert max(accuracies) > 0.5                     # the quick profile does learn
     for kind in ("photo", "scan", "marker", "thin", "slant", "drawn"):   # count per kind
         pictures = list((project / "data" / "realworld" / kind).rglob("*.png"))
@@ -152,7 +159,13 @@ def test_registry_one_version_per_model_and_one_champion(project: Path) -> None:
         flavors = mlflow.models.get_model_info(f"models:/{REG}/{v.version}").flavors
         assert {"onnx", "python_function"} <= set(flavors)
         assert flavors["python_function"]["loader_module"] == "mlflow.onnx"
+        assert float(v.tags["temperature"]) > 0 and 0 < float(v.tags["unsure_below"]) < 1
     assert "Gate: promoted" in client.get_model_version(REG, aliases["champion"]).description
+    # the registered model carries its calibration (in its ONNX file, from the .h5)
+    from mnist_mlops.inference.predictor import Predictor
+
+    cal = Predictor(f"models:/{REG}@champion").calibration
+    assert cal is not None and f"{cal.temperature:.6g}" == best.tags["temperature"]
 
 
 def test_second_repro_does_nothing(project: Path, mnist_mirror: Path) -> None:

@@ -58,6 +58,9 @@ def ensure_version(client: MlflowClient, params: Params, name: str) -> tuple[str
         "cv_val_accuracy_std": f"{cv['cv_val_accuracy_std']:.6f}",
         **({"realworld_accuracy": f"{test['realworld_accuracy']:.6f}"}
            if "realworld_accuracy" in test else {}),
+        # the calibration the model carries, and what it did on the test digits (evaluate)
+        **{k: f"{test[k]:.6g}" for k in ("temperature", "unsure_below", "test_ece_calibrated",
+                                         "test_unsure_rate") if k in test},
         **{k: v for k, v in run_tags.items() if k in ("data_sha256", "git_commit", "git_dirty")},
     }
     if params.register.onnx:
