@@ -115,9 +115,36 @@ def test_worse_on_one_kind_of_picture_is_refused_though_the_average_is_fine() ->
     assert rec["realworld_accuracy_by_kind"]["drawn"] == {"challenger": 0.955,
                                                           "champion": 0.975}
     ok = judged({**challenger, "drawn": 0.966})               # within the margin: promoted
-    assert ok.promote and "no kind of picture worse by more than 0.0100 (3 compared)" in \
-        ok.reason
+    assert ok.promote and "no kind of picture significantly worse by more than 0.0100 " \
+        "(3 compared)" in ok.reason
     assert json.loads(json.dumps(ok.record())) == ok.record()        # the record is JSON
+
+
+def test_a_kind_refuses_only_where_the_challenger_is_significantly_worse() -> None:
+    """200 drawings: 0.02 worse is 4 pictures, which two equally good models differ by now
+    and then; it refuses where the paired test on the drawings says the champion is really
+    better there (alpha split over the kinds compared), and passes as noise where not."""
+    new, old = correctness(10_000, 9_900, 30, 10)
+    champion = {"photo": 0.92, "scan": 0.85, "drawn": 0.975}
+    challenger = {"photo": 0.95, "scan": 0.86, "drawn": 0.955}
+
+    def judged(drawn_new: np.ndarray, drawn_old: np.ndarray) -> Decision:
+        p = mcnemar(drawn_old, drawn_new).p_value         # the champion better on drawings
+        return decide(cand("2", 0.9930), cand("1", 0.9910), GATE, Evidence(
+            mcnemar(new, old), 0.92, 0.915, challenger_by_kind=challenger,
+            champion_by_kind=champion, kind_worse_p={"photo": 1.0, "scan": 1.0, "drawn": p}))
+
+    # the champion alone right on 4 drawings, the challenger alone on none: p = 1/16
+    noisy = judged(*correctness(200, 191, 0, 4))
+    assert noisy.promote and "within noise: drawn 0.9550 vs 0.9750 (p = 0.0625)" in \
+        noisy.reason
+    # ... on 12 drawings where the challenger alone gets 8: p = 0.25
+    assert judged(*correctness(200, 183, 8, 12)).promote
+    # ... on 10, the challenger alone on none: p = 1/1024, below 0.05 / 3
+    real = judged(*correctness(200, 190, 0, 10))
+    assert not real.promote and real.reason.startswith(
+        "real-world accuracy on drawn pictures 0.9550 is worse than the champion's 0.9750")
+    assert "McNemar p = 0.000977 < 0.0167" in real.reason
 
 
 def test_kinds_only_one_version_was_scored_on_are_not_compared() -> None:

@@ -182,6 +182,23 @@ def record(version: str | None, arch: str) -> dict:
     return {"model": {"version": version, "architecture": arch}, "time": "t"}
 
 
+def test_the_log_says_which_answers_were_unsure_and_monitor_counts_them(tmp_path: Path
+                                                                        ) -> None:
+    """`unsure` per answer: true/false from a calibrated model, null from one without a
+    calibration (it cannot tell); the unsure rate counts only the answers that say."""
+    from mnist_mlops.monitoring.monitor import unsure_rate
+
+    opts = predlog.LogOptions(tmp_path / "p.jsonl", embedding=False)
+    plog = predlog.PredictionLog(opts)
+    plog.append(*batch(4), None, ABOUT, np.array([True, False, False, True]))
+    plog.append(*batch(2, 4), None, ABOUT)                   # an uncalibrated model
+    plog.close()
+    recs = list(predlog.records(opts.path))
+    assert [r["unsure"] for r in recs] == [True, False, False, True, None, None]
+    assert unsure_rate(recs) == 0.5
+    assert unsure_rate(recs[4:]) is None and unsure_rate([{"digit": 1}]) is None
+
+
 def test_the_window_is_the_latest_answers_of_the_model(tmp_path: Path) -> None:
     recs = [record("2", "a")] * 40 + [record("3", "b")] * 50
     got = window(recs, {"version": "3", "architecture": "b"}, 30, tmp_path)

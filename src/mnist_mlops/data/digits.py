@@ -157,8 +157,9 @@ def _paper_level(ink: np.ndarray) -> tuple[float, float]:
     peak = float(np.percentile(ink, 99.9))
     strong = ink >= 0.5 * peak
     rest = ink[~strong]
-    # the strong ink must stand out from the rest, not from the median: where it covers
-    # more than half the picture (a marker filling the frame), the median is ink
+    # the rest, not the median, is the paper: where the strong ink covers more than half
+    # the picture (a marker filling the frame), the median is ink. The contrast asked of
+    # it keeps a blank page's grain (a weak peak) from being taken for a digit.
     covered = (strong.mean() >= INK_MAJORITY and rest.size > 0
                and peak - float(np.median(rest)) >= MIN_CONTRAST)
     paper = rest if covered else ink

@@ -137,6 +137,13 @@ def evaluate(params: Params, name: str) -> dict[str, Any]:
     log.info("%s: real-world accuracy by kind of picture: %s", name,
              realworld_set.table_line(metrics))
     metrics.update(calibration_metrics(predictor, proba, y, out / "reliability.png"))
+    give_up = params.train.unsure_give_up
+    if metrics.get("test_unsure_right_given_up", 0.0) > 2 * give_up:
+        log.warning("%s: on the test digits the unsure line flags %.1f%% of the right answers, "
+                    "more than twice the %.1f%% it was chosen for on the folds (a refit on all "
+                    "images or an ensemble can be more or less sure than its folds): its "
+                    "answers are unsure more often than train.unsure_give_up means", name,
+                    100 * metrics["test_unsure_right_given_up"], 100 * give_up)
     timings = {f"infer_{k}": v for k, v in speed.items()}
     onnx = export_onnx(params, name, predictor, x, proba)
     if onnx["exported"]:     # the ONNX file's speed beside Keras' (speed.json, MLflow)

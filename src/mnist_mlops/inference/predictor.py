@@ -95,9 +95,9 @@ def _carried(source: str, read: Any) -> Calibration | None:
                     "probabilities, never unsure", source, exc)
         return None
     if found is None:
-        log.warning("%s carries no calibration (trained before the train stage calibrated "
-                    "models): answering with its own probabilities, never unsure; retrain it "
-                    "to have one", source)
+        log.warning("%s carries no calibration (not saved by the train stage, or trained "
+                    "before it calibrated models): answering with its own probabilities, "
+                    "never unsure; retrain it to have one", source)
     return found
 
 
@@ -197,6 +197,7 @@ class Predictor:
                 return
             flavors = model.get("flavors") or {}
             if "tensorflow" in flavors:   # models logged by earlier versions
+                _carried(source, lambda: None)      # says once: no calibration
                 self._keras = mlflow.tensorflow.load_model(str(local))
             elif not trusted:
                 raise UserError(
@@ -204,6 +205,7 @@ class Predictor:
                     "one this pipeline logged: loading it runs its own Python code. Pass "
                     "--trust-model if you trust where it came from")
             else:
+                _carried(source, lambda: None)      # says once: no calibration
                 self._pyfunc = mlflow.pyfunc.load_model(str(local))
         except UserError:
             raise
@@ -233,6 +235,11 @@ class Predictor:
             return proba, np.zeros(len(proba), dtype=bool)
         after = self.calibration.apply(proba)
         return after, self.calibration.unsure(after)
+
+    def unsure_flags(self, proba: np.ndarray) -> np.ndarray | None:
+        """Per answer, whether it is unsure; None for a model without a calibration (it
+        cannot tell: the prediction log then says null, not false)."""
+        return None if self.calibration is None else self.calibrated(proba)[1]
 
     def answer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities, embedding) from one model call: the embedding is the penultimate

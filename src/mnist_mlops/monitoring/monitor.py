@@ -169,8 +169,9 @@ def check(params: Params, predictor: Predictor, records: list[dict[str, Any]],
 
 def unsure_rate(records: list[dict[str, Any]]) -> float | None:
     """The share of answers that were unsure (below the model's calibrated line), among the
-    records that say; None where none does (logged before answers could be unsure)."""
-    flags = [bool(r["unsure"]) for r in records if "unsure" in r]
+    records that say; None where none does (logged before answers could be unsure, or by a
+    model without a calibration)."""
+    flags = [bool(r["unsure"]) for r in records if r.get("unsure") is not None]
     return sum(flags) / len(flags) if flags else None
 
 
@@ -188,6 +189,7 @@ def verdict(summary: dict[str, Any]) -> str:
         f"  confidence: {summary['confidence']['current_mean']:.3f} (training "
         f"{summary['confidence']['reference_mean']:.3f})",
         f"  class mix distance: {summary['class_mix']['score']:.3f}",
-        "  unsure answers: not logged" if summary.get("unsure_rate") is None else
+        "  unsure answers: not logged (a model without a calibration, or an older log)"
+        if summary.get("unsure_rate") is None else
         f"  unsure answers: {100 * summary['unsure_rate']:.1f}%",
     ])

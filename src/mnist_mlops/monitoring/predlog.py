@@ -77,7 +77,7 @@ def logged_call(params: Params | None, predictor: Any, command: str = "predict"
 
     def predict(images: np.ndarray) -> np.ndarray:
         proba, emb = predictor.answer(images)
-        plog.append(images, proba, emb, predictor.about, predictor.calibrated(proba)[1])
+        plog.append(images, proba, emb, predictor.about, predictor.unsure_flags(proba))
         return proba
     return predict
 
@@ -92,7 +92,8 @@ def lines(images: np.ndarray, proba: np.ndarray, embedding: np.ndarray | None,
     (a float costs about 0.4 us to format in Python: an embedding of 64 as JSON numbers
     would cost more than describing the image), the embedding as base64 float16.
     `confidence` is the model's own top probability (what monitor compares with the
-    training images); `unsure` whether the calibrated answer fell below the model's line."""
+    training images); `unsure` whether the calibrated answer fell below the model's line
+    (null for a model without a calibration)."""
     feats = describe(images).tolist()
     digits, conf = proba.argmax(axis=1).tolist(), proba.max(axis=1).tolist()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1000):03d}Z"
@@ -101,7 +102,7 @@ def lines(images: np.ndarray, proba: np.ndarray, embedding: np.ndarray | None,
     template = (f'{{"v":{FORMAT},"time":"{stamp}","model":{model},"digit":%d,'
                 f'"confidence":%.5f,"unsure":%s,"features":{{'
                 + ",".join(f'"{k}":%.4f' for k in FEATURES) + "}")
-    flags = ["false"] * len(digits) if unsure is None else \
+    flags = ["null"] * len(digits) if unsure is None else \
         ["true" if u else "false" for u in np.asarray(unsure).tolist()]
     embs = (None if embedding is None else
             [base64.b64encode(e.tobytes()).decode() for e in as_logged(embedding)])

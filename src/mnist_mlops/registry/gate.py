@@ -55,6 +55,9 @@ class Evidence:
     missing: str | None = None     # why there is no paired evidence, if there is none
     challenger_by_kind: dict[str, float] | None = None   # real-world accuracy per kind
     champion_by_kind: dict[str, float] | None = None
+    # per kind: the one-sided McNemar p-value that the challenger is worse on that kind's
+    # pictures (None where only the accuracies are known)
+    kind_worse_p: dict[str, float] | None = None
 
     def kinds(self) -> dict[str, tuple[float, float]]:
         """kind -> (challenger's, champion's) real-world accuracy, where both have it."""
@@ -117,24 +120,42 @@ def decide(challenger: Candidate, champion: Candidate | None, gate: RegisterPara
         reasons.append(f"significant: {ev.paired.text()} < alpha {gate.alpha}")
     elif ev.missing:
         reasons.append(f"paired test not run: {ev.missing}")
-    refused, said = real_world(ev, gate.realworld_margin)
+    refused, said = real_world(ev, gate)
     if refused:
         return Decision(False, refused, ev)
     return Decision(True, "; ".join(reasons + said), ev)
 
 
-def real_world(ev: Evidence, margin: float) -> tuple[str | None, list[str]]:
+def real_world(ev: Evidence, gate: RegisterParams) -> tuple[str | None, list[str]]:
     """The real-world check over all pictures, then kind by kind: (why it refuses, or None;
-    what it says otherwise). Says nothing where neither was measured."""
+    what it says otherwise). Says nothing where neither was measured.
+
+    A kind holds a few hundred pictures (your own: perhaps a handful), so two equally good
+    models differ on it by more than the margin now and then: a kind refuses only where the
+    challenger is also significantly worse there (McNemar, one-sided, at `alpha` split over
+    the kinds compared), where that was measured."""
+    margin = gate.realworld_margin
     rw_new, rw_old = ev.challenger_realworld, ev.champion_realworld
-    overall = [("", rw_new, rw_old)] if rw_new is not None and rw_old is not None else []
-    kinds = ev.kinds()
-    for where, new, old in overall + [(f" on {k} pictures", *v) for k, v in kinds.items()]:
-        if new < old - margin:
-            return (f"real-world accuracy{where} {new:.4f} is worse than the champion's "
-                    f"{old:.4f} by more than {margin:.4f}"), []
-    said = [f"real-world accuracy {rw_new:.4f} vs {rw_old:.4f}"] if overall else []
+    if rw_new is not None and rw_old is not None and rw_new < rw_old - margin:
+        return (f"real-world accuracy {rw_new:.4f} is worse than the champion's {rw_old:.4f} "
+                f"by more than {margin:.4f}"), []
+    kinds, worse_p = ev.kinds(), ev.kind_worse_p or {}
+    level = gate.alpha / max(len(kinds), 1)
+    noise = []
+    for kind, (new, old) in kinds.items():
+        if new >= old - margin:
+            continue
+        p = worse_p.get(kind)
+        if p is not None and p >= level:
+            noise.append(f"{kind} {new:.4f} vs {old:.4f} (p = {p:.3g})")
+            continue
+        why = f" (McNemar p = {p:.3g} < {level:.3g})" if p is not None else ""
+        return (f"real-world accuracy on {kind} pictures {new:.4f} is worse than the "
+                f"champion's {old:.4f} by more than {margin:.4f}{why}"), []
+    said = [f"real-world accuracy {rw_new:.4f} vs {rw_old:.4f}"] if rw_new is not None \
+        and rw_old is not None else []
     if kinds:
-        said.append(f"no kind of picture worse by more than {margin:.4f} "
-                    f"({len(kinds)} compared)")
+        said.append(f"no kind of picture significantly worse by more than {margin:.4f} "
+                    f"({len(kinds)} compared" + (f"; within noise: {', '.join(noise)}"
+                                                 if noise else "") + ")")
     return None, said

@@ -128,15 +128,18 @@ def evidence(params: Params, version: str, champion: str) -> gate.Evidence:
             return gate.Evidence(missing=f"{needed} not found (`dvc repro {stage}` makes it)")
     data, rs = load_dataset(paths.dataset), realworld_set.load(prepared)
     x, y = data["x_test"], data["y_test"].astype(np.int64)
-    right, rw, kinds = [], [], []
+    right, rw, kinds, rw_right = [], [], [], []
     for v in (version, champion):
         model = Predictor(f"models:/{reg}/{v}")
         right.append(model.predict_proba(x).argmax(axis=1) == y)
         pred = realworld_set.predictions(model.predict_proba, rs)
         rw.append(realworld_set.accuracy(rs, pred)[realworld_set.ACCURACY])
         kinds.append(realworld_set.by_kind(rs, pred))
+        rw_right.append(pred == rs.y)
+    worse_p = {k: gate.mcnemar(rw_right[1][rs.kind == k], rw_right[0][rs.kind == k]).p_value
+               for k in rs.kinds()}       # the champion better: the challenger worse
     return gate.Evidence(gate.mcnemar(*right), rw[0], rw[1], challenger_by_kind=kinds[0],
-                         champion_by_kind=kinds[1])
+                         champion_by_kind=kinds[1], kind_worse_p=worse_p)
 
 
 def judge(client: MlflowClient, params: Params, version: str) -> gate.Decision:

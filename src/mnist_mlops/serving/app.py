@@ -85,7 +85,7 @@ class Service:
         proba, embedding = self.predictor.answer(x)    # both from one model call
         if self.ready:               # the warm-up's blank pictures are not answers
             self.plog.append(x, proba, embedding, self.predictor.about,
-                             self.predictor.calibrated(proba)[1])
+                             self.predictor.unsure_flags(proba))
         return proba
 
     async def start(self) -> None:

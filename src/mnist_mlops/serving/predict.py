@@ -36,7 +36,7 @@ class Result:
     top3: list[tuple[int, float]] = field(default_factory=list)
     unsure: bool | None = None      # the calibrated answer is below the model's line
     error: str | None = None
-    message: str | None = None      # why there is no digit without an error: NO_DIGIT
+    message: str | None = None      # NO_DIGIT: why there is no digit; UNSURE: what to do
     model: dict[str, str | None] = field(default_factory=dict)   # Predictor.about
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,6 +99,7 @@ def predict_files(predictor: Predictor, files: list[Path], threshold: float | No
             r.top3 = top3(p)
             r.digit, r.probability = r.top3[0]
             r.unsure = bool(u)
+            r.message = UNSURE if r.unsure else None
     return results
 
 

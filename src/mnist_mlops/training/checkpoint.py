@@ -49,11 +49,12 @@ from mnist_mlops.core.fsio import atomic_path, project_root, write_json_atomic
 from mnist_mlops.core.runtime import UserError
 
 log = logging.getLogger(__name__)
-# Train params that change only the log, what a Ray fit asks for, or the calibration fitted
-# after the fits (training/calibrate.py), not the trained weights nor the fits' MLflow
-# record. The executor is kept: a checkpoint resumes under the executor that wrote it (a
-# local fit logs its epochs as it goes, a Ray fit when it comes back).
-COSMETIC_TRAIN_PARAMS = {"verbose", "ray", "unsure_give_up"}
+# Train params that change only the log or what a Ray fit asks for, not the trained model
+# nor what MLflow holds. The executor is kept: a checkpoint resumes under the executor that
+# wrote it (a local fit logs its epochs as it goes, a Ray fit when it comes back);
+# unsure_give_up too, as a stage stopped after staging its outputs would otherwise ship the
+# unsure line of the old value.
+COSMETIC_TRAIN_PARAMS = {"verbose", "ray"}
 
 
 # The code that can change a trained model, relative to the package: the layers, the
