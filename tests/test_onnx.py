@@ -265,3 +265,33 @@ def test_a_serving_install_is_told_which_install_trains() -> None:
     err = missing_install(ModuleNotFoundError("x", name="mlflow.tracking"))
     assert err is not None and "pip install '.[serve]'" in str(err)
     assert missing_install(ModuleNotFoundError("x", name="no_such_thing")) is None
+
+
+def test_an_onnx_file_carries_its_calibration_and_a_broken_one_is_said_once(
+        exported: tuple, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The calibration is read from the file's metadata; a file without one, or with one
+    that cannot be read, answers with the model's own probabilities, never unsure, and says
+    why once."""
+    import onnx
+
+    from mnist_mlops.core.calibration import KEY, Calibration
+    from mnist_mlops.inference.predictor import Predictor
+
+    _, folder, _ = exported
+    plain = Predictor(str(folder / "model.onnx"))
+    assert plain.calibration is None and plain.unsure_flags(IMAGES[:3]) is None
+    assert "carries no calibration" in caplog.text
+    for value, expected in ((Calibration(1.5, 0.7).to_json(), Calibration(1.5, 0.7)),
+                            ("not json", None)):
+        proto = onnx.load(folder / "model.onnx")
+        proto.metadata_props.add(key=KEY, value=value)
+        onnx.save(proto, tmp_path / "m.onnx")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            predictor = Predictor(str(tmp_path / "m.onnx"))
+        assert predictor.calibration == expected
+        assert ("its calibration cannot be read" in caplog.text) is (expected is None)
+        assert len(caplog.records) == (expected is None)
+    proba = predictor.predict_proba(IMAGES[:5])           # the broken one: as it is
+    same, unsure = predictor.calibrated(proba)
+    assert (same == proba).all() and not unsure.any()

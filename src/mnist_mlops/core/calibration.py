@@ -127,6 +127,15 @@ def effect(cal: Calibration, proba: np.ndarray, y: np.ndarray) -> dict[str, floa
             "unsure_wrong_caught": float(unsure[~right].mean()) if (~right).any() else 0.0}
 
 
+def effect_text(found: dict[str, float]) -> str:
+    """`effect`'s figures as one line of a stage's log (train: the folds; evaluate: the test
+    digits)."""
+    return (f"calibration error {found['ece_before']:.4f} -> {found['ece_after']:.4f}; "
+            f"{100 * found['unsure_rate']:.1f}% of the answers unsure "
+            f"({100 * found['unsure_right_given_up']:.1f}% of the right ones, "
+            f"{100 * found['unsure_wrong_caught']:.1f}% of the wrong ones)")
+
+
 def write_h5(path: Any, cal: Calibration) -> None:
     """Store `cal` as an attribute of a saved Keras .h5 (Keras ignores attributes it does
     not know, so the file loads as before)."""

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from mnist_mlops.core import calibration, figures
-from mnist_mlops.core.calibration import effect, reliability
+from mnist_mlops.core.calibration import effect, effect_text, reliability
 from mnist_mlops.core.config import Params, load_params
 from mnist_mlops.core.fsio import write_json_atomic, write_text_atomic
 from mnist_mlops.core.mnist import NUM_CLASSES
@@ -175,10 +175,7 @@ def calibration_metrics(predictor: Predictor, proba: np.ndarray, y: np.ndarray, 
         {"model's own": reliability(proba, y), "calibrated": reliability(after, y)}, figure,
         f"{predictor.about['architecture']}: test digits, temperature {cal.temperature:.2f}")
     found = effect(cal, proba, y)
-    log.info("test set: calibration error %.4f -> %.4f; %.1f%% of the answers unsure (%.1f%% "
-             "of the right ones, %.1f%% of the wrong ones)", found["ece_before"],
-             found["ece_after"], 100 * found["unsure_rate"],
-             100 * found["unsure_right_given_up"], 100 * found["unsure_wrong_caught"])
+    log.info("%s on the test digits: %s", predictor.about["architecture"], effect_text(found))
     return {"test_ece": found["ece_before"], "test_ece_calibrated": found["ece_after"],
             "test_unsure_rate": found["unsure_rate"],
             "test_unsure_right_given_up": found["unsure_right_given_up"],

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mnist_mlops.core.calibration import effect_text
 from mnist_mlops.core.config import Params, TrainParams, load_params
 from mnist_mlops.core.fsio import sha256_files
 from mnist_mlops.core.runtime import UserError, raise_if_stopped, run_main
@@ -238,7 +239,9 @@ def _train_tracked(run: StageRun, train_set: Split, folds: np.ndarray) -> dict[s
     journal.metrics("parent", {**{k: v for k, v in summary.items()
                                   if isinstance(v, int | float)},
                                **{f"oof_{k}": v for k, v in cal.report.items()}})
-    _log_calibration(name, cal.report)
+    log.info("%s: calibrated on %d out-of-fold answers: temperature %.2f, unsure below %.3f; "
+             "%s", name, cal.report["images"], cal.report["temperature"],
+             cal.report["unsure_below"], effect_text(cal.report))
     stage_outputs(name, cv, final, summary, cal, ckpt)
     example = ckpt.dir / "input_example.npy"
     np.save(example, _input_example(params))
@@ -249,14 +252,6 @@ def _train_tracked(run: StageRun, train_set: Split, folds: np.ndarray) -> dict[s
     ckpt.state["summary"] = summary
     ckpt.mark("staged")
     return summary
-
-
-def _log_calibration(name: str, report: dict[str, Any]) -> None:
-    log.info("%s: calibrated on %d out-of-fold answers: temperature %.2f, calibration error "
-             "%.4f -> %.4f; unsure below %.3f (gives up %.1f%% of the right answers, catches "
-             "%.1f%% of the wrong ones)", name, report["images"], report["temperature"],
-             report["ece_before"], report["ece_after"], report["unsure_below"],
-             100 * report["unsure_right_given_up"], 100 * report["unsure_wrong_caught"])
 
 
 def _input_example(params: Params) -> np.ndarray:
