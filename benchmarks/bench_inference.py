@@ -16,8 +16,8 @@ def main() -> dict[str, dict[str, float]]:
     from PIL import Image
 
     from mnist_mlops.core.config import load_params
-    from mnist_mlops.evaluation.evaluate import throughput
     from mnist_mlops.inference.predictor import Predictor
+    from mnist_mlops.inference.timing import throughput
     from mnist_mlops.training.models import build_model
 
     header("inference on CPU (batch 256 over the 10,000 test images; one image)")

@@ -38,9 +38,9 @@ NATIVE_NOISE = re.compile(
     rb"^(?:[IWEF]\d{4} [\d:.]+\s+\d+ [\w./-]+:\d+\]|WARNING: All log messages before "
     rb"absl::InitializeLog|To enable the following instructions:)")
 # MLflow's advice to add type hints to the logged model's predict(), which takes tensors
-QUIET_WARNINGS = re.compile(r"type hints to the `predict` method")
+QUIET_WARNINGS = re.compile(r"type hints to the `predict` method|`np\.object` will be defined")
 NOISY_LOGGERS = ("absl", "tensorflow", "h5py", "urllib3.connectionpool", "mlflow.models",
-                 "mlflow.tensorflow", "mlflow.utils.environment", "mlflow.pyfunc")
+                 "mlflow.tensorflow", "mlflow.utils.environment", "mlflow.pyfunc", "tf2onnx")
 
 
 # Exit status of every stage and every `mnist-mlops` command (docs/everyday.md).

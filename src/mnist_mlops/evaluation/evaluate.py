@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from mnist_mlops.core import calibration, figures
+from mnist_mlops.core import figures
 from mnist_mlops.core.calibration import effect, effect_text, reliability
 from mnist_mlops.core.config import Params, load_params
 from mnist_mlops.core.fsio import write_json_atomic, write_text_atomic
@@ -27,13 +28,15 @@ from mnist_mlops.core.model_files import ONNX_FILE
 from mnist_mlops.core.runtime import run_main
 from mnist_mlops.data import realworld_set
 from mnist_mlops.data.dataset import load_dataset
-from mnist_mlops.inference import onnx_export
-from mnist_mlops.inference.keras_model import BIG_BATCH
+from mnist_mlops.inference import onnx_draft, onnx_export
+from mnist_mlops.inference.keras_model import load_keras_model, members
 from mnist_mlops.inference.predictor import Predictor
+from mnist_mlops.inference.timing import throughput
 from mnist_mlops.tracking import mlflow_io
 
 log = logging.getLogger(__name__)
-# Keras is imported where it is used, not at the top: after run_main has quietened
+# Keras is imported only where the train stage left no ONNX export to take
+# (inference/onnx_draft.py), and then inside inference/: after run_main has quietened
 # TensorFlow's start-up lines (runtime.quiet_native_stderr).
 
 WORST = 24
@@ -63,40 +66,11 @@ def worst_errors(y: np.ndarray, proba: np.ndarray, k: int = WORST) -> np.ndarray
     return wrong[np.argsort(-proba[wrong, pred[wrong]], kind="stable")][:k]
 
 
-def throughput(predictor: Predictor, images: np.ndarray, repeats: int = 30
-               ) -> tuple[np.ndarray, dict[str, float]]:
-    """The probabilities of `images`, and on this host: batch images/s over them, and the
-    latency of one image through the compiled predict step (`step_latency_*`: what `serve`
-    calls per batch; an eager call of the model is about ten times slower and says little
-    about serving). The timed pass is the one whose answers are returned: the test set is
-    predicted once, not once for the metrics and again for the clock."""
-    predictor.predict_proba(images[:BIG_BATCH + 1])   # warm-up: trace both paths
-    t0 = time.perf_counter()
-    proba = predictor.predict_proba(images)
-    batch_s = time.perf_counter() - t0
-    one = images[:1]
-    predictor.predict_proba(one)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        predictor.predict_proba(one)
-        times.append(time.perf_counter() - t)
-    return proba, {"images_per_s": len(images) / batch_s,
-                   "step_latency_ms_p50": 1000 * float(np.median(times)),
-                   "step_latency_ms_p95": 1000 * float(np.percentile(times, 95))}
-
-
-def members(model: Any) -> list[Any]:
-    """The fold models inside an ensemble (train.final / a recipe's `final: ensemble`)."""
-    import keras
-
-    return [layer for layer in model.layers if isinstance(layer, keras.Model)]
-
-
 def member_metrics(model: Any, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Each fold model's own test accuracy: what one network of the ensemble achieves."""
+    """Each fold model's own test accuracy: what one network of the ensemble achieves
+    (nothing for one network, or for None: no Keras model at hand)."""
     accs = [float((Predictor.of_keras(m, m.name).predict_proba(x).argmax(axis=1) == y).mean())
-            for m in members(model)]
+            for m in members(model)] if model is not None else []
     if not accs:
         return {}
     return {"test_accuracy_member_mean": float(np.mean(accs)),
@@ -108,13 +82,57 @@ def predictions_csv(y: np.ndarray, pred: np.ndarray) -> str:
     return "actual,predicted\n" + rows + "\n"
 
 
+@dataclass(frozen=True)
+class Answers:
+    """The test digits' answers and what gave them."""
+
+    predictor: Predictor        # ONNX Runtime on the export, or Keras on the .h5
+    proba: np.ndarray
+    timings: dict[str, float]   # speed.json: Keras' and ONNX Runtime's, the export's
+    onnx: dict[str, Any]        # the export's parity report ({"exported": False, ...})
+    members: int                # fold models inside an ensemble (0: one network)
+
+
+def answer_test(params: Params, name: str, x: np.ndarray) -> Answers:
+    """ONNX Runtime's answers on the export the train stage checked against Keras, without
+    importing TensorFlow; where there is none to take (onnx_draft.take says why), Keras'
+    answers on the .h5, exported and checked here."""
+    h5, folder = params.paths.model_file(name), params.paths.onnx_dir(name)
+    draft = onnx_draft.take(params.paths.checkpoints, h5) if params.register.onnx else None
+    if draft is not None:
+        try:
+            report = onnx_draft.install(draft, folder)
+        except OSError as exc:   # taken away meanwhile (a parallel experiment's evaluate)
+            log.info("%s: the train stage's ONNX export is gone (%s): exporting it again",
+                     name, exc)
+        else:
+            predictor = Predictor(str(folder / ONNX_FILE))
+            proba, speed = throughput(predictor, x)
+            return Answers(predictor, proba, {
+                **_named("infer_", draft.keras_speed), **_named("infer_onnx_", speed),
+                "onnx_export_s": report["export_s"], "onnx_parity_s": report["parity_s"]},
+                report, draft.members)
+    predictor = Predictor(str(h5), runtime="keras")
+    proba, speed = throughput(predictor, x)
+    timings = _named("infer_", speed)
+    onnx = export_onnx(params, name, predictor, x, proba)
+    if onnx["exported"]:     # the ONNX file's speed beside Keras' (speed.json, MLflow)
+        _, ort_speed = throughput(Predictor(str(folder / ONNX_FILE)), x[:1000])
+        timings.update(onnx_export_s=onnx["export_s"], onnx_parity_s=onnx["parity_s"],
+                       **_named("infer_onnx_", ort_speed))
+    return Answers(predictor, proba, timings, onnx, len(members(predictor.keras_model)))
+
+
+def _named(prefix: str, speed: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}{k}": v for k, v in speed.items()}
+
+
 def evaluate(params: Params, name: str) -> dict[str, Any]:
     paths = params.paths
     data = load_dataset(paths.dataset)
     x, y = data["x_test"], data["y_test"].astype(np.int64)
-    predictor = Predictor(str(paths.model_file(name)))
-    model = predictor.keras_model
-    proba, speed = throughput(predictor, x)
+    answers = answer_test(params, name, x)
+    predictor, proba = answers.predictor, answers.proba
     m = classification_metrics(y, proba)
     out = paths.eval_dir(name)
     pred = proba.argmax(axis=1)
@@ -131,9 +149,13 @@ def evaluate(params: Params, name: str) -> dict[str, Any]:
     rw_pred = realworld_set.predictions(predictor.predict_proba, rs)
     rw_plain = realworld_set.plain_predictions(predictor.predict_proba, rs)
     write_text_atomic(out / "realworld.csv", realworld_set.answers_csv(rs, rw_pred, rw_plain))
+    keras_model = predictor.keras_model
+    if keras_model is None and answers.members:   # each fold model's accuracy needs Keras
+        keras_model = load_keras_model(paths.model_file(name))
     metrics = {"test_accuracy": m["accuracy"], "test_loss": m["loss"],
                "test_macro_f1": m["macro_f1"], "test_errors": int((pred != y).sum()),
-               **member_metrics(model, x, y), **realworld_set.accuracy(rs, rw_pred, rw_plain)}
+               **member_metrics(keras_model, x, y),
+               **realworld_set.accuracy(rs, rw_pred, rw_plain)}
     log.info("%s: real-world accuracy by kind of picture: %s", name,
              realworld_set.table_line(metrics))
     metrics.update(calibration_metrics(predictor, proba, y, out / "reliability.png"))
@@ -144,20 +166,17 @@ def evaluate(params: Params, name: str) -> dict[str, Any]:
                     "images or an ensemble can be more or less sure than its folds): its "
                     "answers are unsure more often than train.unsure_give_up means", name,
                     100 * metrics["test_unsure_right_given_up"], 100 * give_up)
-    timings = {f"infer_{k}": v for k, v in speed.items()}
-    onnx = export_onnx(params, name, predictor, x, proba)
-    if onnx["exported"]:     # the ONNX file's speed beside Keras' (speed.json, MLflow)
-        _, ort_speed = throughput(Predictor(str(paths.onnx_dir(name) / ONNX_FILE)), x[:1000])
-        timings.update(onnx_export_s=onnx["export_s"], onnx_parity_s=onnx["parity_s"],
-                       **{f"infer_onnx_{k}": v for k, v in ort_speed.items()})
-    parity = {"onnx_max_diff": onnx["max_diff"]} if onnx["exported"] else {}
-    _log_to_mlflow(params, name, {**metrics, **timings, **parity}, m["per_class"], out)
-    write_json_atomic(out / "speed.json", timings)
+    parity = {"onnx_max_diff": answers.onnx["max_diff"]} if answers.onnx["exported"] else {}
+    _log_to_mlflow(params, name, {**metrics, **answers.timings, **parity}, m["per_class"], out)
+    write_json_atomic(out / "speed.json", answers.timings)
     write_json_atomic(paths.metrics_file(name), {**cv_numbers(paths.train_dir(name)), **metrics})
+    on_onnx = predictor.about["runtime"] == "onnx"
+    speed = {k: answers.timings[f"infer_{'onnx_' if on_onnx else ''}{k}"]
+             for k in ("images_per_s", "step_latency_ms_p50")}
     log.info("%s: test accuracy %.4f, loss %.4f; real-world accuracy %.4f (%d pictures); "
-             "%.0f images/s, %.2f ms for one image (compiled predict step)", name,
-             m["accuracy"], m["loss"],
-             metrics["realworld_accuracy"], len(rs), speed["images_per_s"],
+             "answered by %s: %.0f images/s, %.2f ms for one image", name, m["accuracy"],
+             m["loss"], metrics["realworld_accuracy"], len(rs),
+             "ONNX Runtime" if on_onnx else "Keras", speed["images_per_s"],
              speed["step_latency_ms_p50"])
     return metrics
 
@@ -191,9 +210,8 @@ def export_onnx(params: Params, name: str, predictor: Predictor, x: np.ndarray,
     folder = params.paths.onnx_dir(name)
     if not params.register.onnx:
         return onnx_export.skipped(folder, "register.onnx is false in params.yaml")
-    model, cal = predictor.keras_model, predictor.calibration
-    metadata = {"architecture": model.name, "model": name,
-                **({calibration.KEY: cal.to_json()} if cal is not None else {})}
+    model = predictor.keras_model
+    metadata = onnx_export.export_metadata(model, name, predictor.calibration)
     return onnx_export.export_checked(model, folder, x, proba, metadata,
                                       params.paths.model_file(name))
 

@@ -53,6 +53,13 @@ def compiled_call(model: Any, x: np.ndarray) -> Any:
     return keras.ops.convert_to_numpy(out)
 
 
+def members(model: Any) -> list[Any]:
+    """The fold models inside an ensemble (train.final / a recipe's `final: ensemble`);
+    none for a single network."""
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)]
+
 def two_outputs(model: Any) -> Any:
     """`model` with a second output, the input of its last layer (the penultimate layer's
     activations; for an ensemble, its members' probabilities side by side), so that one

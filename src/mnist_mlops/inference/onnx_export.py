@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from mnist_mlops.core import calibration
+from mnist_mlops.core.calibration import Calibration
 from mnist_mlops.core.fsio import atomic_path, write_json_atomic
 from mnist_mlops.core.mnist import INPUT_SHAPE
 from mnist_mlops.core.model_files import ONNX_FILE, PARITY_FILE
@@ -87,6 +89,12 @@ def inference_graph(model: Any) -> Any:
     embedding, proba = two_outputs(model)(x, training=False)
     return keras.Model(pixels, {PROBABILITIES: proba, EMBEDDING: embedding}, name=model.name)
 
+
+def export_metadata(model: Any, name: str, cal: Calibration | None) -> dict[str, str]:
+    """What the ONNX file carries beside the graph: the architecture, the model's name in
+    params.yaml and the calibration the .h5 carries (predict and serve read it there)."""
+    return {"architecture": model.name, "model": name,
+            **({calibration.KEY: cal.to_json()} if cal is not None else {})}
 
 def export(model: Any, path: Path, metadata: dict[str, str]) -> float:
     """Write `model` as ONNX to `path` (atomically), with `metadata` in the file (the

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from mnist_mlops.core.config import ModelParams, TrainParams
-from mnist_mlops.core.fsio import atomic_path, project_root, write_json_atomic
+from mnist_mlops.core.fsio import atomic_path, in_project, write_json_atomic
 from mnist_mlops.core.runtime import UserError
 
 log = logging.getLogger(__name__)
@@ -273,4 +273,4 @@ def _write_npz(target: Path, arrays: dict[str, np.ndarray]) -> None:
 def open_checkpoint(root: Path, model: str, fp: str) -> Checkpoint:
     """Model `model`'s checkpoint for fingerprint `fp`, under the project's `root` (also
     from a DVC temp workspace: a queued experiment resumes like any other run)."""
-    return Checkpoint(root if root.is_absolute() else project_root() / root, model, fp)
+    return Checkpoint(in_project(root), model, fp)

@@ -203,6 +203,7 @@ def _train(params: Params, name: str, runner: RayRunner | None) -> dict[str, Any
                 f"{params.mlflow.outage_wait_s:.0f} s ({journal.outage}); {journal.pending} "
                 f"MLflow writes wait in {journal.ops_file}. Once the store is back, rerun "
                 f"`dvc repro` (or this stage): it delivers them without retraining")
+        _export_for_evaluate(params, name)
         ckpt.remove()
     log.info("%s: CV val accuracy %.4f ± %.4f, %.1f s; MLflow run %s; model %s; runs: %s",
              name, summary["cv_val_accuracy_mean"], summary["cv_val_accuracy_std"],
@@ -252,6 +253,24 @@ def _train_tracked(run: StageRun, train_set: Split, folds: np.ndarray) -> dict[s
     ckpt.state["summary"] = summary
     ckpt.mark("staged")
     return summary
+
+
+def _export_for_evaluate(params: Params, name: str) -> None:
+    """The ONNX export and its check against Keras, made here where Keras is loaded, so
+    that evaluate need not import TensorFlow (inference/onnx_draft.py). Best effort: where
+    it fails, evaluate exports the model itself and reports what is wrong."""
+    if not params.register.onnx:
+        return
+    from mnist_mlops.inference import onnx_draft
+    from mnist_mlops.inference.keras_model import load_keras_model
+
+    h5 = params.paths.model_file(name)
+    try:
+        onnx_draft.make(load_keras_model(h5), name, h5, params.paths.checkpoints,
+                        load_dataset(params.paths.dataset)["x_test"])
+    except Exception as exc:  # tf2onnx's, Keras' and ONNX Runtime's refusals alike
+        log.warning("%s: no ONNX export for evaluate (%s): evaluate exports it itself",
+                    name, short_reason(exc))
 
 
 def _input_example(params: Params) -> np.ndarray:

@@ -1,0 +1,38 @@
+"""How fast a model answers on this host, measured on the pass whose answers are used.
+
+The train stage times Keras where it checks the ONNX export against it; evaluate times
+whichever runtime answers the test digits. Both figures go to speed.json and MLflow.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from mnist_mlops.inference.keras_model import BIG_BATCH
+from mnist_mlops.inference.predictor import Predictor
+
+
+def throughput(predictor: Predictor, images: np.ndarray, repeats: int = 30
+               ) -> tuple[np.ndarray, dict[str, float]]:
+    """The probabilities of `images`, and on this host: batch images/s over them, and the
+    latency of one image through one model call (`step_latency_*`: what `serve` calls per
+    batch; for Keras the compiled predict step, since an eager call is about ten times
+    slower and says little about serving). The timed pass is the one whose answers are
+    returned: the images are predicted once, not once for the answers and again for the
+    clock."""
+    predictor.predict_proba(images[:BIG_BATCH + 1])   # warm-up: trace both paths
+    t0 = time.perf_counter()
+    proba = predictor.predict_proba(images)
+    batch_s = time.perf_counter() - t0
+    one = images[:1]
+    predictor.predict_proba(one)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        predictor.predict_proba(one)
+        times.append(time.perf_counter() - t)
+    return proba, {"images_per_s": len(images) / batch_s,
+                   "step_latency_ms_p50": 1000 * float(np.median(times)),
+                   "step_latency_ms_p95": 1000 * float(np.percentile(times, 95))}
