@@ -135,3 +135,28 @@ def test_without_a_draft_evaluate_exports_with_keras(project: Params) -> None:
     from mnist_mlops.inference.predictor import Predictor
 
     assert Predictor(str(onnx_file)).calibration == CAL == read_h5(project.paths.model_file(NAME))
+
+
+def test_an_ensembles_members_are_scored_on_the_onnx_graph(project: Params) -> None:
+    """An ensemble's fold models each get their test accuracy from the ONNX graph's second
+    output (their probabilities side by side), as Keras gives it, with no Keras at hand."""
+    from mnist_mlops.evaluation.evaluate import answer_test, member_metrics
+    from mnist_mlops.inference.keras_model import load_keras_model, members
+    from mnist_mlops.inference.predictor import Predictor
+
+    h5 = project.paths.model_file(NAME)
+    small_model("cnn_bn_aug", members=2).save(h5)
+    draft = make_draft(project)
+    assert draft.members == 2
+    answers = answer_test(project, NAME, IMAGES)
+    assert answers.predictor.about["runtime"] == "onnx" and answers.members == 2
+    first, second = (Predictor.of_keras(m, m.name).predict_proba(IMAGES).argmax(axis=1)
+                     for m in members(load_keras_model(h5)))
+    y = first                                   # the first member is right on every image
+    found = member_metrics(answers.predictor.answer(IMAGES)[1], y, answers.members)
+    other = float((second == y).mean())
+    assert other < 1.0
+    assert found == pytest.approx({"test_accuracy_member_max": 1.0,
+                                   "test_accuracy_member_min": other,
+                                   "test_accuracy_member_mean": (1.0 + other) / 2})
+    assert member_metrics(answers.predictor.answer(IMAGES)[1], y, 0) == {}

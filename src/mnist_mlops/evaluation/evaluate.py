@@ -29,7 +29,7 @@ from mnist_mlops.core.runtime import run_main
 from mnist_mlops.data import realworld_set
 from mnist_mlops.data.dataset import load_dataset
 from mnist_mlops.inference import onnx_draft, onnx_export
-from mnist_mlops.inference.keras_model import load_keras_model, members
+from mnist_mlops.inference.keras_model import members
 from mnist_mlops.inference.predictor import Predictor
 from mnist_mlops.inference.timing import throughput
 from mnist_mlops.tracking import mlflow_io
@@ -66,13 +66,15 @@ def worst_errors(y: np.ndarray, proba: np.ndarray, k: int = WORST) -> np.ndarray
     return wrong[np.argsort(-proba[wrong, pred[wrong]], kind="stable")][:k]
 
 
-def member_metrics(model: Any, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Each fold model's own test accuracy: what one network of the ensemble achieves
-    (nothing for one network, or for None: no Keras model at hand)."""
-    accs = [float((Predictor.of_keras(m, m.name).predict_proba(x).argmax(axis=1) == y).mean())
-            for m in members(model)] if model is not None else []
-    if not accs:
+def member_metrics(embedding: np.ndarray | None, y: np.ndarray, members: int
+                   ) -> dict[str, float]:
+    """Each fold model's own test accuracy: what one network of the ensemble achieves. An
+    ensemble's embedding is its members' probabilities side by side (keras_model.two_outputs),
+    on ONNX Runtime and on Keras alike; nothing for one network."""
+    if not members or embedding is None:
         return {}
+    per_member = np.asarray(embedding).reshape(len(y), members, -1).argmax(axis=2)
+    accs = [float((per_member[:, k] == y).mean()) for k in range(members)]
     return {"test_accuracy_member_mean": float(np.mean(accs)),
             "test_accuracy_member_min": min(accs), "test_accuracy_member_max": max(accs)}
 
@@ -149,12 +151,10 @@ def evaluate(params: Params, name: str) -> dict[str, Any]:
     rw_pred = realworld_set.predictions(predictor.predict_proba, rs)
     rw_plain = realworld_set.plain_predictions(predictor.predict_proba, rs)
     write_text_atomic(out / "realworld.csv", realworld_set.answers_csv(rs, rw_pred, rw_plain))
-    keras_model = predictor.keras_model
-    if keras_model is None and answers.members:   # each fold model's accuracy needs Keras
-        keras_model = load_keras_model(paths.model_file(name))
+    embedding = predictor.answer(x)[1] if answers.members else None
     metrics = {"test_accuracy": m["accuracy"], "test_loss": m["loss"],
                "test_macro_f1": m["macro_f1"], "test_errors": int((pred != y).sum()),
-               **member_metrics(keras_model, x, y),
+               **member_metrics(embedding, y, answers.members),
                **realworld_set.accuracy(rs, rw_pred, rw_plain)}
     log.info("%s: real-world accuracy by kind of picture: %s", name,
              realworld_set.table_line(metrics))
