@@ -160,3 +160,17 @@ def test_an_ensembles_members_are_scored_on_the_onnx_graph(project: Params) -> N
                                    "test_accuracy_member_min": other,
                                    "test_accuracy_member_mean": (1.0 + other) / 2})
     assert member_metrics(answers.predictor.answer(IMAGES)[1], y, 0) == {}
+
+
+def test_drafts_nobody_took_are_removed_after_a_day(tmp_path: Path) -> None:
+    import os
+    import time
+
+    old, new = tmp_path / "a", tmp_path / "b"
+    for folder in (old, new):
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"x")
+    day_ago = time.time() - onnx_draft.STALE_S - 60
+    os.utime(old, (day_ago, day_ago))
+    onnx_draft.prune(tmp_path)
+    assert not old.exists() and new.exists()

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 DRAFTS = ".onnx-drafts"     # under paths.checkpoints: one folder per .h5 (its SHA-256)
 DRAFT_FILE = "draft.json"   # which .h5, which export code, Keras' speed, ensemble members
+STALE_S = 24 * 3600         # a draft no evaluate took within a day is removed by the next
 # The code that makes the ONNX file from a .h5: a draft made by other code is not taken.
 EXPORT_CODE = ("inference/keras_model.py", "inference/onnx_export.py",
                "inference/onnx_model.py", "core/calibration.py", "core/mnist.py")
@@ -68,6 +70,7 @@ def make(model: Any, name: str, h5: Path, checkpoints: Path, x: np.ndarray) -> D
     """Export `model` (loaded from `h5`) for evaluate, checked against Keras on `x` (the
     test digits); export_checked's UserError where it cannot be exported."""
     folder, digest = folder_of(checkpoints, h5)
+    prune(folder.parent)
     proba, speed = throughput(Predictor.of_keras(model, name), x)
     metadata = onnx_export.export_metadata(model, name, calibration.read_h5(h5))
     onnx_export.export_checked(model, folder, x, proba, metadata, h5)
@@ -76,6 +79,15 @@ def make(model: Any, name: str, h5: Path, checkpoints: Path, x: np.ndarray) -> D
         "h5_sha256": digest, "export_code": export_code_digest(),
         "keras_speed": speed, "members": draft.members})
     return draft
+
+
+def prune(drafts: Path, now: float | None = None) -> None:
+    """Remove the drafts nobody took (a training whose evaluate never ran) once a day old."""
+    now = time.time() if now is None else now
+    for folder in drafts.glob("*/"):
+        with contextlib.suppress(OSError):
+            if now - folder.stat().st_mtime > STALE_S:
+                shutil.rmtree(folder)
 
 
 def take(checkpoints: Path, h5: Path) -> Draft | None:
