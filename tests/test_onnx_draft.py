@@ -89,7 +89,9 @@ def test_evaluate_answers_on_the_trains_export_without_tensorflow(project: Param
     assert np.abs(onnx - keras).max() < 1e-4
     out = project.paths.onnx_dir(NAME)
     assert json.loads((out / "parity.json").read_text())["ok"]
-    assert (out / "model.onnx").is_file() and not draft.folder.exists()    # taken, not kept
+    assert (out / "model.onnx").read_bytes() == (draft.folder / "model.onnx").read_bytes()
+    onnx_draft.discard(draft)            # what evaluate does once its outputs are written
+    assert not draft.folder.exists()
 
 
 def test_a_draft_of_another_h5_or_other_export_code_is_not_taken(
@@ -112,16 +114,29 @@ def test_a_draft_of_another_h5_or_other_export_code_is_not_taken(
             assert onnx_draft.take(checkpoints, h5) is None
         assert why in caplog.text
     (draft.folder / onnx_draft.DRAFT_FILE).write_text(json.dumps(record))
+    onnx_file = draft.folder / "model.onnx"
+    whole = onnx_file.read_bytes()
+    onnx_file.write_bytes(whole[:len(whole) // 2])           # cut short: not what it checked
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert onnx_draft.take(checkpoints, h5) is None
+    assert "its ONNX file is not the one it checked" in caplog.text
+    onnx_file.write_bytes(whole)
     parity = json.loads((draft.folder / "parity.json").read_text())
     (draft.folder / "parity.json").write_text(json.dumps({**parity, "ok": False}))
     caplog.clear()
     with caplog.at_level(logging.INFO):
         assert onnx_draft.take(checkpoints, h5) is None
     assert "its parity check failed" in caplog.text
-    (draft.folder / onnx_draft.DRAFT_FILE).write_text("{not json")
-    caplog.clear()
+    (draft.folder / "parity.json").write_text(json.dumps(parity))
+    assert onnx_draft.take(checkpoints, h5) == draft
+    for broken in ("{not json", json.dumps({"h5_sha256": record["h5_sha256"]}), "[1, 2]"):
+        (draft.folder / onnx_draft.DRAFT_FILE).write_text(broken)
+        caplog.clear()
+        assert onnx_draft.take(checkpoints, h5) is None
+        assert "cannot be read" in caplog.text, broken
+    h5.unlink()                  # evaluate's Keras path then says the .h5 is not found
     assert onnx_draft.take(checkpoints, h5) is None
-    assert "cannot be read" in caplog.text
 
 
 def test_without_a_draft_evaluate_exports_with_keras(project: Params) -> None:

@@ -96,11 +96,11 @@ def project_root(cwd: Path | None = None) -> Path:
     return cwd
 
 
-
 def in_project(path: Path) -> Path:
     """`path` as given when absolute, else under project_root(): state shared by the
     workspace and DVC's temp experiments (checkpoints, the ONNX drafts train leaves)."""
     return path if path.is_absolute() else project_root() / path
+
 
 SQLITE = "sqlite:///"
 

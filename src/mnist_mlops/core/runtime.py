@@ -37,7 +37,8 @@ VERBOSE_ENV = "MNIST_MLOPS_VERBOSE"   # 1: keep every library's log lines (debug
 NATIVE_NOISE = re.compile(
     rb"^(?:[IWEF]\d{4} [\d:.]+\s+\d+ [\w./-]+:\d+\]|WARNING: All log messages before "
     rb"absl::InitializeLog|To enable the following instructions:)")
-# MLflow's advice to add type hints to the logged model's predict(), which takes tensors
+# MLflow's advice to add type hints to the logged model's predict(), which takes tensors;
+# tf2onnx's notice about NumPy's np.object, which it only tests for
 QUIET_WARNINGS = re.compile(r"type hints to the `predict` method|`np\.object` will be defined")
 NOISY_LOGGERS = ("absl", "tensorflow", "h5py", "urllib3.connectionpool", "mlflow.models",
                  "mlflow.tensorflow", "mlflow.utils.environment", "mlflow.pyfunc", "tf2onnx")

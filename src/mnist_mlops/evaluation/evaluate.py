@@ -93,6 +93,7 @@ class Answers:
     timings: dict[str, float]   # speed.json: Keras' and ONNX Runtime's, the export's
     onnx: dict[str, Any]        # the export's parity report ({"exported": False, ...})
     members: int                # fold models inside an ensemble (0: one network)
+    draft: onnx_draft.Draft | None = None   # the train stage's export, if it was taken
 
 
 def answer_test(params: Params, name: str, x: np.ndarray) -> Answers:
@@ -113,13 +114,13 @@ def answer_test(params: Params, name: str, x: np.ndarray) -> Answers:
             return Answers(predictor, proba, {
                 **_named("infer_", draft.keras_speed), **_named("infer_onnx_", speed),
                 "onnx_export_s": report["export_s"], "onnx_parity_s": report["parity_s"]},
-                report, draft.members)
+                report, draft.members, draft)
     predictor = Predictor(str(h5), runtime="keras")
     proba, speed = throughput(predictor, x)
     timings = _named("infer_", speed)
     onnx = export_onnx(params, name, predictor, x, proba)
     if onnx["exported"]:     # the ONNX file's speed beside Keras' (speed.json, MLflow)
-        _, ort_speed = throughput(Predictor(str(folder / ONNX_FILE)), x[:1000])
+        _, ort_speed = throughput(Predictor(str(folder / ONNX_FILE)), x)
         timings.update(onnx_export_s=onnx["export_s"], onnx_parity_s=onnx["parity_s"],
                        **_named("infer_onnx_", ort_speed))
     return Answers(predictor, proba, timings, onnx, len(members(predictor.keras_model)))
@@ -170,6 +171,8 @@ def evaluate(params: Params, name: str) -> dict[str, Any]:
     _log_to_mlflow(params, name, {**metrics, **answers.timings, **parity}, m["per_class"], out)
     write_json_atomic(out / "speed.json", answers.timings)
     write_json_atomic(paths.metrics_file(name), {**cv_numbers(paths.train_dir(name)), **metrics})
+    if answers.draft is not None:     # kept till here: a failed evaluate takes it again
+        onnx_draft.discard(answers.draft)
     on_onnx = predictor.about["runtime"] == "onnx"
     speed = {k: answers.timings[f"infer_{'onnx_' if on_onnx else ''}{k}"]
              for k in ("images_per_s", "step_latency_ms_p50")}

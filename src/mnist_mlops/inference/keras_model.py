@@ -60,6 +60,7 @@ def members(model: Any) -> list[Any]:
 
     return [layer for layer in model.layers if isinstance(layer, keras.Model)]
 
+
 def two_outputs(model: Any) -> Any:
     """`model` with a second output, the input of its last layer (the penultimate layer's
     activations; for an ensemble, its members' probabilities side by side), so that one

@@ -7,13 +7,13 @@ Keras on the same pass. evaluate takes the export when it was made from the same
 (SHA-256) by the same export code and passed its check; otherwise (no draft: DVC restored
 the train stage from its run cache, the export code changed since, the export failed) it
 loads Keras and exports as it always did. A draft is a cache, not an output: DVC records
-none of it, it lives beside the checkpoints, and evaluate removes the one it takes.
+none of it, it lives beside the checkpoints, and evaluate removes the one it took once
+its outputs are written (a failed evaluate takes it again on the rerun).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import shutil
@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 from mnist_mlops.core import calibration
-from mnist_mlops.core.fsio import atomic_path, in_project, sha256_file, write_json_atomic
+from mnist_mlops.core.fsio import (
+    atomic_path,
+    in_project,
+    sha256_file,
+    sha256_files,
+    write_json_atomic,
+)
 from mnist_mlops.core.model_files import ONNX_FILE, PARITY_FILE
 from mnist_mlops.inference import onnx_export
 from mnist_mlops.inference.keras_model import members
@@ -37,9 +43,11 @@ log = logging.getLogger(__name__)
 DRAFTS = ".onnx-drafts"     # under paths.checkpoints: one folder per .h5 (its SHA-256)
 DRAFT_FILE = "draft.json"   # which .h5, which export code, Keras' speed, ensemble members
 STALE_S = 24 * 3600         # a draft no evaluate took within a day is removed by the next
-# The code that makes the ONNX file from a .h5: a draft made by other code is not taken.
+# The code that makes the ONNX file from a .h5 and the draft's record of it: a draft made by
+# other code is not taken.
 EXPORT_CODE = ("inference/keras_model.py", "inference/onnx_export.py",
-               "inference/onnx_model.py", "core/calibration.py", "core/mnist.py")
+               "inference/onnx_model.py", "inference/onnx_draft.py", "inference/predictor.py",
+               "inference/timing.py", "core/calibration.py", "core/mnist.py")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -52,12 +60,9 @@ class Draft:
     members: int                      # fold models inside an ensemble; 0 for one network
 
 
-def export_code_digest(package: Path = PACKAGE_DIR) -> str:
-    h = hashlib.sha256()
-    for rel in EXPORT_CODE:
-        h.update(rel.encode())
-        h.update((package / rel).read_bytes())
-    return h.hexdigest()
+def export_code_digest() -> str:
+    """One digest over EXPORT_CODE (its file names are unique)."""
+    return sha256_files([PACKAGE_DIR / rel for rel in EXPORT_CODE])
 
 
 def folder_of(checkpoints: Path, h5: Path) -> tuple[Path, str]:
@@ -76,8 +81,8 @@ def make(model: Any, name: str, h5: Path, checkpoints: Path, x: np.ndarray) -> D
     onnx_export.export_checked(model, folder, x, proba, metadata, h5)
     draft = Draft(folder, speed, len(members(model)))
     write_json_atomic(folder / DRAFT_FILE, {
-        "h5_sha256": digest, "export_code": export_code_digest(),
-        "keras_speed": speed, "members": draft.members})
+        "h5_sha256": digest, "onnx_sha256": sha256_file(folder / ONNX_FILE),
+        "export_code": export_code_digest(), "keras_speed": speed, "members": draft.members})
     return draft
 
 
@@ -91,37 +96,54 @@ def prune(drafts: Path, now: float | None = None) -> None:
 
 
 def take(checkpoints: Path, h5: Path) -> Draft | None:
-    """The draft of `h5` if there is one evaluate may use: same .h5, same export code, the
-    parity check passed. None (and a line saying why) otherwise."""
+    """The draft of `h5` if there is one evaluate may use: same .h5, same export code, an
+    intact ONNX file, the parity check passed. None (and a line saying why) otherwise."""
+    if not h5.is_file():
+        return None           # evaluate's Keras path says what is missing
     folder, digest = folder_of(checkpoints, h5)
     try:
         record = json.loads((folder / DRAFT_FILE).read_text())
         report = json.loads((folder / PARITY_FILE).read_text())
+        why = _refusal(folder, record, report, digest)
+        draft = None if why else Draft(folder, dict(record["keras_speed"]),
+                                       int(record["members"]))
     except FileNotFoundError:
         log.info("%s: no ONNX export from the train stage here: exporting it now", h5)
         return None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("%s: the train stage's ONNX export cannot be read (%s): exporting it "
                     "again", h5, exc)
         return None
-    why = ("it was made from another .h5" if record.get("h5_sha256") != digest else
-           "the export code has changed since" if record.get("export_code")
-           != export_code_digest() else
-           "its parity check failed" if not report.get("ok") else
-           "its ONNX file is missing" if not (folder / ONNX_FILE).is_file() else None)
     if why:
         log.info("%s: not taking the train stage's ONNX export (%s): exporting it again",
                  h5, why)
-        return None
-    return Draft(folder, record["keras_speed"], int(record["members"]))
+    return draft
+
+
+def _refusal(folder: Path, record: dict[str, Any], report: dict[str, Any],
+             h5_sha256: str) -> str | None:
+    """Why a draft may not be taken; None when it may."""
+    if record["h5_sha256"] != h5_sha256:
+        return "it was made from another .h5"
+    if record["export_code"] != export_code_digest():
+        return "the export code has changed since"
+    if not report["ok"]:
+        return "its parity check failed"
+    if sha256_file(folder / ONNX_FILE) != record["onnx_sha256"]:
+        return "its ONNX file is not the one it checked"
+    return None
 
 
 def install(draft: Draft, folder: Path) -> dict[str, Any]:
     """Copy the draft's ONNX file and parity report into `folder` (evaluate's output, each
-    file atomically), remove the draft; the parity report."""
+    file atomically); the parity report."""
     for name in (ONNX_FILE, PARITY_FILE):
         with atomic_path(folder / name, durable=False) as tmp:
             shutil.copyfile(draft.folder / name, tmp)
+    return json.loads((folder / PARITY_FILE).read_text())
+
+
+def discard(draft: Draft) -> None:
+    """Remove a draft evaluate has taken, once its outputs are written."""
     with contextlib.suppress(OSError):
         shutil.rmtree(draft.folder)
-    return json.loads((folder / PARITY_FILE).read_text())

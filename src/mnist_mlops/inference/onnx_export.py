@@ -96,6 +96,7 @@ def export_metadata(model: Any, name: str, cal: Calibration | None) -> dict[str,
     return {"architecture": model.name, "model": name,
             **({calibration.KEY: cal.to_json()} if cal is not None else {})}
 
+
 def export(model: Any, path: Path, metadata: dict[str, str]) -> float:
     """Write `model` as ONNX to `path` (atomically), with `metadata` in the file (the
     architecture, what trained it); the seconds it took."""

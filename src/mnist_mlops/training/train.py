@@ -23,6 +23,8 @@ from mnist_mlops.core.config import Params, TrainParams, load_params
 from mnist_mlops.core.fsio import sha256_files
 from mnist_mlops.core.runtime import UserError, raise_if_stopped, run_main
 from mnist_mlops.data.dataset import load_dataset
+from mnist_mlops.inference import onnx_draft
+from mnist_mlops.inference.keras_model import load_keras_model
 from mnist_mlops.tracking import mlflow_io
 from mnist_mlops.tracking.journal import Journal, short_reason
 from mnist_mlops.training import backend
@@ -261,9 +263,11 @@ def _export_for_evaluate(params: Params, name: str) -> None:
     it fails, evaluate exports the model itself and reports what is wrong."""
     if not params.register.onnx:
         return
-    from mnist_mlops.inference import onnx_draft
-    from mnist_mlops.inference.keras_model import load_keras_model
+    import keras
 
+    # as evaluate's own process loads the model: no precision policy, no device layout
+    keras.mixed_precision.set_global_policy("float32")
+    keras.distribution.set_distribution(None)
     h5 = params.paths.model_file(name)
     try:
         onnx_draft.make(load_keras_model(h5), name, h5, params.paths.checkpoints,
