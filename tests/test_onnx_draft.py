@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -178,9 +180,6 @@ def test_an_ensembles_members_are_scored_on_the_onnx_graph(project: Params) -> N
 
 
 def test_drafts_nobody_took_are_removed_after_a_day(tmp_path: Path) -> None:
-    import os
-    import time
-
     old, new = tmp_path / "a", tmp_path / "b"
     for folder in (old, new):
         folder.mkdir()
