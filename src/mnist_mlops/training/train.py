@@ -263,18 +263,30 @@ def _export_for_evaluate(params: Params, name: str) -> None:
     it fails, evaluate exports the model itself and reports what is wrong."""
     if not params.register.onnx:
         return
-    import keras
-
-    # as evaluate's own process loads the model: no precision policy, no device layout
-    keras.mixed_precision.set_global_policy("float32")
-    keras.distribution.set_distribution(None)
     h5 = params.paths.model_file(name)
     try:
-        onnx_draft.make(load_keras_model(h5), name, h5, params.paths.checkpoints,
-                        load_dataset(params.paths.dataset)["x_test"])
+        with _as_a_fresh_process():
+            onnx_draft.make(load_keras_model(h5), name, h5, params.paths.checkpoints,
+                            load_dataset(params.paths.dataset)["x_test"])
     except Exception as exc:  # tf2onnx's, Keras' and ONNX Runtime's refusals alike
         log.warning("%s: no ONNX export for evaluate (%s): evaluate exports it itself",
                     name, short_reason(exc))
+
+
+@contextlib.contextmanager
+def _as_a_fresh_process() -> Iterator[None]:
+    """Keras as evaluate's own process loads a model: no precision policy, no device
+    layout; the training's settings back afterwards."""
+    import keras
+
+    policy, layout = keras.mixed_precision.global_policy(), keras.distribution.distribution()
+    keras.mixed_precision.set_global_policy("float32")
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+        keras.distribution.set_distribution(layout)
 
 
 def _input_example(params: Params) -> np.ndarray:
