@@ -123,6 +123,11 @@ def test_a_draft_of_another_h5_or_other_export_code_is_not_taken(
     with caplog.at_level(logging.INFO):
         assert onnx_draft.take(checkpoints, h5) is None
     assert "its ONNX file is not the one it checked" in caplog.text
+    onnx_file.unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert onnx_draft.take(checkpoints, h5) is None
+    assert "its ONNX file is missing" in caplog.text
     onnx_file.write_bytes(whole)
     parity = json.loads((draft.folder / "parity.json").read_text())
     (draft.folder / "parity.json").write_text(json.dumps({**parity, "ok": False}))
@@ -188,3 +193,17 @@ def test_drafts_nobody_took_are_removed_after_a_day(tmp_path: Path) -> None:
     os.utime(old, (day_ago, day_ago))
     onnx_draft.prune(tmp_path)
     assert not old.exists() and new.exists()
+
+
+def test_a_model_the_train_stage_cannot_export_is_one_warning_and_no_draft(
+        project: Params, caplog: pytest.LogCaptureFixture) -> None:
+    """The train stage's export is best effort: a failure warns and leaves no draft, so
+    evaluate exports the model itself and reports what is wrong there."""
+    from mnist_mlops.training.train import _export_for_evaluate
+
+    h5 = project.paths.model_file(NAME)
+    h5.write_bytes(b"not a Keras file")
+    with caplog.at_level(logging.WARNING):
+        _export_for_evaluate(project, NAME)
+    assert "no ONNX export for evaluate" in caplog.text and "evaluate exports it" in caplog.text
+    assert onnx_draft.take(project.paths.checkpoints, h5) is None

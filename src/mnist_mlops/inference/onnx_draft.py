@@ -129,6 +129,8 @@ def _refusal(folder: Path, record: dict[str, Any], report: dict[str, Any],
         return "the export code has changed since"
     if not report["ok"]:
         return "its parity check failed"
+    if not (folder / ONNX_FILE).is_file():
+        return "its ONNX file is missing"
     if sha256_file(folder / ONNX_FILE) != record["onnx_sha256"]:
         return "its ONNX file is not the one it checked"
     return None
