@@ -1,7 +1,8 @@
 # make setup : create .venv and install the package with its dev extra (and gpu where
 #              nvidia-smi lists a GPU), from requirements.lock; every target but clean runs it
 # make quick : the whole pipeline on the quick profile (3,000-image subset, 2 folds, at most
-#              2 epochs, 100 real-world pictures a kind), as a temporary experiment: params.yaml stays as written
+#              2 epochs, 100 real-world pictures a kind), as a temporary experiment: params.yaml
+#              stays as written; JOBS stages at a time (default 2)
 # make test  : the whole test suite (what CI runs), on TEST_WORKERS pytest processes
 # make test-fast : the suite without the `slow` tests, on TEST_WORKERS pytest processes
 # make run   : the whole pipeline with the full recipes (dvc repro)
@@ -55,15 +56,12 @@ setup: $(VENV)/.installed
 run: setup
 	dvc repro
 
-# `dvc exp run --temp` first restores, in its temporary copy, every output that the
-# dvc.lock it starts from records, with one warning per output it has no record of ("No
-# file hash info found for ... It won't be created": all of them on a fresh clone, which
-# has no dvc.lock, and always when dvc.lock is not committed). So the experiment is handed
-# the workspace's dvc.lock (-C) and restores only the download's output (every stage after
-# it still runs: --downstream); on a fresh clone the download runs here first, once.
+# A DVC experiment of the quick profile, as `dvc exp run --temp` would make it (in a copy
+# under .dvc/tmp/exps/, saved with `dvc exp save`: `dvc exp show` lists it), with stages
+# that do not need each other running JOBS at a time (jobs/experiment.py, jobs/repro.py).
+JOBS ?= 2
 quick: setup
-	$(if $(wildcard dvc.lock),,dvc repro download)
-	dvc exp run --temp -C dvc.lock --downstream download $(QUICK)
+	mnist-mlops exp-run --jobs $(JOBS) $(QUICK)
 
 # Test files run on TEST_WORKERS processes (pytest-xdist), each file on one worker (its
 # module fixtures, servers and trainings made once), in the order tests/conftest.py gives

@@ -1,4 +1,4 @@
-"""Commands around the pipeline: `params`, `compare`, `retrain`."""
+"""Commands around the pipeline: `params`, `compare`, `repro`, `exp-run`, `retrain`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from mnist_mlops.commands.base import Commands, params
+from mnist_mlops.commands.base import POSITIVE_INT, Commands, params
 from mnist_mlops.core.config import Params
 from mnist_mlops.core.fsio import write_text_atomic
 from mnist_mlops.core.overrides import dvc_args
+from mnist_mlops.core.runtime import sigterm_as_interrupt
 from mnist_mlops.jobs.profiles import profile
 from mnist_mlops.monitoring.settings import MonitorParams, monitor_params
 from mnist_mlops.sweep.settings import Sweeps, sweep_params
@@ -76,6 +77,22 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repro(args: argparse.Namespace) -> int:
+    from mnist_mlops.jobs.repro import reproduce
+
+    sigterm_as_interrupt()      # a stop stops every running stage first
+    reproduce(Path.cwd(), args.jobs, args.targets)
+    return 0
+
+
+def cmd_exp_run(args: argparse.Namespace) -> int:
+    from mnist_mlops.jobs.experiment import run_experiment
+
+    sigterm_as_interrupt()      # a stop stops every running stage, then removes the copy
+    run_experiment(Path.cwd(), args.set_param, args.jobs, args.name)
+    return 0
+
+
 def add(commands: Commands) -> None:
     p = commands.add("params", "check params.yaml, every section, and print it with every "
                      "default filled in (JSON); --schema prints the JSON schema it is "
@@ -90,6 +107,24 @@ def add(commands: Commands) -> None:
     p.add_argument("--all", action="store_true", help="every finished run, not one per model")
     p.add_argument("--model", help="only runs of this model (e.g. an ablation grid)")
     p.add_argument("--experiment", help="MLflow experiment (default: from params)")
+
+    p = commands.add("repro", "`dvc repro`, with stages that do not depend on each other "
+                     "running side by side (each its own `dvc repro --single-item`)",
+                     cmd_repro)
+    p.add_argument("targets", nargs="*", metavar="TARGET",
+                   help="stages (or dvc.yaml files) to reproduce with what they need, as "
+                   "`dvc repro` takes them (default: the whole pipeline)")
+    p.add_argument("-j", "--jobs", type=POSITIVE_INT, default=2,
+                   help="stages at a time (default: 2)")
+
+    p = commands.add("exp-run", "a DVC experiment as `dvc exp run --temp` runs one (in a "
+                     "temporary copy: the workspace and params.yaml stay as they are), with "
+                     "stages side by side; saved with `dvc exp save`", cmd_exp_run)
+    p.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a param for the experiment, as `dvc exp run -S` does")
+    p.add_argument("-n", "--name", help="the experiment's name (default: one DVC makes up)")
+    p.add_argument("-j", "--jobs", type=POSITIVE_INT, default=2,
+                   help="stages at a time (default: 2)")
 
     p = commands.add("retrain", "the retrain loop: pull, reproduce, push, commit to a "
                      "branch, report (run in a clean clone)", cmd_retrain)

@@ -1,0 +1,131 @@
+"""`mnist-mlops exp-run`: a DVC experiment as `dvc exp run --temp` makes one, its stages
+running side by side (`jobs/repro.py`).
+
+`dvc exp run --temp` copies the workspace into `.dvc/tmp/exps/`, sets the params there,
+reproduces the pipeline one stage at a time and saves the result as an experiment; the
+workspace and its params.yaml stay as they are. This does the same with DVC's public
+commands, so that the copy can run several stages at once:
+
+1. a git worktree of HEAD under `.dvc/tmp/exps/` (where the package resolves the tracking
+   store and checkpoints to the project itself: `core/fsio.project_root`), holding the
+   workspace's files as they are now, committed or not, and its `dvc.lock`;
+2. the DVC cache shared with the workspace, so nothing is copied and every output lands
+   where `dvc exp apply` finds it;
+3. the params set with DVC's own editor, as `dvc exp run -S` sets them;
+4. `mnist-mlops repro` there, then `dvc exp save`: the experiment appears in `dvc exp show`
+   beside the ones `dvc exp run` made.
+
+The copy is removed afterwards, failed or not.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from mnist_mlops.core.runtime import OperationFailed, UserError
+from mnist_mlops.jobs import repro
+
+log = logging.getLogger(__name__)
+TEMP_DIR = Path(".dvc/tmp/exps")      # DVC's own place for temporary experiment copies
+
+
+def git(root: Path, *args: str) -> str:
+    return tool(root, "git", *args)
+
+
+def dvc(root: Path, *args: str) -> str:
+    return tool(root, "dvc", *args)
+
+
+def tool(root: Path, *cmd: str) -> str:
+    """A git or DVC command in `root`; its output. Failing: OperationFailed in the tool's
+    own words."""
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise OperationFailed(f"`{' '.join(cmd)}` failed in {root}: "
+                              f"{(proc.stderr or proc.stdout).strip()[-1500:]}")
+    return proc.stdout
+
+
+def workspace_files(root: Path) -> list[str]:
+    """Every file git sees in the workspace, tracked or not, less what it ignores."""
+    out = git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    return sorted({f for f in out.split("\0") if f})
+
+
+@contextmanager
+def temporary_copy(root: Path) -> Iterator[Path]:
+    """A worktree of HEAD under `.dvc/tmp/exps/` holding the workspace's files as they are
+    (its `dvc.lock` too, committed or not), sharing its DVC cache; removed afterwards."""
+    head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD^{commit}"], cwd=root,
+                          capture_output=True, text=True)
+    if head.returncode != 0:
+        raise UserError("the git repository has no commit yet: an experiment is saved "
+                        "against one; commit the project first (git add -A && git commit)")
+    copy = root / TEMP_DIR / f"exp-{uuid.uuid4().hex[:10]}"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    git(root, "worktree", "add", "--detach", "-q", str(copy), "HEAD")
+    try:
+        for name in workspace_files(root):
+            src, dst = root / name, copy / name
+            if src.is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+            elif dst.exists() or dst.is_symlink():
+                dst.unlink()            # deleted in the workspace, not yet committed
+        if (root / "dvc.lock").is_file():
+            shutil.copy2(root / "dvc.lock", copy / "dvc.lock")
+        dvc(copy, "config", "--local", "cache.dir", str(_cache_dir(root)))
+        yield copy
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(copy)], cwd=root,
+                       capture_output=True)
+        shutil.rmtree(copy, ignore_errors=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=root, capture_output=True)
+
+
+def _cache_dir(root: Path) -> Path:
+    """The workspace's DVC cache folder, as its config sets it."""
+    out = subprocess.run(["dvc", "cache", "dir"], cwd=root, capture_output=True, text=True)
+    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() \
+        else root / ".dvc" / "cache"
+
+
+def set_params(copy: Path, assignments: Sequence[str]) -> None:
+    """`key=value` (or `file:key=value`) settings written as `dvc exp run -S` writes them."""
+    from dvc.utils.hydra import apply_overrides
+
+    by_file: dict[str, list[str]] = {}
+    for a in assignments:
+        if "=" not in a:
+            raise UserError(f"-S {a!r}: a setting is key=value (e.g. train.max_epochs=2)")
+        head, _, _ = a.partition("=")
+        file, sep, key = head.rpartition(":")
+        by_file.setdefault(file if sep else "params.yaml", []).append(
+            f"{key if sep else head}={a.partition('=')[2]}")
+    for file, items in by_file.items():
+        try:
+            apply_overrides(copy / file, items)
+        except Exception as exc:  # DVC/hydra's own message says which setting and why
+            raise UserError(f"cannot set {', '.join(items)} in {file}: {exc}") from None
+
+
+def run_experiment(root: Path, assignments: Sequence[str], jobs: int,
+                   name: str | None = None) -> str:
+    """Reproduce the pipeline with `assignments` in a temporary copy, `jobs` stages at a
+    time, and save it as a DVC experiment of HEAD; its name."""
+    with temporary_copy(root) as copy:
+        set_params(copy, assignments)
+        repro.reproduce(copy, jobs)
+        git(copy, "add", "-A")
+        out = dvc(copy, "exp", "save", *(["-n", name] if name else []))
+        saved = out.strip().rsplit(":", 1)[-1].strip() or (name or "")
+        log.info("saved as experiment %s (`dvc exp show` lists it; `dvc exp apply %s` "
+                 "brings its params and outputs into the workspace)", saved, saved)
+        return saved

@@ -1,0 +1,221 @@
+"""`mnist-mlops repro`: `dvc repro`, with independent stages running side by side.
+
+DVC runs a pipeline's stages one after another, yet the seven `train@<model>` stages need
+only the folds, and each `evaluate@<model>` only its own model. Most of a stage's time on
+a small run is its own process: imports, tracking, figures, one core busy. So this runs
+each stage as `dvc repro --single-item <stage>` in its own process, up to `jobs` at a time,
+each as soon as the stages it depends on have finished. DVC itself decides, as always,
+whether a stage runs, is restored from the run cache or is skipped, and records it in
+`dvc.lock`; it lets go of its repository lock while a stage's command runs, so that stages
+can run side by side.
+
+A stage that fails stops the run: no further stage starts, the running ones finish (as
+`make -j` does), and the error names the stage. Ctrl-C or SIGTERM is passed to every
+running stage, which ends as it would under `dvc repro` (its MLflow run KILLED, its
+checkpoint kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from mnist_mlops.core.runtime import OperationFailed, UserError
+
+log = logging.getLogger(__name__)
+STOP_WAIT_S = 60.0        # how long an interrupted stage may take to end before SIGKILL
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The stages to run, in DVC's order, and the planned stages each one waits for."""
+
+    stages: tuple[str, ...]
+    needs: Mapping[str, frozenset[str]]
+
+
+@dataclass
+class Outcome:
+    """What a run did: each stage's exit status and seconds, in the order they ended."""
+
+    ended: list[tuple[str, int, float]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[str]:
+        return [name for name, rc, _ in self.ended if rc != 0]
+
+
+def plan(root: Path, targets: Iterable[str] = ()) -> Plan:
+    """The stages `dvc repro [targets]` would consider, each with what it waits for.
+
+    A stage is planned when DVC reports it changed or a stage upstream of it is planned:
+    an upstream stage's new output may change it (its own `dvc repro --single-item` then
+    decides). Nothing changed: an empty plan."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        # targets are read as `dvc repro` in `root` reads them; a stage's state under the lock
+        with contextlib.chdir(root), Repo(str(root)) as repo, repo.lock:
+            graph = repo.index.graph          # an edge runs from a stage to one it needs
+            chosen = ({s for t in targets for s in repo.stage.collect(t, with_deps=True)}
+                      if targets else set(graph.nodes))
+            order = _topological(graph, chosen)
+            planned: set = set()
+            for stage in order:
+                upstream = set(graph.successors(stage)) & chosen
+                if upstream & planned or stage.changed():
+                    planned.add(stage)
+            names = {s: _address(s, root) for s in planned}
+            return Plan(
+                stages=tuple(names[s] for s in order if s in planned),
+                needs={names[s]: frozenset(names[u] for u in _upstream(graph, s) & planned)
+                       for s in planned})
+    except DvcException as exc:
+        raise UserError(f"DVC could not read the pipeline in {root}: {exc}") from None
+
+
+def _address(stage, root: Path) -> str:  # noqa: ANN001 (a DVC stage)
+    """The stage as `dvc repro` run in `root` names it: `train@mlp_512x2`, or
+    `sub/dvc.yaml:name` for a stage of another dvc.yaml."""
+    rel = os.path.relpath(stage.path, root)
+    return stage.name if rel == "dvc.yaml" else f"{rel}:{stage.name}"
+
+
+def _topological(graph, chosen: set) -> list:  # noqa: ANN001 (a networkx DiGraph)
+    """`chosen`, every stage after the stages it needs (DVC's own order among equals)."""
+    import networkx as nx
+
+    return [s for s in reversed(list(nx.topological_sort(graph))) if s in chosen]
+
+
+def _upstream(graph, stage) -> set:  # noqa: ANN001
+    import networkx as nx
+
+    return set(nx.descendants(graph, stage))
+
+
+def ready(p: Plan, done: set[str], started: set[str]) -> list[str]:
+    """The planned stages not started yet whose planned upstream stages have all ended."""
+    return [s for s in p.stages if s not in started and p.needs[s] <= done]
+
+
+class Runner:
+    """Runs a plan's stages, `jobs` at a time, each its own `dvc repro --single-item`."""
+
+    def __init__(self, root: Path, jobs: int, out: IO[str] | None = None) -> None:
+        self.root, self.jobs = root, jobs
+        self.out = out or sys.stderr
+        self._write = threading.Lock()
+        self._running: dict[str, tuple[subprocess.Popen[bytes], float, threading.Thread]] = {}
+
+    def run(self, p: Plan) -> Outcome:
+        """Every stage of `p`, or until one fails; interrupted: every running stage is
+        stopped before the interruption goes on."""
+        outcome, done, started = Outcome(), set(), set()
+        try:
+            while True:
+                if not outcome.failed:
+                    for name in ready(p, done, started)[:self.jobs - len(self._running)]:
+                        self._start(name)
+                        started.add(name)
+                if not self._running:
+                    return outcome
+                name, rc, seconds = self._wait_one()
+                outcome.ended.append((name, rc, seconds))
+                if rc == 0:
+                    done.add(name)
+                elif self._running:
+                    log.error("stage %s failed (exit %d); waiting for %s to finish; no "
+                              "other stage starts", name, rc, ", ".join(self._running))
+        except BaseException:
+            self._stop_all()
+            raise
+
+    def _start(self, name: str) -> None:
+        log.info("starting %s", name)
+        proc = subprocess.Popen(["dvc", "repro", "--single-item", name], cwd=self.root,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        pump = threading.Thread(target=self._pump, args=(name, proc), daemon=True)
+        pump.start()
+        self._running[name] = (proc, time.monotonic(), pump)
+
+    def _pump(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        """The stage's output, line by line, each line led by the stage's name when
+        stages run side by side."""
+        prefix = f"[{name}] " if self.jobs > 1 else ""
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace")
+            with self._write:
+                self.out.write(prefix + line if line.strip() else line)
+                self.out.flush()
+
+    def _wait_one(self) -> tuple[str, int, float]:
+        """Block until a running stage ends; its name, exit status and seconds."""
+        while True:
+            for name, (proc, t0, pump) in list(self._running.items()):
+                rc = proc.poll()
+                if rc is not None:
+                    pump.join()
+                    del self._running[name]
+                    seconds = time.monotonic() - t0
+                    log.info("%s %s in %.1f s", name,
+                             "finished" if rc == 0 else f"FAILED (exit {rc})", seconds)
+                    return name, rc, seconds
+            time.sleep(0.1)
+
+    def _stop_all(self) -> None:
+        """SIGTERM to every running stage's process group (DVC and the stage's command),
+        then SIGKILL what is left after STOP_WAIT_S."""
+        for name, (proc, _, _) in self._running.items():
+            log.warning("stopping %s", name)
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT_S
+        for proc, _, pump in self._running.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+            pump.join(timeout=5)
+        self._running.clear()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):     # it has ended meanwhile
+        os.killpg(proc.pid, sig)
+
+
+def reproduce(root: Path, jobs: int, targets: Iterable[str] = ()) -> list[str]:
+    """Run what `dvc repro [targets]` would, `jobs` stages at a time; the stages that ran
+    (or were checked and left as they were). A failure: OperationFailed naming it."""
+    p = plan(root, targets)
+    if not p.stages:
+        log.info("every stage is up to date: nothing to reproduce")
+        return []
+    log.info("%d stage(s) to reproduce, %d at a time: %s", len(p.stages), jobs,
+             ", ".join(p.stages))
+    t0 = time.monotonic()
+    outcome = Runner(root, jobs).run(p)
+    log.info("%d stage(s) in %.1f s (%.1f s of stage time)", len(outcome.ended),
+             time.monotonic() - t0, sum(s for _, _, s in outcome.ended))
+    if outcome.failed:
+        left = [s for s in p.stages if s not in {n for n, _, _ in outcome.ended}]
+        led = f" (lines led by [{outcome.failed[0]}])" if jobs > 1 else ""
+        raise OperationFailed(
+            f"stage {', '.join(outcome.failed)} failed; see its output above{led}. Fix the "
+            f"cause and rerun: finished stages are not run again"
+            f"{'; not started: ' + ', '.join(left) if left else ''}")
+    return [name for name, _, _ in outcome.ended]
