@@ -57,6 +57,21 @@ def test_stage_timeline_gives_each_stage_its_span_from_the_stage_before() -> Non
     assert timeline == [("parse", 1.5), ("train@mlp_512x2", 20.0), ("evaluate@mlp_512x2", 10.0)]
 
 
+def test_stage_timeline_takes_each_stage_seconds_from_a_side_by_side_run() -> None:
+    log = textwrap.dedent("""\
+        2026-12-06 10:00:00,000 INFO mnist_mlops.jobs.repro: starting train@a
+        [train@a] Running stage 'train@a':
+        2026-12-06 10:00:00,001 INFO mnist_mlops.jobs.repro: starting train@b
+        [train@b] Running stage 'train@b':
+        [train@a] 2026-12-06 10:00:09,000 INFO __main__: a: CV val accuracy 0.9
+        2026-12-06 10:00:10,000 INFO mnist_mlops.jobs.repro: train@a finished in 10.0 s
+        2026-12-06 10:00:12,500 INFO mnist_mlops.jobs.repro: train@b FAILED (exit 1) in 12.5 s
+        2026-12-06 10:00:12,500 INFO mnist_mlops.jobs.repro: 2 stage(s) in 12.5 s (22.5 s ...)
+        """).splitlines()
+    timeline = bench_module("stage_timeline").spans(log)
+    assert timeline == [("train@a", 10.0), ("train@b", 12.5)]
+
+
 def test_suite_profile_sums_each_file_and_ranks_the_slowest(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     junit = tmp_path / "suite.xml"
