@@ -1,6 +1,7 @@
 """params.yaml as DVC rewrites it: `dvc exp run -S key=value` loads the whole file with
 ruamel.yaml, sets the values and writes it back (dvc.utils.hydra.apply_overrides), and
-`dvc exp apply` brings that file into the workspace. Written in the form DVC's editor
+`dvc exp apply` brings that file into the workspace (`mnist-mlops exp-run`, what `make
+quick` runs, sets its params with the same editor). Written in the form DVC's editor
 writes, an experiment changes one line per value and keeps every comment."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def makefile_quick() -> list[str]:
     """The overrides of `make quick`: the command `make -n quick` would run."""
     out = subprocess.run(["make", "-n", "quick"], cwd=ROOT, capture_output=True, text=True,
                          check=True, timeout=60).stdout
-    line = next(x for x in out.splitlines() if x.startswith("dvc exp run"))
+    line = next(x for x in out.splitlines() if x.startswith("mnist-mlops exp-run"))
     return overrides(line)
 
 
