@@ -71,8 +71,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_retrain(args: argparse.Namespace) -> int:
     from mnist_mlops.jobs.retrain import Options, retrain
 
+    sigterm_as_interrupt()      # CI's cancel stops every running stage first
     opts = Options(profile=args.profile, remote=args.remote, branch=args.branch,
-                   base=args.base, push=args.push, report=args.report)
+                   base=args.base, push=args.push, report=args.report, jobs=args.jobs)
     retrain(params(args), opts, args.params)
     return 0
 
@@ -136,3 +137,5 @@ def add(commands: Commands) -> None:
     p.add_argument("--push", action="store_true", help="push the branch to origin")
     p.add_argument("--report", type=Path, default=Path("retrain-report.md"),
                    help="where to write the Markdown report")
+    p.add_argument("-j", "--jobs", type=POSITIVE_INT, default=2,
+                   help="stages at a time (default: 2)")

@@ -33,6 +33,7 @@ from typing import IO
 from mnist_mlops.core.runtime import OperationFailed, UserError
 
 log = logging.getLogger(__name__)
+RAN = "Running stage '"    # DVC's line before it runs a stage's command
 STOP_WAIT_S = 60.0        # how long an interrupted stage may take to end before SIGKILL
 
 
@@ -46,9 +47,12 @@ class Plan:
 
 @dataclass
 class Outcome:
-    """What a run did: each stage's exit status and seconds, in the order they ended."""
+    """What a run did: each stage's exit status and seconds, in the order they ended, and
+    the stages whose command DVC ran (not restored from the run cache, not left as it was),
+    in the order they started."""
 
     ended: list[tuple[str, int, float]] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[str]:
@@ -118,11 +122,13 @@ class Runner:
         self.out = out or sys.stderr
         self._write = threading.Lock()
         self._running: dict[str, tuple[subprocess.Popen[bytes], float, threading.Thread]] = {}
+        self._ran: list[str] = []
 
     def run(self, p: Plan) -> Outcome:
         """Every stage of `p`, or until one fails; interrupted: every running stage is
         stopped before the interruption goes on."""
         outcome, done, started = Outcome(), set(), set()
+        self._ran = outcome.ran
         try:
             while True:
                 if not outcome.failed:
@@ -159,6 +165,8 @@ class Runner:
         for raw in proc.stdout:
             line = raw.decode(errors="replace")
             with self._write:
+                if line.startswith(RAN):
+                    self._ran.append(name)
                 self.out.write(prefix + line if line.strip() else line)
                 self.out.flush()
 
@@ -199,8 +207,8 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
 
 
 def reproduce(root: Path, jobs: int, targets: Iterable[str] = ()) -> list[str]:
-    """Run what `dvc repro [targets]` would, `jobs` stages at a time; the stages that ran
-    (or were checked and left as they were). A failure: OperationFailed naming it."""
+    """Run what `dvc repro [targets]` would, `jobs` stages at a time; the stages whose
+    command ran. A failure: OperationFailed naming the stage."""
     p = plan(root, targets)
     if not p.stages:
         log.info("every stage is up to date: nothing to reproduce")
@@ -218,4 +226,4 @@ def reproduce(root: Path, jobs: int, targets: Iterable[str] = ()) -> list[str]:
             f"stage {', '.join(outcome.failed)} failed; see its output above{led}. Fix the "
             f"cause and rerun: finished stages are not run again"
             f"{'; not started: ' + ', '.join(left) if left else ''}")
-    return [name for name, _, _ in outcome.ended]
+    return outcome.ran

@@ -2,7 +2,8 @@
 
     1. pull what the DVC remote has (data, outputs of stages that did not change, and the
        run cache), so nothing is retrained without reason
-    2. reproduce the pipeline (`full` recipes, or the `quick` profile to try the loop)
+    2. reproduce the pipeline (`full` recipes, or the `quick` profile to try the loop),
+       stages that do not need each other side by side (`mnist-mlops repro`)
     3. push the outputs (and the run cache) to the DVC remote
     4. commit `dvc.lock`, params and the small metrics/report files to a branch
     5. push that branch to `origin`
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from mnist_mlops.core.fsio import write_text_atomic
 from mnist_mlops.core.overrides import assignments
 from mnist_mlops.core.runtime import UserError
 from mnist_mlops.evaluation.compare import compare
+from mnist_mlops.jobs import repro
 from mnist_mlops.jobs.profiles import profile
 from mnist_mlops.registry import records
 from mnist_mlops.tracking import mlflow_io
@@ -48,6 +49,7 @@ class Options:
     base: str = "main"                 # what the metrics are compared against
     push: bool = False                 # push the branch to origin
     report: Path = Path("retrain-report.md")
+    jobs: int = 2                      # stages at a time (jobs/repro.py)
 
 
 def sh(*cmd: str, capture: bool = True, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -89,23 +91,6 @@ def pull(remote: str | None) -> None:
                     "is pushed (add one with --remote URL or `dvc remote add -d`)")
         return
     sh("dvc", "pull", "--allow-missing", "--run-cache")
-
-
-def reproduce() -> list[str]:
-    """`dvc repro`, its output passed through as it comes; the stages it ran."""
-    log.info("$ dvc repro")
-    proc = subprocess.Popen(["dvc", "repro"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    ran = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        sys.stderr.write(line)
-        if line.startswith("Running stage '"):
-            ran.append(line.split("'")[1])
-    if proc.wait() != 0:
-        raise UserError(f"`dvc repro` failed (exit {proc.returncode}); see its output above. "
-                        "Fix the cause and rerun: finished stages are not run again")
-    return ran
 
 
 def commit(branch: str, message: str) -> str | None:
@@ -158,7 +143,8 @@ def retrain(params: Params, opts: Options, params_file: Path = Path("params.yaml
     pull(remote)
     if opts.profile == "quick":
         apply_overrides(params_file, profile("quick"))
-    stages_run = reproduce()
+    log.info("$ mnist-mlops repro --jobs %d", opts.jobs)
+    stages_run = repro.reproduce(Path.cwd(), opts.jobs)
     if remote is not None:
         sh("dvc", "push", "--run-cache")
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%MZ")
