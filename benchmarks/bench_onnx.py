@@ -85,7 +85,7 @@ def export_costs(tmp: Path, data: dict[str, np.ndarray], names: list[str]) -> No
 
     from mnist_mlops.core.config import load_params
     from mnist_mlops.inference.keras_model import compiled_call
-    from mnist_mlops.inference.onnx_export import export_checked
+    from mnist_mlops.inference.onnx_export import answers_of, export_checked
     from mnist_mlops.tracking.logged_model import add_onnx, log_keras_model
     from mnist_mlops.training.models import build_model, ensemble
 
@@ -106,7 +106,7 @@ def export_costs(tmp: Path, data: dict[str, np.ndarray], names: list[str]) -> No
         proba = np.asarray(compiled_call(model, x.reshape(-1, 28, 28, 1).astype("float32")))
         keras_s = time.perf_counter() - t0
         model.save(tmp / f"{name}.h5")
-        report = export_checked(model, tmp / "onnx" / name, x, proba,
+        report = export_checked(model, tmp / "onnx" / name, answers_of(x), proba,
                                 {"architecture": model.name, "model": name}, tmp / f"{name}.h5")
         np.save(tmp / "example.npy", x[:1, ..., None])
         with mlflow.start_run() as run:

@@ -42,13 +42,13 @@ def small_model(name: str = "cnn_bn_aug", members: int = 2):
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path, dict]:
     """The augmenting, batch-normalised ensemble (the hardest export) as ONNX."""
     from mnist_mlops.inference.keras_model import call_two_outputs, two_outputs
-    from mnist_mlops.inference.onnx_export import export_checked
+    from mnist_mlops.inference.onnx_export import answers_of, export_checked
 
     model = small_model()
     folder = tmp_path_factory.mktemp("onnx")
     keras_proba, keras_emb = call_two_outputs(two_outputs(model), IMAGES)
     model.save(folder / "m.h5")
-    report = export_checked(model, folder, IMAGES, keras_proba,
+    report = export_checked(model, folder, answers_of(IMAGES), keras_proba,
                             {"architecture": model.name, "model": "cnn_bn_aug"}, folder / "m.h5")
     return model, folder, {"report": report, "embedding": keras_emb, "proba": keras_proba}
 
@@ -82,7 +82,7 @@ def test_a_model_that_cannot_be_exported_says_how_to_go_on_without_onnx(tmp_path
     import keras
     import tensorflow as tf
 
-    from mnist_mlops.inference.onnx_export import export_checked
+    from mnist_mlops.inference.onnx_export import answers_of, export_checked
 
     def in_python(t):      # a Python function inside the graph: no ONNX op can hold it
         return tf.py_function(lambda v: v * 2, [t], tf.float32)
@@ -93,7 +93,8 @@ def test_a_model_that_cannot_be_exported_says_how_to_go_on_without_onnx(tmp_path
     proba = np.asarray(model(IMAGES[:4, ..., None].astype("float32")))
     (tmp_path / "parity.json").write_text('{"exported": true, "ok": true}')   # a stale one
     with pytest.raises(UserError) as err:
-        export_checked(model, tmp_path, IMAGES[:4], proba, {"model": "odd"}, tmp_path / "x.h5")
+        export_checked(model, tmp_path, answers_of(IMAGES[:4]), proba, {"model": "odd"},
+                       tmp_path / "x.h5")
     assert str(err.value).startswith("odd: cannot export as ONNX (")
     assert "register.onnx: false" in str(err.value)
     assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "parity.json").exists()

@@ -175,13 +175,58 @@ def test_an_ensembles_members_are_scored_on_the_onnx_graph(project: Params) -> N
     first, second = (Predictor.of_keras(m, m.name).predict_proba(IMAGES).argmax(axis=1)
                      for m in members(load_keras_model(h5)))
     y = first                                   # the first member is right on every image
-    found = member_metrics(answers.predictor.answer(IMAGES)[1], y, answers.members)
+    assert answers.embedding is not None     # kept by the train stage's check: not run again
+    assert np.allclose(answers.embedding, answers.predictor.answer(IMAGES)[1], atol=1e-6)
+    found = member_metrics(answers.embedding, y, answers.members)
     other = float((second == y).mean())
     assert other < 1.0
     assert found == pytest.approx({"test_accuracy_member_max": 1.0,
                                    "test_accuracy_member_min": other,
                                    "test_accuracy_member_mean": (1.0 + other) / 2})
     assert member_metrics(answers.predictor.answer(IMAGES)[1], y, 0) == {}
+
+
+def test_evaluate_scores_the_checks_answers_only_where_they_answer_its_digits(
+        project: Params, caplog: pytest.LogCaptureFixture) -> None:
+    """The train stage's check answers the test digits on ONNX Runtime; evaluate scores
+    those answers (and their timing) instead of answering again, but only for the very
+    digits they answer and from the file the check wrote."""
+    from mnist_mlops.evaluation.evaluate import answer_test
+    from mnist_mlops.inference.predictor import Predictor
+
+    draft = make_draft(project)
+    fresh = Predictor(str(draft.folder / "model.onnx")).predict_proba(IMAGES)
+    kept = onnx_draft.answers(draft, IMAGES)
+    assert kept is not None and kept.embedding is None and kept.speed == draft.onnx_speed
+    assert np.allclose(kept.proba, fresh, atol=1e-7)
+    with caplog.at_level(logging.INFO):
+        answers = answer_test(project, NAME, IMAGES)
+    assert "answering the test digits with ONNX Runtime here" not in caplog.text
+    assert np.array_equal(answers.proba, kept.proba)
+    assert answers.timings["infer_onnx_images_per_s"] == draft.onnx_speed["images_per_s"]
+
+    other = IMAGES[::-1].copy()                  # the same pixels in another order
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert onnx_draft.answers(draft, other) is None
+        answers = answer_test(project, NAME, other)
+    assert "they answer other test digits" in caplog.text
+    assert np.allclose(answers.proba, fresh[::-1], atol=1e-7)     # answered here instead
+
+    with np.load(draft.folder / onnx_draft.ANSWERS_FILE) as z:
+        wrong = {k: z[k] for k in z.files}
+    wrong["proba"] = wrong["proba"][:, ::-1].copy()
+    with open(draft.folder / onnx_draft.ANSWERS_FILE, "wb") as f:
+        np.savez(f, **wrong)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert onnx_draft.answers(draft, IMAGES) is None
+    assert "its answers file is not the one it wrote" in caplog.text
+    (draft.folder / onnx_draft.ANSWERS_FILE).unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert onnx_draft.answers(draft, IMAGES) is None
+    assert "its answers cannot be read" in caplog.text
 
 
 def test_drafts_nobody_took_are_removed_after_a_day(tmp_path: Path) -> None:

@@ -94,12 +94,14 @@ class Answers:
     onnx: dict[str, Any]        # the export's parity report ({"exported": False, ...})
     members: int                # fold models inside an ensemble (0: one network)
     draft: onnx_draft.Draft | None = None   # the train stage's export, if it was taken
+    embedding: np.ndarray | None = None     # an ensemble's members' answers, if kept
 
 
 def answer_test(params: Params, name: str, x: np.ndarray) -> Answers:
-    """ONNX Runtime's answers on the export the train stage checked against Keras, without
-    importing TensorFlow; where there is none to take (onnx_draft.take says why), Keras'
-    answers on the .h5, exported and checked here."""
+    """ONNX Runtime's answers on the export the train stage checked against Keras (the
+    answers its check kept, where they answer these digits), without importing TensorFlow;
+    where there is none to take (onnx_draft.take says why), Keras' answers on the .h5,
+    exported and checked here."""
     h5, folder = params.paths.model_file(name), params.paths.onnx_dir(name)
     draft = onnx_draft.take(params.paths.checkpoints, h5) if params.register.onnx else None
     if draft is not None:
@@ -110,20 +112,33 @@ def answer_test(params: Params, name: str, x: np.ndarray) -> Answers:
                      name, exc)
         else:
             predictor = Predictor(str(folder / ONNX_FILE))
-            proba, speed = throughput(predictor, x)
+            kept = onnx_draft.answers(draft, x)
+            if kept is not None:
+                proba, embedding, speed = kept.proba, kept.embedding, kept.speed
+            else:
+                (proba, speed), embedding = throughput(predictor, x), None
             return Answers(predictor, proba, {
                 **_named("infer_", draft.keras_speed), **_named("infer_onnx_", speed),
                 "onnx_export_s": report["export_s"], "onnx_parity_s": report["parity_s"]},
-                report, draft.members, draft)
+                report, draft.members, draft, embedding)
     predictor = Predictor(str(h5), runtime="keras")
     proba, speed = throughput(predictor, x)
     timings = _named("infer_", speed)
-    onnx = export_onnx(params, name, predictor, x, proba)
+    ort_speed: dict[str, float] = {}
+    onnx = export_onnx(params, name, predictor, proba, _timed(x, ort_speed))
     if onnx["exported"]:     # the ONNX file's speed beside Keras' (speed.json, MLflow)
-        _, ort_speed = throughput(Predictor(str(folder / ONNX_FILE)), x)
         timings.update(onnx_export_s=onnx["export_s"], onnx_parity_s=onnx["parity_s"],
                        **_named("infer_onnx_", ort_speed))
     return Answers(predictor, proba, timings, onnx, len(members(predictor.keras_model)))
+
+
+def _timed(x: np.ndarray, speed: dict[str, float]) -> onnx_export.Answerer:
+    """The export check's ONNX Runtime pass over `x`, timed: its figures into `speed`."""
+    def answer(onnx_file: Path) -> np.ndarray:
+        proba, measured = throughput(Predictor(str(onnx_file)), x)
+        speed.update(measured)
+        return proba
+    return answer
 
 
 def _named(prefix: str, speed: dict[str, float]) -> dict[str, float]:
@@ -152,7 +167,9 @@ def evaluate(params: Params, name: str) -> dict[str, Any]:
     rw_pred = realworld_set.predictions(predictor.predict_proba, rs)
     rw_plain = realworld_set.plain_predictions(predictor.predict_proba, rs)
     write_text_atomic(out / "realworld.csv", realworld_set.answers_csv(rs, rw_pred, rw_plain))
-    embedding = predictor.answer(x)[1] if answers.members else None
+    embedding = answers.embedding
+    if answers.members and embedding is None:
+        embedding = predictor.answer(x)[1]
     metrics = {"test_accuracy": m["accuracy"], "test_loss": m["loss"],
                "test_macro_f1": m["macro_f1"], "test_errors": int((pred != y).sum()),
                **member_metrics(embedding, y, answers.members),
@@ -205,8 +222,8 @@ def calibration_metrics(predictor: Predictor, proba: np.ndarray, y: np.ndarray, 
             "temperature": cal.temperature, "unsure_below": cal.unsure_below}
 
 
-def export_onnx(params: Params, name: str, predictor: Predictor, x: np.ndarray,
-                proba: np.ndarray) -> dict[str, Any]:
+def export_onnx(params: Params, name: str, predictor: Predictor, proba: np.ndarray,
+                answer: onnx_export.Answerer) -> dict[str, Any]:
     """The model as ONNX, checked against Keras' answers on the test digits
     (paths.onnx/<name>/), carrying the .h5's calibration: what register records beside the
     .h5, and what predict and serve run on. `register.onnx: false` skips it."""
@@ -215,7 +232,7 @@ def export_onnx(params: Params, name: str, predictor: Predictor, x: np.ndarray,
         return onnx_export.skipped(folder, "register.onnx is false in params.yaml")
     model = predictor.keras_model
     metadata = onnx_export.export_metadata(model, name, predictor.calibration)
-    return onnx_export.export_checked(model, folder, x, proba, metadata,
+    return onnx_export.export_checked(model, folder, answer, proba, metadata,
                                       params.paths.model_file(name))
 
 

@@ -3,7 +3,9 @@ TensorFlow (5-7 s of every evaluate stage on a 2-core CPU).
 
 The train stage has Keras loaded: once it has saved the .h5, it exports that file, checks
 ONNX Runtime against Keras on the test digits (their pixels: no label is read) and times
-Keras on the same pass. evaluate takes the export when it was made from the same .h5
+both runtimes on that pass. ONNX Runtime's answers are kept with the export, so that
+evaluate scores them instead of answering the same 10,000 digits again. evaluate takes the
+export when it was made from the same .h5
 (SHA-256) by the same export code and passed its check; otherwise (no draft: DVC restored
 the train stage from its run cache, the export code changed since, the export failed) it
 loads Keras and exports as it always did. A draft is a cache, not an output: DVC records
@@ -14,6 +16,7 @@ its outputs are written (a failed evaluate takes it again on the rerun).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import shutil
@@ -32,6 +35,7 @@ from mnist_mlops.core.fsio import (
     sha256_files,
     write_json_atomic,
 )
+from mnist_mlops.core.mnist import NUM_CLASSES
 from mnist_mlops.core.model_files import ONNX_FILE, PARITY_FILE
 from mnist_mlops.inference import onnx_export
 from mnist_mlops.inference.keras_model import members
@@ -41,7 +45,8 @@ from mnist_mlops.inference.timing import throughput
 log = logging.getLogger(__name__)
 
 DRAFTS = ".onnx-drafts"     # under paths.checkpoints: one folder per .h5 (its SHA-256)
-DRAFT_FILE = "draft.json"   # which .h5, which export code, Keras' speed, ensemble members
+DRAFT_FILE = "draft.json"   # which .h5, which export code, both speeds, ensemble members
+ANSWERS_FILE = "answers.npz"   # ONNX Runtime's answers on the test digits the check used
 STALE_S = 24 * 3600         # a draft no evaluate took within a day is removed by the next
 # The code that makes the ONNX file from a .h5 and the draft's record of it: a draft made by
 # other code is not taken.
@@ -58,6 +63,17 @@ class Draft:
     folder: Path
     keras_speed: dict[str, float]     # throughput() of the Keras model on the test digits
     members: int                      # fold models inside an ensemble; 0 for one network
+    onnx_speed: dict[str, float] | None = None   # throughput() of the ONNX file, same digits
+    images_sha256: str | None = None             # which digits answers.npz answers
+
+
+@dataclass(frozen=True)
+class Kept:
+    """ONNX Runtime's answers on the test digits, from the train stage's check."""
+
+    proba: np.ndarray                 # (n, 10): what the ONNX file's first output gave
+    embedding: np.ndarray | None      # an ensemble's members' probabilities; else None
+    speed: dict[str, float]           # throughput() on that pass
 
 
 def export_code_digest() -> str:
@@ -73,17 +89,69 @@ def folder_of(checkpoints: Path, h5: Path) -> tuple[Path, str]:
 
 def make(model: Any, name: str, h5: Path, checkpoints: Path, x: np.ndarray) -> Draft:
     """Export `model` (loaded from `h5`) for evaluate, checked against Keras on `x` (the
-    test digits); export_checked's UserError where it cannot be exported."""
+    test digits), ONNX Runtime's answers kept; export_checked's UserError where it cannot
+    be exported."""
     folder, digest = folder_of(checkpoints, h5)
     prune(folder.parent)
     proba, speed = throughput(Predictor.of_keras(model, name), x)
     metadata = onnx_export.export_metadata(model, name, calibration.read_h5(h5))
-    onnx_export.export_checked(model, folder, x, proba, metadata, h5)
-    draft = Draft(folder, speed, len(members(model)))
+    n_members = len(members(model))
+    kept: dict[str, Any] = {}
+
+    def answer(onnx_file: Path) -> np.ndarray:
+        """The check's ONNX Runtime pass, timed as evaluate would time it, and kept."""
+        predictor = Predictor(str(onnx_file))
+        kept["proba"], kept["speed"] = throughput(predictor, x)
+        if n_members:      # the members' answers: the graph's second output
+            kept["embedding"] = predictor.answer(x)[1]
+        return kept["proba"]
+
+    onnx_export.export_checked(model, folder, answer, proba, metadata, h5)
+    arrays = {k: kept[k] for k in ("proba", "embedding") if k in kept}
+    with atomic_path(folder / ANSWERS_FILE, durable=False) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    draft = Draft(folder, speed, n_members, kept["speed"], images_digest(x))
     write_json_atomic(folder / DRAFT_FILE, {
         "h5_sha256": digest, "onnx_sha256": sha256_file(folder / ONNX_FILE),
-        "export_code": export_code_digest(), "keras_speed": speed, "members": draft.members})
+        "export_code": export_code_digest(), "keras_speed": speed, "members": draft.members,
+        "onnx_speed": draft.onnx_speed, "images_sha256": draft.images_sha256,
+        "answers_sha256": sha256_file(folder / ANSWERS_FILE)})
     return draft
+
+
+def images_digest(x: np.ndarray) -> str:
+    """SHA-256 of the images' shape and pixels: which digits a draft's answers answer."""
+    h = hashlib.sha256(repr((x.shape, str(x.dtype))).encode())
+    h.update(np.ascontiguousarray(x).data)
+    return h.hexdigest()
+
+
+def answers(draft: Draft, x: np.ndarray) -> Kept | None:
+    """The check's ONNX Runtime answers when they answer exactly `x` and are the file the
+    train stage wrote; None (and a line saying why) when evaluate must answer itself."""
+    why = None
+    if draft.onnx_speed is None or draft.images_sha256 is None:
+        why = "the draft holds no answers"
+    elif draft.images_sha256 != images_digest(x):
+        why = "they answer other test digits"
+    else:
+        try:
+            record = json.loads((draft.folder / DRAFT_FILE).read_text())
+            if sha256_file(draft.folder / ANSWERS_FILE) != record["answers_sha256"]:
+                why = "its answers file is not the one it wrote"
+            else:
+                with np.load(draft.folder / ANSWERS_FILE) as z:
+                    proba = np.asarray(z["proba"], dtype=np.float64)
+                    emb = np.asarray(z["embedding"]) if "embedding" in z.files else None
+                if proba.shape != (len(x), NUM_CLASSES) or (draft.members and emb is None):
+                    why = "its answers have the wrong shape"
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            why = f"its answers cannot be read: {exc}"
+    if why:
+        log.info("%s: answering the test digits with ONNX Runtime here (the train stage's "
+                 "answers are not used: %s)", draft.folder, why)
+        return None
+    return Kept(proba, emb, dict(draft.onnx_speed))
 
 
 def prune(drafts: Path, now: float | None = None) -> None:
@@ -106,7 +174,8 @@ def take(checkpoints: Path, h5: Path) -> Draft | None:
         report = json.loads((folder / PARITY_FILE).read_text())
         why = _refusal(folder, record, report, digest)
         draft = None if why else Draft(folder, dict(record["keras_speed"]),
-                                       int(record["members"]))
+                                       int(record["members"]), record.get("onnx_speed"),
+                                       record.get("images_sha256"))
     except FileNotFoundError:
         log.info("%s: no ONNX export from the train stage here: exporting it now", h5)
         return None

@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -127,10 +128,19 @@ def export_on_tensorflow(h5: Path, path: Path, metadata: dict[str, str]) -> floa
     return time.perf_counter() - t0
 
 
-def export_checked(model: Any, folder: Path, x: np.ndarray, keras_proba: np.ndarray,
+Answerer = Callable[[Path], np.ndarray]   # an ONNX file -> its probabilities of the images
+
+
+def answers_of(x: np.ndarray) -> Answerer:
+    """ONNX Runtime's probabilities of `x` from an ONNX file, in one run of the graph."""
+    return lambda path: OnnxModel(path, "it was just exported").run(x)[0]
+
+
+def export_checked(model: Any, folder: Path, answer: Answerer, keras_proba: np.ndarray,
                    metadata: dict[str, str], h5: Path) -> dict[str, Any]:
-    """Export `model` (saved as `h5`) to `folder`/model.onnx, answer `x` with ONNX Runtime
-    and compare with Keras' `keras_proba` on the same images; the report (also written as
+    """Export `model` (saved as `h5`) to `folder`/model.onnx, answer the images Keras
+    answered with `keras_proba` on ONNX Runtime (`answer(onnx file)`: answers_of(images),
+    or a caller's own pass that it times and keeps) and compare; the report (also written as
     parity.json, which register reads before it records the file). A model that cannot be
     exported is a UserError that says how to go on without ONNX."""
     import keras
@@ -140,7 +150,7 @@ def export_checked(model: Any, folder: Path, x: np.ndarray, keras_proba: np.ndar
         export_s = (export(model, path, metadata) if keras.backend.backend() == "tensorflow"
                     else export_on_tensorflow(h5, path, metadata))
         t0 = time.perf_counter()
-        onnx_proba, _ = OnnxModel(path, "it was just exported").run(x)
+        onnx_proba = answer(path)
     except Exception as exc:  # tf2onnx's, Keras' and ONNX Runtime's refusals
         for stale in (path, folder / PARITY_FILE):    # no earlier run's file to register
             stale.unlink(missing_ok=True)
