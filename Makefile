@@ -5,7 +5,7 @@
 #              stays as written; JOBS stages at a time (default 2)
 # make test  : the whole test suite (what CI runs), on TEST_WORKERS pytest processes
 # make test-fast : the suite without the `slow` tests, on TEST_WORKERS pytest processes
-# make run   : the whole pipeline with the full recipes (dvc repro)
+# make run   : the whole pipeline with the full recipes (dvc repro, JOBS stages at a time)
 # make lint  : ruff check src tests benchmarks
 # make bench : benchmark figures (see benchmarks/)
 # make ablation : tutorial 001's ablation grid as queued DVC experiments
@@ -40,6 +40,8 @@ EXTRAS := dev$(if $(GPU),$(COMMA)gpu)
 # when a recipe needs it, once setup has installed the package; `make quick QUICK=...`
 # overrides it.
 QUICK = $(shell $(BIN)/mnist-mlops params --overrides quick)
+# Stages at a time for `make run` and `make quick`: two keep two cores busy
+JOBS ?= 2
 
 .PHONY: setup run quick test test-fast lint bench ablation reproduce retrain against plots-template clean
 
@@ -53,13 +55,14 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 setup: $(VENV)/.installed
 
+# `dvc repro` with the stages that do not need each other running JOBS at a time
+# (jobs/repro.py): the same models, bit for bit (each stage keeps its own threads).
 run: setup
-	dvc repro
+	mnist-mlops repro --jobs $(JOBS)
 
 # A DVC experiment of the quick profile, as `dvc exp run --temp` would make it (in a copy
 # under .dvc/tmp/exps/, saved with `dvc exp save`: `dvc exp show` lists it), with stages
 # that do not need each other running JOBS at a time (jobs/experiment.py, jobs/repro.py).
-JOBS ?= 2
 quick: setup
 	mnist-mlops exp-run --jobs $(JOBS) $(QUICK)
 

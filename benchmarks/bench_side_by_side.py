@@ -1,0 +1,76 @@
+"""Two full recipes trained one after another against side by side, as `make run` (now
+`mnist-mlops repro -j 2`) trains them: each recipe's speed alone and with the other one
+training at the same time, and the pair's projected `dvc repro` training time both ways.
+
+    python benchmarks/bench_side_by_side.py lenet_28_50 cnn_deep_dropout
+    python benchmarks/bench_side_by_side.py mlp_512x2 cnn_bn_aug --images 6000 --epochs 3
+
+Each speed is `bench_speed.py`'s pipeline loop (steady epochs on random pixels), in a
+process of its own with the stage's own thread settings: alone, the two recipes one after
+the other; side by side, both processes at once. Side by side, the pair's projected time is
+the shorter recipe's projected time at its shared speed, then the rest of the longer one at
+its speed alone (what is left once the shorter has finished).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROW = re.compile(r"^\| (\S+) \| \d+ \| [\d.]+ \| [\d,]+ \| ([\d,]+) \|.* ([\d.]+) min \|$")
+
+
+def speeds(models: list[str], images: int, epochs: int, together: bool
+           ) -> dict[str, tuple[float, float]]:
+    """model -> (pipeline images/s, projected minutes) from bench_speed.py runs: one
+    process per model, one after another or all at once."""
+    cmds = [[sys.executable, str(HERE / "bench_speed.py"), "--models", m, "--images",
+             str(images), "--epochs", str(epochs)] for m in models]
+    if together:
+        procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  text=True) for c in cmds]
+        outs = [p.communicate()[0] for p in procs]
+    else:
+        outs = [subprocess.run(c, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True, check=True).stdout for c in cmds]
+    found = {}
+    for out in outs:
+        for line in out.splitlines():
+            if m := ROW.match(line):
+                found[m.group(1)] = (float(m.group(2).replace(",", "")), float(m.group(3)))
+    missing = set(models) - set(found)
+    if missing:
+        raise SystemExit(f"bench_speed.py gave no row for {sorted(missing)}")
+    return found
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs=2, help="two recipes of params.yaml")
+    ap.add_argument("--images", type=int, default=6000, help="images per epoch")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per measurement")
+    args = ap.parse_args()
+    alone = speeds(args.models, args.images, args.epochs, together=False)
+    shared = speeds(args.models, args.images, args.epochs, together=True)
+    print("| model | alone img/s | side by side img/s | share | projected alone |")
+    print("|---|---:|---:|---:|---:|")
+    for m in args.models:
+        print(f"| {m} | {alone[m][0]:,.0f} | {shared[m][0]:,.0f} | "
+              f"{shared[m][0] / alone[m][0]:.0%} | {alone[m][1]:.1f} min |")
+    one_after = sum(minutes for _, minutes in alone.values())
+    # both at their shared speed until the first is done, then the other alone
+    ends = {m: alone[m][1] * alone[m][0] / shared[m][0] for m in args.models}
+    first = min(ends, key=ends.get)
+    other = next(m for m in args.models if m != first)
+    left = 1 - ends[first] / ends[other]
+    both = ends[first] + left * alone[other][1]
+    print(f"\nprojected training of the pair: one after another {one_after:.1f} min, "
+          f"side by side {both:.1f} min ({both / one_after:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
