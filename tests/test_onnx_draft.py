@@ -197,7 +197,7 @@ def test_evaluate_scores_the_checks_answers_only_where_they_answer_its_digits(
     draft = make_draft(project)
     fresh = Predictor(str(draft.folder / "model.onnx")).predict_proba(IMAGES)
     kept = onnx_draft.answers(draft, IMAGES)
-    assert kept is not None and kept.embedding is None and kept.speed == draft.onnx_speed
+    assert kept is not None and kept.embedding is None
     assert np.allclose(kept.proba, fresh, atol=1e-7)
     with caplog.at_level(logging.INFO):
         answers = answer_test(project, NAME, IMAGES)

@@ -24,10 +24,16 @@ from .conftest import run, tool_env
 pytestmark = pytest.mark.slow   # real DVC processes and signals
 
 # A stage: waits `sleep` seconds (params.yaml), records its pid, start and end, and fails
-# with exit 3 when params.yaml's `fail` names it.
+# with exit 3 when params.yaml's `fail` names it. Stopped by SIGTERM, it takes a second to
+# unwind (as a training ends its MLflow run and keeps its checkpoint), then says so.
 STAGE = '''
-import json, os, sys, time, yaml
+import json, os, signal, sys, time, yaml
 name, deps = sys.argv[1], sys.argv[2:]
+def stop(*_):
+    time.sleep(1.0)
+    open(f"out/{name}.stopped", "w").write("unwound")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
 p = yaml.safe_load(open("params.yaml"))
 os.makedirs("out", exist_ok=True)
 open(f"out/{name}.pid", "w").write(str(os.getpid()))
@@ -58,7 +64,7 @@ def diamond(root: Path, sleep: dict[str, float] | None = None,
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
         "a": stage("a"), "b": stage("b", ("a",)), "c": stage("c", ("a",)),
         "d": stage("d", ("b", "c"))}}))
-    (root / ".gitignore").write_text("/out/*.pid\n")
+    (root / ".gitignore").write_text("/out/*.pid\n/out/*.stopped\n")
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.invalid"],
                 ["git", "config", "user.name", "t"], ["dvc", "init", "-q"],
                 ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],
@@ -156,6 +162,8 @@ def test_sigterm_stops_every_running_stage(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err[-2000:]
     assert time.monotonic() - t0 < 20
+    # it returned only once each stage's command had unwound, not when DVC itself ended
+    assert {p.name for p in (root / "out").glob("*.stopped")} == {"b.stopped", "c.stopped"}
     for p in pids:
         pid = int(p.read_text())
         deadline = time.monotonic() + 10
@@ -193,13 +201,24 @@ def experiments(root: Path) -> dict[str, dict]:
 def test_exp_run_saves_an_experiment_and_leaves_the_workspace_as_it_was(
         tmp_path: Path) -> None:
     root = diamond(tmp_path / "p", sleep={"b": 0.5, "c": 0.5})
+    (root / "old.txt").write_text("committed, then removed\n")
+    run(["git", "add", "old.txt"], root)
+    run(["git", "commit", "-q", "-m", "old"], root)
+    run(["git", "rm", "-q", "old.txt"], root)                  # a staged deletion
     (root / "stage.py").write_text(STAGE + "# edited, not committed\n")
     (root / "notes.txt").write_text("untracked\n")
+    (root / "link.txt").symlink_to("notes.txt")                # an untracked symlink
     before = {f: (root / f).read_text() for f in ("params.yaml", "stage.py", "notes.txt")}
     proc = run(["mnist-mlops", "exp-run", "-S", "n=7", "-n", "seven"], root)
     assert "saved as experiment seven" in proc.stderr
     assert experiments(root)["seven"]["n"] == 7
     assert {f: (root / f).read_text() for f in before} == before
+    ref = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], root).stdout.split()
+    (exp,) = [r for r in ref if r.endswith("/seven")]
+    tree = run(["git", "ls-tree", "-r", exp], root).stdout
+    assert "old.txt" not in tree                               # deleted there too
+    assert any(line.startswith("120000") and line.endswith("\tlink.txt")
+               for line in tree.splitlines()), tree            # still a link
     assert not (root / "out").exists()                  # nothing ran in the workspace
     assert run(["git", "worktree", "list"], root).stdout.count("\n") == 1
     assert not list((root / ".dvc" / "tmp" / "exps").glob("exp-*"))

@@ -79,18 +79,19 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
-    from mnist_mlops.jobs.repro import reproduce
+    from mnist_mlops.jobs.repro import dvc_root, reproduce
 
     sigterm_as_interrupt()      # a stop stops every running stage first
-    reproduce(Path.cwd(), args.jobs, args.targets)
+    reproduce(dvc_root(Path.cwd()), args.jobs, args.targets)
     return 0
 
 
 def cmd_exp_run(args: argparse.Namespace) -> int:
     from mnist_mlops.jobs.experiment import run_experiment
+    from mnist_mlops.jobs.repro import dvc_root
 
     sigterm_as_interrupt()      # a stop stops every running stage, then removes the copy
-    run_experiment(Path.cwd(), args.set_param, args.jobs, args.name)
+    run_experiment(dvc_root(Path.cwd()), args.set_param, args.jobs, args.name)
     return 0
 
 

@@ -21,6 +21,7 @@ The copy is removed afterwards, failed or not.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import uuid
@@ -54,15 +55,31 @@ def tool(root: Path, *cmd: str) -> str:
 
 
 def workspace_files(root: Path) -> list[str]:
-    """Every file git sees in the workspace, tracked or not, less what it ignores."""
+    """Every file git sees in the workspace, tracked or not, less what it ignores, and
+    every file of HEAD (so that one deleted or renamed since is deleted in the copy)."""
     out = git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    out += git(root, "ls-tree", "-r", "-z", "--name-only", "HEAD")
     return sorted({f for f in out.split("\0") if f})
+
+
+def carry(src: Path, dst: Path) -> None:
+    """One workspace path into the copy as it is now: a file, a symbolic link (as a link),
+    or gone."""
+    if dst.is_symlink() or dst.is_file():
+        dst.unlink()
+    if src.is_symlink():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(os.readlink(src))
+    elif src.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
 
 
 @contextmanager
 def temporary_copy(root: Path) -> Iterator[Path]:
     """A worktree of HEAD under `.dvc/tmp/exps/` holding the workspace's files as they are
-    (its `dvc.lock` too, committed or not), sharing its DVC cache; removed afterwards."""
+    (its `dvc.lock` too, committed or not, and the outputs it records, from the shared DVC
+    cache); removed afterwards."""
     head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD^{commit}"], cwd=root,
                           capture_output=True, text=True)
     if head.returncode != 0:
@@ -70,18 +87,16 @@ def temporary_copy(root: Path) -> Iterator[Path]:
                         "against one; commit the project first (git add -A && git commit)")
     copy = root / TEMP_DIR / f"exp-{uuid.uuid4().hex[:10]}"
     copy.parent.mkdir(parents=True, exist_ok=True)
-    git(root, "worktree", "add", "--detach", "-q", str(copy), "HEAD")
     try:
+        git(root, "worktree", "add", "--detach", "-q", str(copy), "HEAD")
         for name in workspace_files(root):
-            src, dst = root / name, copy / name
-            if src.is_file():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dst)
-            elif dst.exists() or dst.is_symlink():
-                dst.unlink()            # deleted in the workspace, not yet committed
+            carry(root / name, copy / name)
         if (root / "dvc.lock").is_file():
             shutil.copy2(root / "dvc.lock", copy / "dvc.lock")
         dvc(copy, "config", "--local", "cache.dir", str(_cache_dir(root)))
+        # as `dvc exp run` does: the outputs dvc.lock records, so that the stages it
+        # records as they are stay as they are (those the cache lacks are reproduced)
+        dvc(copy, "checkout", "--allow-missing", "--force")
         yield copy
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(copy)], cwd=root,

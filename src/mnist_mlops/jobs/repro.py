@@ -35,6 +35,7 @@ from mnist_mlops.core.runtime import OperationFailed, UserError
 log = logging.getLogger(__name__)
 RAN = "Running stage '"    # DVC's line before it runs a stage's command
 STOP_WAIT_S = 60.0        # how long an interrupted stage may take to end before SIGKILL
+PUMP_WAIT_S = 10.0        # how long the output of an ended stage may take to drain
 
 
 @dataclass(frozen=True)
@@ -59,28 +60,40 @@ class Outcome:
         return [name for name, rc, _ in self.ended if rc != 0]
 
 
+def dvc_root(cwd: Path) -> Path:
+    """The DVC project `cwd` is in (its root, as `dvc` finds it from a subfolder)."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        return Path(Repo.find_root(str(cwd)))
+    except NotDvcRepoError:
+        raise UserError(f"{cwd} is not in a DVC project (no .dvc folder here or above): "
+                        "run this in the project") from None
+
+
 def plan(root: Path, targets: Iterable[str] = ()) -> Plan:
-    """The stages `dvc repro [targets]` would consider, each with what it waits for.
+    """The stages `dvc repro [targets]` would consider, in its order (DVC's own planning:
+    frozen stages cut off from what they need), each with the planned stages it waits for.
 
     A stage is planned when DVC reports it changed or a stage upstream of it is planned:
     an upstream stage's new output may change it (its own `dvc repro --single-item` then
     decides). Nothing changed: an empty plan."""
+    from dvc.dvcfile import PROJECT_FILE
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
+    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
 
     try:
         # targets are read as `dvc repro` in `root` reads them; a stage's state under the lock
         with contextlib.chdir(root), Repo(str(root)) as repo, repo.lock:
-            graph = repo.index.graph          # an edge runs from a stage to one it needs
-            chosen = ({s for t in targets for s in repo.stage.collect(t, with_deps=True)}
-                      if targets else set(graph.nodes))
-            order = _topological(graph, chosen)
+            graph = get_active_graph(repo.index.graph)   # an edge: stage -> one it needs
+            order = plan_repro(graph, collect_stages(repo, list(targets) or [PROJECT_FILE]))
             planned: set = set()
             for stage in order:
-                upstream = set(graph.successors(stage)) & chosen
-                if upstream & planned or stage.changed():
+                if set(graph.successors(stage)) & planned or stage.changed():
                     planned.add(stage)
-            names = {s: _address(s, root) for s in planned}
+            names = {s: s.addressing for s in planned}    # as `dvc repro` here names it
             return Plan(
                 stages=tuple(names[s] for s in order if s in planned),
                 needs={names[s]: frozenset(names[u] for u in _upstream(graph, s) & planned)
@@ -89,21 +102,8 @@ def plan(root: Path, targets: Iterable[str] = ()) -> Plan:
         raise UserError(f"DVC could not read the pipeline in {root}: {exc}") from None
 
 
-def _address(stage, root: Path) -> str:  # noqa: ANN001 (a DVC stage)
-    """The stage as `dvc repro` run in `root` names it: `train@mlp_512x2`, or
-    `sub/dvc.yaml:name` for a stage of another dvc.yaml."""
-    rel = os.path.relpath(stage.path, root)
-    return stage.name if rel == "dvc.yaml" else f"{rel}:{stage.name}"
-
-
-def _topological(graph, chosen: set) -> list:  # noqa: ANN001 (a networkx DiGraph)
-    """`chosen`, every stage after the stages it needs (DVC's own order among equals)."""
-    import networkx as nx
-
-    return [s for s in reversed(list(nx.topological_sort(graph))) if s in chosen]
-
-
-def _upstream(graph, stage) -> set:  # noqa: ANN001
+def _upstream(graph, stage) -> set:  # noqa: ANN001 (a networkx DiGraph, a DVC stage)
+    """Every stage `stage` needs, directly or through others."""
     import networkx as nx
 
     return set(nx.descendants(graph, stage))
@@ -150,25 +150,34 @@ class Runner:
 
     def _start(self, name: str) -> None:
         log.info("starting %s", name)
-        proc = subprocess.Popen(["dvc", "repro", "--single-item", name], cwd=self.root,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        # --wait-for-lock: DVC holds its repository lock around a stage's command (checking,
+        # restoring, committing outputs, writing dvc.lock); a stage starting or ending while
+        # another one does that waits its turn instead of failing after 3 s
+        proc = subprocess.Popen(["dvc", "--wait-for-lock", "repro", "--single-item", name],
+                                cwd=self.root, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         pump = threading.Thread(target=self._pump, args=(name, proc), daemon=True)
+        self._running[name] = (proc, time.monotonic(), pump)   # stopped on interrupt from now
         pump.start()
-        self._running[name] = (proc, time.monotonic(), pump)
 
     def _pump(self, name: str, proc: subprocess.Popen[bytes]) -> None:
         """The stage's output, line by line, each line led by the stage's name when
-        stages run side by side."""
+        stages run side by side. Read to the end even when it cannot be shown (a closed
+        terminal, `| head`): a stage blocked on a full pipe would never end."""
         prefix = f"[{name}] " if self.jobs > 1 else ""
+        shown = True
         assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.decode(errors="replace")
             with self._write:
                 if line.startswith(RAN):
                     self._ran.append(name)
-                self.out.write(prefix + line if line.strip() else line)
-                self.out.flush()
+                if shown:
+                    try:
+                        self.out.write(prefix + line if line.strip() else line)
+                        self.out.flush()
+                    except (OSError, ValueError):
+                        shown = False
 
     def _wait_one(self) -> tuple[str, int, float]:
         """Block until a running stage ends; its name, exit status and seconds."""
@@ -176,7 +185,7 @@ class Runner:
             for name, (proc, t0, pump) in list(self._running.items()):
                 rc = proc.poll()
                 if rc is not None:
-                    pump.join()
+                    pump.join(timeout=PUMP_WAIT_S)   # a process it left may hold the pipe
                     del self._running[name]
                     seconds = time.monotonic() - t0
                     log.info("%s %s in %.1f s", name,
@@ -185,25 +194,41 @@ class Runner:
             time.sleep(0.1)
 
     def _stop_all(self) -> None:
-        """SIGTERM to every running stage's process group (DVC and the stage's command),
-        then SIGKILL what is left after STOP_WAIT_S."""
+        """SIGTERM to every running stage's process group: DVC ends at once, the stage's
+        command unwinds (its MLflow run KILLED, its checkpoint kept). Waits until every
+        process of each group has ended, SIGKILL after STOP_WAIT_S, so that nothing still
+        writes once this returns."""
         for name, (proc, _, _) in self._running.items():
             log.warning("stopping %s", name)
-            _signal_group(proc, signal.SIGTERM)
+            _signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_WAIT_S
         for proc, _, pump in self._running.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))   # reaped: not a zombie
+            while _group_alive(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _group_alive(proc.pid):
+                log.warning("a stage did not end within %.0f s of SIGTERM: killed", STOP_WAIT_S)
+                _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
-            pump.join(timeout=5)
+            pump.join(timeout=PUMP_WAIT_S)
         self._running.clear()
 
 
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):     # it has ended meanwhile
-        os.killpg(proc.pid, sig)
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group still exists (each stage leads its own group)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def reproduce(root: Path, jobs: int, targets: Iterable[str] = ()) -> list[str]:
