@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +40,8 @@ os.makedirs("out", exist_ok=True)
 open(f"out/{name}.pid", "w").write(str(os.getpid()))
 start = time.time()
 time.sleep(p["sleep"].get(name, 0))
+for _ in range(p.get("noise", {}).get(name, 0)):
+    print("x" * 99, flush=True)
 if name in p["fail"]:
     sys.exit(3)
 text = "".join(open(f"out/{d}.txt").read() for d in deps) + f"{name}{p['n']}\\n"
@@ -172,6 +175,41 @@ def test_sigterm_stops_every_running_stage(tmp_path: Path) -> None:
             time.sleep(0.2)
     assert not (root / "out" / "b.txt").exists() and not (root / "out" / "c.txt").exists()
     assert set(yaml.safe_load((root / "dvc.lock").read_text())["stages"]) == {"a"}
+
+
+def test_output_that_cannot_be_shown_is_still_read_to_the_end(tmp_path: Path) -> None:
+    """A closed terminal or `| head`: writing fails, yet each stage's output is drained, so
+    that no stage blocks on a full pipe (200 kB each here, three times the pipe's 64 kB)."""
+    root = diamond(tmp_path / "p")
+    set_param(root, "noise", {s: 2000 for s in "abcd"})
+    closed = (tmp_path / "gone.log").open("w")
+    closed.close()                                     # every write raises ValueError
+    runner = repro.Runner(root, 2, out=closed)
+    worker = threading.Thread(target=runner.run, args=(repro.plan(root),), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "the run hung on a stage's unread output"
+    assert not runner.outcome.failed and sorted(runner.outcome.ran) == ["a", "b", "c", "d"]
+    assert "up to date" in run(["dvc", "status"], root).stdout
+
+
+def test_outside_a_project_without_a_commit_or_with_a_broken_pipeline_is_one_line(
+        tmp_path: Path) -> None:
+    nowhere = tmp_path / "nowhere"
+    nowhere.mkdir()
+    proc = run(["mnist-mlops", "repro"], nowhere, check=False)
+    assert proc.returncode == 2 and "is not in a DVC project" in proc.stderr, proc.stderr
+    root = tmp_path / "fresh"
+    root.mkdir()
+    run(["git", "init", "-q"], root)
+    run(["dvc", "init", "-q"], root)
+    proc = run(["mnist-mlops", "exp-run"], root, check=False)
+    assert proc.returncode == 2 and "no commit yet" in proc.stderr, proc.stderr
+    (root / "dvc.yaml").write_text("stages:\n  a:\n    cmd: [not, a, command]\n    outs: 3\n")
+    proc = run(["mnist-mlops", "repro"], root, check=False)
+    assert proc.returncode == 2 and "DVC could not read the pipeline" in proc.stderr, \
+        proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def _alive(pid: int) -> bool:

@@ -63,8 +63,9 @@ class Draft:
     folder: Path
     keras_speed: dict[str, float]     # throughput() of the Keras model on the test digits
     members: int                      # fold models inside an ensemble; 0 for one network
-    onnx_speed: dict[str, float] | None = None   # throughput() of the ONNX file, same digits
-    images_sha256: str | None = None             # which digits answers.npz answers
+    onnx_speed: dict[str, float]      # throughput() of the ONNX file on the same digits
+    images_sha256: str                # which digits answers.npz answers (images_digest)
+    answers_sha256: str               # answers.npz as the check wrote it
 
 
 @dataclass(frozen=True)
@@ -110,12 +111,13 @@ def make(model: Any, name: str, h5: Path, checkpoints: Path, x: np.ndarray) -> D
     arrays = {k: kept[k] for k in ("proba", "embedding") if k in kept}
     with atomic_path(folder / ANSWERS_FILE, durable=False) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    draft = Draft(folder, speed, n_members, kept["speed"], images_digest(x))
+    draft = Draft(folder, speed, n_members, kept["speed"], images_digest(x),
+                  sha256_file(folder / ANSWERS_FILE))
     write_json_atomic(folder / DRAFT_FILE, {
         "h5_sha256": digest, "onnx_sha256": sha256_file(folder / ONNX_FILE),
         "export_code": export_code_digest(), "keras_speed": speed, "members": draft.members,
         "onnx_speed": draft.onnx_speed, "images_sha256": draft.images_sha256,
-        "answers_sha256": sha256_file(folder / ANSWERS_FILE)})
+        "answers_sha256": draft.answers_sha256})
     return draft
 
 
@@ -130,14 +132,11 @@ def answers(draft: Draft, x: np.ndarray) -> Kept | None:
     """The check's ONNX Runtime answers when they answer exactly `x` and are the file the
     train stage wrote; None (and a line saying why) when evaluate must answer itself."""
     why = None
-    if draft.onnx_speed is None or draft.images_sha256 is None:
-        why = "the draft holds no answers"
-    elif draft.images_sha256 != images_digest(x):
+    if draft.images_sha256 != images_digest(x):
         why = "they answer other test digits"
     else:
         try:
-            record = json.loads((draft.folder / DRAFT_FILE).read_text())
-            if sha256_file(draft.folder / ANSWERS_FILE) != record["answers_sha256"]:
+            if sha256_file(draft.folder / ANSWERS_FILE) != draft.answers_sha256:
                 why = "its answers file is not the one it wrote"
             else:
                 with np.load(draft.folder / ANSWERS_FILE) as z:
@@ -145,7 +144,7 @@ def answers(draft: Draft, x: np.ndarray) -> Kept | None:
                     emb = np.asarray(z["embedding"]) if "embedding" in z.files else None
                 if proba.shape != (len(x), NUM_CLASSES) or (draft.members and emb is None):
                     why = "its answers have the wrong shape"
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError) as exc:
             why = f"its answers cannot be read: {exc}"
     if why:
         log.info("%s: answering the test digits with ONNX Runtime here (the train stage's "
@@ -173,9 +172,10 @@ def take(checkpoints: Path, h5: Path) -> Draft | None:
         record = json.loads((folder / DRAFT_FILE).read_text())
         report = json.loads((folder / PARITY_FILE).read_text())
         why = _refusal(folder, record, report, digest)
-        draft = None if why else Draft(folder, dict(record["keras_speed"]),
-                                       int(record["members"]), record.get("onnx_speed"),
-                                       record.get("images_sha256"))
+        draft = None if why else Draft(
+            folder, dict(record["keras_speed"]), int(record["members"]),
+            dict(record["onnx_speed"]), str(record["images_sha256"]),
+            str(record["answers_sha256"]))
     except FileNotFoundError:
         log.info("%s: no ONNX export from the train stage here: exporting it now", h5)
         return None

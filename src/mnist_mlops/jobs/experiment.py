@@ -23,35 +23,25 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from mnist_mlops.core.runtime import OperationFailed, UserError
+from mnist_mlops.core.runtime import UserError
 from mnist_mlops.jobs import repro
+from mnist_mlops.jobs.shell import sh
 
 log = logging.getLogger(__name__)
 TEMP_DIR = Path(".dvc/tmp/exps")      # DVC's own place for temporary experiment copies
 
 
 def git(root: Path, *args: str) -> str:
-    return tool(root, "git", *args)
+    return sh("git", *args, cwd=root).stdout
 
 
 def dvc(root: Path, *args: str) -> str:
-    return tool(root, "dvc", *args)
-
-
-def tool(root: Path, *cmd: str) -> str:
-    """A git or DVC command in `root`; its output. Failing: OperationFailed in the tool's
-    own words."""
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise OperationFailed(f"`{' '.join(cmd)}` failed in {root}: "
-                              f"{(proc.stderr or proc.stdout).strip()[-1500:]}")
-    return proc.stdout
+    return sh("dvc", *args, cwd=root).stdout
 
 
 def workspace_files(root: Path) -> list[str]:
@@ -78,11 +68,10 @@ def carry(src: Path, dst: Path) -> None:
 @contextmanager
 def temporary_copy(root: Path) -> Iterator[Path]:
     """A worktree of HEAD under `.dvc/tmp/exps/` holding the workspace's files as they are
-    (its `dvc.lock` too, committed or not, and the outputs it records, from the shared DVC
-    cache); removed afterwards."""
-    head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD^{commit}"], cwd=root,
-                          capture_output=True, text=True)
-    if head.returncode != 0:
+    (its `dvc.lock` too, committed or not, and the outputs that records, from the shared
+    DVC cache); removed afterwards."""
+    if sh("git", "rev-parse", "--verify", "-q", "HEAD^{commit}", cwd=root,
+          check=False).returncode != 0:
         raise UserError("the git repository has no commit yet: an experiment is saved "
                         "against one; commit the project first (git add -A && git commit)")
     copy = root / TEMP_DIR / f"exp-{uuid.uuid4().hex[:10]}"
@@ -91,25 +80,20 @@ def temporary_copy(root: Path) -> Iterator[Path]:
         git(root, "worktree", "add", "--detach", "-q", str(copy), "HEAD")
         for name in workspace_files(root):
             carry(root / name, copy / name)
-        if (root / "dvc.lock").is_file():
-            shutil.copy2(root / "dvc.lock", copy / "dvc.lock")
         dvc(copy, "config", "--local", "cache.dir", str(_cache_dir(root)))
         # as `dvc exp run` does: the outputs dvc.lock records, so that the stages it
         # records as they are stay as they are (those the cache lacks are reproduced)
         dvc(copy, "checkout", "--allow-missing", "--force")
         yield copy
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(copy)], cwd=root,
-                       capture_output=True)
+        sh("git", "worktree", "remove", "--force", str(copy), cwd=root, check=False)
         shutil.rmtree(copy, ignore_errors=True)
-        subprocess.run(["git", "worktree", "prune"], cwd=root, capture_output=True)
+        sh("git", "worktree", "prune", cwd=root, check=False)
 
 
 def _cache_dir(root: Path) -> Path:
     """The workspace's DVC cache folder, as its config sets it."""
-    out = subprocess.run(["dvc", "cache", "dir"], cwd=root, capture_output=True, text=True)
-    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() \
-        else root / ".dvc" / "cache"
+    return Path(dvc(root, "cache", "dir").strip())
 
 
 def set_params(copy: Path, assignments: Sequence[str]) -> None:
@@ -120,10 +104,9 @@ def set_params(copy: Path, assignments: Sequence[str]) -> None:
     for a in assignments:
         if "=" not in a:
             raise UserError(f"-S {a!r}: a setting is key=value (e.g. train.max_epochs=2)")
-        head, _, _ = a.partition("=")
-        file, sep, key = head.rpartition(":")
-        by_file.setdefault(file if sep else "params.yaml", []).append(
-            f"{key if sep else head}={a.partition('=')[2]}")
+        target, _, value = a.partition("=")
+        file, _, key = target.rpartition(":")
+        by_file.setdefault(file or "params.yaml", []).append(f"{key}={value}")
     for file, items in by_file.items():
         try:
             apply_overrides(copy / file, items)

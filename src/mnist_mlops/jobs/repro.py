@@ -122,13 +122,13 @@ class Runner:
         self.out = out or sys.stderr
         self._write = threading.Lock()
         self._running: dict[str, tuple[subprocess.Popen[bytes], float, threading.Thread]] = {}
-        self._ran: list[str] = []
+        self.outcome = Outcome()
 
     def run(self, p: Plan) -> Outcome:
         """Every stage of `p`, or until one fails; interrupted: every running stage is
         stopped before the interruption goes on."""
         outcome, done, started = Outcome(), set(), set()
-        self._ran = outcome.ran
+        self.outcome = outcome        # the output pumps note there which stages ran
         try:
             while True:
                 if not outcome.failed:
@@ -171,7 +171,7 @@ class Runner:
             line = raw.decode(errors="replace")
             with self._write:
                 if line.startswith(RAN):
-                    self._ran.append(name)
+                    self.outcome.ran.append(name)
                 if shown:
                     try:
                         self.out.write(prefix + line if line.strip() else line)
@@ -226,8 +226,6 @@ def _group_alive(pgid: int) -> bool:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
     return True
 
 

@@ -18,7 +18,6 @@ remote it is.
 from __future__ import annotations
 
 import logging
-import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +33,7 @@ from mnist_mlops.core.runtime import UserError
 from mnist_mlops.evaluation.compare import compare
 from mnist_mlops.jobs import repro
 from mnist_mlops.jobs.profiles import profile
+from mnist_mlops.jobs.shell import sh
 from mnist_mlops.registry import records
 from mnist_mlops.tracking import mlflow_io
 
@@ -50,17 +50,6 @@ class Options:
     push: bool = False                 # push the branch to origin
     report: Path = Path("retrain-report.md")
     jobs: int = 2                      # stages at a time (jobs/repro.py)
-
-
-def sh(*cmd: str, capture: bool = True, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run a tool; on failure, a UserError with its own message (no traceback)."""
-    log.info("$ %s", " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=capture, text=True)
-    if check and proc.returncode != 0:
-        detail = ((proc.stderr or "") + (proc.stdout or "")).strip()[-2000:] if capture else ""
-        raise UserError(f"`{' '.join(cmd)}` failed (exit {proc.returncode})"
-                        + (f":\n{detail}" if detail else ""))
-    return proc
 
 
 def dvc_remote() -> str | None:
