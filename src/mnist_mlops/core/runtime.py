@@ -7,7 +7,8 @@ Every stage runs its main() through `run_main`, which
   so MLflow runs end KILLED and no half-written output is left (exit 130),
 - ends the stage when the `dvc repro` that started it dies: DVC does not pass signals on
   to its stages, and a stage that outlives DVC would write outputs after DVC released its
-  lock, leaving `dvc.lock` out of step with the workspace.
+  lock, leaving `dvc.lock` out of step with the workspace,
+- leaves without the interpreter's teardown (`exit_without_teardown`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 log = logging.getLogger(__name__)
 SHELLS = {"sh", "dash", "bash", "zsh", "ksh"}
@@ -253,11 +254,32 @@ def run_main(main: Callable[[], None]) -> None:
     configure_logging()
     sigterm_as_interrupt()
     watch_launchers()
+    code = EXIT_OK
     try:
         main()
     except UserError as exc:          # config.ConfigError included
         log.error("%s", exc)
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except KeyboardInterrupt as exc:
         log.error("interrupted%s", f" ({exc})" if str(exc) else "")
-        sys.exit(EXIT_INTERRUPTED)
+        code = EXIT_INTERRUPTED
+    exit_without_teardown(code)
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """Exit as Python does (wait for the threads that are not daemons, run the exit
+    handlers, flush the streams), less its last step: freeing every module and object.
+
+    After TensorFlow that step took 2.4 s of each stage process (1 s after MLflow and
+    ONNX Runtime alone) and writes nothing: by then every output is written and closed,
+    and the exit handlers (the stderr filter's drain, TensorFlow's temporary files,
+    logging's flush) have run."""
+    current = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not current and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
