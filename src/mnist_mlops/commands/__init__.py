@@ -27,6 +27,7 @@ import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import NoReturn
 
 from mnist_mlops.commands import monitor, pipeline, registry, serving, store, sweep, team
 from mnist_mlops.commands.base import Commands
@@ -35,6 +36,7 @@ from mnist_mlops.core.runtime import (
     EXIT_INTERRUPTED,
     UserError,
     configure_logging,
+    exit_without_teardown,
     missing_install,
 )
 
@@ -90,3 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         error = refusal(exc)
         print(f"mnist-mlops {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
+
+
+def console() -> NoReturn:
+    """The `mnist-mlops` console script: main()'s exit status, without the interpreter's
+    teardown (a second of freeing MLflow's modules after each command, see
+    runtime.exit_without_teardown)."""
+    exit_without_teardown(main())
