@@ -15,9 +15,9 @@ REG = "digits"
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> MlflowClient:
+def client(tmp_path: Path, mlflow_db: str) -> MlflowClient:
     """A registered model with versions 1-5 (their source: an empty folder; never loaded)."""
-    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    c = MlflowClient(mlflow_db)
     c.create_registered_model(REG)
     (tmp_path / "model").mkdir()
     for _ in range(5):

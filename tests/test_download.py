@@ -62,7 +62,8 @@ class MirrorServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        # poll every 50 ms: shutdown() waits up to one interval (0.5 s by default)
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
 
     def mirror(self, mode: str) -> str:
         return f"{self.url}/{mode}/"

@@ -126,12 +126,13 @@ def test_a_write_repeated_after_a_resume_is_recorded_once(tmp_path: Path) -> Non
                      ("metrics", 5)]
 
 
-def test_a_write_the_store_refuses_stops_with_one_clear_error(tmp_path: Path) -> None:
+def test_a_write_the_store_refuses_stops_with_one_clear_error(tmp_path: Path,
+                                                             mlflow_db: str) -> None:
     """Not an outage: retrying cannot help, so delivery stops and says which write failed."""
     from mnist_mlops.core.runtime import UserError
     from mnist_mlops.tracking.journal import Journal
 
-    j = Journal(tmp_path / "ckpt", f"sqlite:///{tmp_path}/mlflow.db", "mnist-mlops", "a")
+    j = Journal(tmp_path / "ckpt", mlflow_db, "mnist-mlops", "a")
     j.start_run("parent", "m", {})
     j.dataset("parent", "mnist-train", "x" * 64, "data", 10)   # MLflow allows 36 characters
     with pytest.raises(UserError, match="refused a dataset write for run parent"):

@@ -107,11 +107,11 @@ def test_cli_predict_mixed_folder(model_file: Path, tmp_path: Path) -> None:
     assert text.startswith(f"{folder / 'a_seven.png'}: 7 (p=")
 
 
-def test_unknown_mlflow_model_is_a_clear_error(tmp_path: Path,
+def test_unknown_mlflow_model_is_a_clear_error(mlflow_db: str,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from mnist_mlops.core.runtime import UserError
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_db)
     with pytest.raises(UserError, match="cannot load model 'models:/nope@champion'"):
         Predictor("models:/nope@champion")
 

@@ -42,10 +42,10 @@ def write_tiny_project(root: Path, **train: object) -> Path:
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Params:
+def project(tmp_path: Path, mlflow_db: str, monkeypatch: pytest.MonkeyPatch) -> Params:
     write_tiny_project(tmp_path)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_db)
     return load_params()
 
 
@@ -135,14 +135,15 @@ def test_same_seed_same_fold_metrics(project: Params) -> None:
 
 
 @pytest.mark.parametrize("final", ["best_fold", "ensemble"])
-def test_final_model_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, final: str) -> None:
+def test_final_model_modes(tmp_path: Path, mlflow_db: str, monkeypatch: pytest.MonkeyPatch,
+                           final: str) -> None:
     import keras
 
     from mnist_mlops.training.train import train
 
     write_tiny_project(tmp_path, final=final)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_db)
     params = load_params()
     summary = train(params, "mlp_512x2")
     model = keras.saving.load_model(params.paths.model_file("mlp_512x2"), compile=False)
@@ -156,14 +157,14 @@ def test_final_model_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fina
 
 
 @pytest.mark.parametrize("keras_backend", ["tensorflow", "jax", "torch"])
-def test_sigterm_ends_runs_killed_and_leaves_no_model(tmp_path: Path,
+def test_sigterm_ends_runs_killed_and_leaves_no_model(tmp_path: Path, mlflow_db: str,
                                                       keras_backend: str) -> None:
     pytest.importorskip(keras_backend)          # torch: where installed (not in CI)
     write_tiny_project(tmp_path, max_epochs=None, verbose=2)  # one log line per epoch
     raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
     raw["models"]["mlp_512x2"]["epochs"] = 500
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_db
     env = tool_env(MLFLOW_TRACKING_URI=uri, KERAS_BACKEND=keras_backend)
     stage = Spawned([sys.executable, "-m", "mnist_mlops.training.train", "mlp_512x2"],
                     tmp_path, env)
@@ -206,8 +207,8 @@ def test_against_a_real_mlflow_server(tmp_path: Path, mlflow_server: MlflowServe
 
 
 @pytest.mark.parametrize("flag", ["mixed_precision", "xla"])
-def test_precision_and_xla_flags_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       flag: str) -> None:
+def test_precision_and_xla_flags_train(tmp_path: Path, mlflow_db: str,
+                                       monkeypatch: pytest.MonkeyPatch, flag: str) -> None:
     """Each flag really takes effect: XLA under TensorFlow needs non-deterministic ops."""
     import keras
 
@@ -216,7 +217,7 @@ def test_precision_and_xla_flags_train(tmp_path: Path, monkeypatch: pytest.Monke
     write_tiny_project(tmp_path, **{flag: True, "final": "best_fold"},
                        **({"deterministic": False} if flag == "xla" else {}))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_db)
     try:
         summary = train(load_params(), "cnn_28_dense128")
         assert keras.mixed_precision.global_policy().name == (
@@ -278,11 +279,11 @@ def test_steps_per_execution_leaves_fold_metrics_identical(
         assert results[spe][0]["folds"] == cv1["folds"] and results[spe][1] == hist1, spe
 
 
-def test_stage_log_is_the_projects_own_lines(tmp_path: Path) -> None:
+def test_stage_log_is_the_projects_own_lines(tmp_path: Path, mlflow_db: str) -> None:
     """No TensorFlow C++ lines or ANSI progress bars; progress per epoch; a closing summary.
     MNIST_MLOPS_VERBOSE=1 brings the library lines back."""
     write_tiny_project(tmp_path, verbose=2)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_db
     cmd = [sys.executable, "-m", "mnist_mlops.training.train", "mlp_512x2"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=tool_env(MLFLOW_TRACKING_URI=uri),
                           capture_output=True, text=True, timeout=600)
