@@ -40,7 +40,7 @@ from mnist_mlops.core.model_files import ONNX_FILE, PARITY_FILE
 from mnist_mlops.inference import onnx_export
 from mnist_mlops.inference.keras_model import members
 from mnist_mlops.inference.predictor import Predictor
-from mnist_mlops.inference.timing import throughput
+from mnist_mlops.inference.timing import throughput, timed
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +100,13 @@ def make(model: Any, name: str, h5: Path, checkpoints: Path, x: np.ndarray) -> D
     kept: dict[str, Any] = {}
 
     def answer(onnx_file: Path) -> np.ndarray:
-        """The check's ONNX Runtime pass, timed as evaluate would time it, and kept."""
+        """The check's ONNX Runtime pass, timed as evaluate would time it, and kept; an
+        ensemble's members' answers (the graph's second output) from the same calls."""
         predictor = Predictor(str(onnx_file))
-        kept["proba"], kept["speed"] = throughput(predictor, x)
-        if n_members:      # the members' answers: the graph's second output
-            kept["embedding"] = predictor.answer(x)[1]
+        if n_members:
+            (kept["proba"], kept["embedding"]), kept["speed"] = timed(predictor.answer, x)
+        else:
+            kept["proba"], kept["speed"] = throughput(predictor, x)
         return kept["proba"]
 
     onnx_export.export_checked(model, folder, answer, proba, metadata, h5)

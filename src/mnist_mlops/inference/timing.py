@@ -7,11 +7,15 @@ whichever runtime answers the test digits. Both figures go to speed.json and MLf
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
 from mnist_mlops.inference.keras_model import BIG_BATCH
 from mnist_mlops.inference.predictor import Predictor
+
+T = TypeVar("T")
 
 
 def throughput(predictor: Predictor, images: np.ndarray, repeats: int = 30
@@ -22,17 +26,25 @@ def throughput(predictor: Predictor, images: np.ndarray, repeats: int = 30
     slower and says little about serving). The timed pass is the one whose answers are
     returned: the images are predicted once, not once for the answers and again for the
     clock."""
-    predictor.predict_proba(images[:BIG_BATCH + 1])   # warm-up: trace both paths
+    return timed(predictor.predict_proba, images, repeats)
+
+
+def timed(call: Callable[[np.ndarray], T], images: np.ndarray, repeats: int = 30
+          ) -> tuple[T, dict[str, float]]:
+    """What `call(images)` answers, timed as `throughput` times a model: after a warm-up
+    that traces both batch paths, on the pass whose answer is returned, then one image at
+    a time."""
+    call(images[:BIG_BATCH + 1])   # warm-up: trace both paths
     t0 = time.perf_counter()
-    proba = predictor.predict_proba(images)
+    answer = call(images)
     batch_s = time.perf_counter() - t0
     one = images[:1]
-    predictor.predict_proba(one)
+    call(one)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        predictor.predict_proba(one)
+        call(one)
         times.append(time.perf_counter() - t)
-    return proba, {"images_per_s": len(images) / batch_s,
-                   "step_latency_ms_p50": 1000 * float(np.median(times)),
-                   "step_latency_ms_p95": 1000 * float(np.percentile(times, 95))}
+    return answer, {"images_per_s": len(images) / batch_s,
+                    "step_latency_ms_p50": 1000 * float(np.median(times)),
+                    "step_latency_ms_p95": 1000 * float(np.percentile(times, 95))}
