@@ -123,6 +123,7 @@ def test_a_stop_signal_whose_interrupt_was_swallowed_still_stops_the_loop() -> N
 # handlers, buffered output, the exit status), except freeing every object at the end.
 EXIT_STAGE = """
 import atexit, logging, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from mnist_mlops.core.runtime import UserError, run_main
 
@@ -133,6 +134,7 @@ class Freed:
         (out / "freed").write_text("teardown ran")
 
 KEPT = Freed()
+POOLS = []
 
 def main():
     atexit.register(lambda: (out / "atexit").write_text("ran"))
@@ -140,6 +142,10 @@ def main():
         time.sleep(0.5)
         (out / "thread").write_text("finished")
     threading.Thread(target=late).start()
+    # an idle pool worker that nobody shuts down (MLflow's artifact pools): Python tells
+    # it to end before it waits for the threads; waiting first would never return
+    POOLS.append(ThreadPoolExecutor(2))
+    POOLS[0].submit(lambda: None).result()
     logging.getLogger("stage").info("stage log line")
     print("unflushed tail", end="")
     if sys.argv[2] == "fail":
@@ -154,7 +160,8 @@ def test_a_stage_exits_without_the_teardown_but_loses_nothing(tmp_path: Path, ho
                                                               status: int) -> None:
     """run_main leaves with os._exit once the exit handlers have run (TensorFlow's teardown
     cost 2.4 s a stage): the status, the buffered output, the running thread's work and
-    every exit handler still come through; only the final freeing of objects is skipped."""
+    every exit handler still come through, an idle thread pool ends; only the final
+    freeing of objects is skipped."""
     proc = subprocess.run([sys.executable, "-c", EXIT_STAGE, str(tmp_path), how],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == status, proc.stderr
