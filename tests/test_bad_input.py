@@ -39,7 +39,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def port(model: Path) -> Iterator[int]:
     """The app on uvicorn, in this process, on a free port of 127.0.0.1."""
     server = make_server(Predictor(str(model)), "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     wait_for(lambda: server.service.ready, 120, "the model's warm-up")
     try:
         yield server.server_address[1]

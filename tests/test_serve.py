@@ -194,7 +194,7 @@ class SlowPredictor(Predictor):
 
 def test_overload_gets_503_instead_of_resets(model_file: Path) -> None:
     server = make_server(SlowPredictor(str(model_file)), "127.0.0.1", 0, max_pending=2)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     wait_for(lambda: server.service.ready, 60, "the model's warm-up")
     body = data_url(draw_digit(5, size=200))
