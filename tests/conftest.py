@@ -213,9 +213,10 @@ def empty_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def mlflow_db(tmp_path: Path, empty_store_template: Path) -> str:
-    """The URI of a new, empty MLflow store at tmp_path/mlflow.db, as MLflow would make it
-    there: a copy of `empty_store_template` whose Default experiment keeps its artifacts
-    in tmp_path/mlruns/0."""
+    """The URI of a new, empty MLflow store at tmp_path/mlflow.db: a copy of
+    `empty_store_template` whose Default experiment keeps its artifacts in
+    tmp_path/mlruns/0 (MLflow would put them under the current folder, which a test need
+    not have changed to tmp_path: never the checkout)."""
     import sqlite3
 
     db = tmp_path / "mlflow.db"

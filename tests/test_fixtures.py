@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
 
-def test_a_copied_empty_store_is_a_new_store_of_this_folder(tmp_path: Path,
-                                                            mlflow_db: str) -> None:
+def test_a_copied_empty_store_is_a_new_store_of_this_folder(
+        tmp_path: Path, mlflow_db: str, empty_store_template: Path) -> None:
     """`mlflow_db` copies one store made per test run: each test gets its own, empty, whose
-    Default experiment keeps artifacts in the test's folder, as a store made there would."""
+    Default experiment keeps artifacts in the test's folder; what a test writes to its
+    copy leaves the template as it was."""
+    template = empty_store_template.read_bytes()
     assert mlflow_db == f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(mlflow_db)
     (default,) = client.search_experiments()
@@ -22,9 +25,14 @@ def test_a_copied_empty_store_is_a_new_store_of_this_folder(tmp_path: Path,
     client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
     assert (tmp_path / "mlruns" / "0" / run.info.run_id / "artifacts" / "note.txt").exists()
     client.create_registered_model("only-here")
+    assert empty_store_template.read_bytes() == template
 
 
-def test_each_test_gets_a_store_of_its_own(mlflow_db: str) -> None:
-    """What the test above registered is not in this one's copy (in any order, on any
-    worker: the template itself stays empty)."""
-    assert MlflowClient(mlflow_db).search_registered_models() == []
+def test_each_test_gets_a_store_of_its_own(tmp_path: Path, mlflow_db: str,
+                                           empty_store_template: Path) -> None:
+    """Two copies in one test are two stores: what one holds, the other does not."""
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copyfile(empty_store_template, other / "mlflow.db")
+    MlflowClient(mlflow_db).create_registered_model("only-here")
+    assert MlflowClient(f"sqlite:///{other}/mlflow.db").search_registered_models() == []

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -130,8 +131,10 @@ from mnist_mlops.core.runtime import UserError, run_main
 out = Path(sys.argv[1])
 
 class Freed:
-    def __del__(self):
-        (out / "freed").write_text("teardown ran")
+    # what it needs is bound here: in a teardown the module's globals may be gone already
+    def __del__(self, _open=open, _path=str(out / "freed")):
+        with _open(_path, "w") as f:
+            f.write("teardown ran")
 
 KEPT = Freed()
 POOLS = []
@@ -155,6 +158,14 @@ run_main(main)
 """
 
 
+def exit_stage(tmp_path: Path, how: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """EXIT_STAGE in a child whose output is buffered (no PYTHONUNBUFFERED), so that the
+    last flush is the exit's own."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return subprocess.run([sys.executable, "-c", EXIT_STAGE, str(tmp_path), how], env=env,
+                          text=True, timeout=60, **kw)
+
+
 @pytest.mark.parametrize(("how", "status"), [("ok", 0), ("fail", 2)])
 def test_a_stage_exits_without_the_teardown_but_loses_nothing(tmp_path: Path, how: str,
                                                               status: int) -> None:
@@ -162,8 +173,7 @@ def test_a_stage_exits_without_the_teardown_but_loses_nothing(tmp_path: Path, ho
     cost 2.4 s a stage): the status, the buffered output, the running thread's work and
     every exit handler still come through, an idle thread pool ends; only the final
     freeing of objects is skipped."""
-    proc = subprocess.run([sys.executable, "-c", EXIT_STAGE, str(tmp_path), how],
-                          capture_output=True, text=True, timeout=60)
+    proc = exit_stage(tmp_path, how, capture_output=True)
     assert proc.returncode == status, proc.stderr
     assert proc.stdout == "unflushed tail"
     assert "stage log line" in proc.stderr
@@ -171,3 +181,19 @@ def test_a_stage_exits_without_the_teardown_but_loses_nothing(tmp_path: Path, ho
     assert (tmp_path / "atexit").read_text() == "ran"
     assert (tmp_path / "thread").read_text() == "finished"
     assert not (tmp_path / "freed").exists()      # the teardown itself did not run
+
+
+def test_output_that_cannot_be_written_at_exit_is_not_a_success(tmp_path: Path) -> None:
+    """The last flush failing: a full disk exits 120 (as Python's own exit does) and says
+    so; a reader that has gone, 141 (as `... | head` does to every command)."""
+    with open("/dev/full", "w") as full:
+        proc = exit_stage(tmp_path, "ok", stdout=full, stderr=subprocess.PIPE)
+    assert proc.returncode == 120, proc.stderr
+    assert "the output could not be written" in proc.stderr
+    read_end, write_end = os.pipe()
+    os.close(read_end)                            # the reader is gone before the write
+    try:
+        proc = exit_stage(tmp_path, "ok", stdout=write_end, stderr=subprocess.PIPE)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr

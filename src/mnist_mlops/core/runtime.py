@@ -51,6 +51,7 @@ EXIT_FAILURE = 1        # it ran and failed, or found what it checks for (monito
 EXIT_USAGE = 2          # bad input, bad params or usage: the message says what to change
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM
 EXIT_BROKEN_PIPE = 141  # the reader of the output has gone, as a Unix tool SIGPIPE ends
+EXIT_UNWRITTEN = 120    # the output could not be written at exit (Python's own status)
 
 
 class UserError(Exception):
@@ -249,7 +250,7 @@ def missing_install(exc: ModuleNotFoundError) -> UserError | None:
     return None
 
 
-def run_main(main: Callable[[], None]) -> None:
+def run_main(main: Callable[[], None]) -> NoReturn:
     """Run a stage's main(): one-line errors and exit 2 for user errors, 130 when stopped."""
     configure_logging()
     sigterm_as_interrupt()
@@ -270,14 +271,42 @@ def exit_without_teardown(code: int) -> NoReturn:
     """Exit as Python does, less its last step: freeing every module and object.
 
     After TensorFlow that step took 2.4 s of each stage process (1 s after MLflow and
-    ONNX Runtime alone) and writes nothing. What comes before it is Python's own, in its
-    order: the threading module's shutdown (it tells idle thread pools, such as MLflow's
-    artifact workers, to end, then waits for every thread that is not a daemon), the exit
-    handlers (the stderr filter's drain, TensorFlow's temporary files, logging's flush),
-    then the streams' flush."""
-    threading._shutdown()      # type: ignore[attr-defined]   # what Py_FinalizeEx calls
-    atexit._run_exitfuncs()
+    ONNX Runtime alone). What comes before it is Python's own, in its order: the threading
+    module's shutdown (it tells idle thread pools, such as MLflow's artifact workers, to
+    end, then waits for every thread that is not a daemon), the exit handlers (the stderr
+    filter's drain, TensorFlow's temporary files, MLflow's, logging's flush), then the
+    streams' flush. What does not run is what only the teardown would do: the finalisers
+    of objects still alive (`__del__` of a file never closed) and C-level exit hooks. So
+    close files and connections explicitly, or register what must happen at exit with
+    `atexit`.
+
+    The status is `code`, unless the output could not be written at the end: a reader that
+    has gone gives EXIT_BROKEN_PIPE, another write error EXIT_UNWRITTEN (Python's own
+    status for it), so that a full disk is not reported as success."""
+    try:
+        try:
+            threading._shutdown()   # type: ignore[attr-defined]   # what Py_FinalizeEx calls
+        except KeyboardInterrupt:   # stopped while waiting for threads: stop waiting
+            code = code or EXIT_INTERRUPTED
+        atexit._run_exitfuncs()     # prints its handlers' errors, as at exit, and goes on
+        code = _flush_output(code)
+    finally:
+        os._exit(code)
+
+
+def _flush_output(code: int) -> int:
+    """Flush stdout and stderr; the status to exit with (see exit_without_teardown)."""
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
+        if stream is None or stream.closed:      # as Python's exit: nothing to flush
+            continue
+        try:
             stream.flush()
-    os._exit(code)
+        except BrokenPipeError:
+            code = code or EXIT_BROKEN_PIPE
+        except OSError as exc:
+            if stream is sys.stdout:
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr.write(f"error: the output could not be written: {exc}\n")
+                    sys.stderr.flush()
+                code = code or EXIT_UNWRITTEN
+    return code

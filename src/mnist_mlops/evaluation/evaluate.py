@@ -31,7 +31,7 @@ from mnist_mlops.data.dataset import load_dataset
 from mnist_mlops.inference import onnx_draft, onnx_export
 from mnist_mlops.inference.keras_model import members
 from mnist_mlops.inference.predictor import Predictor
-from mnist_mlops.inference.timing import throughput
+from mnist_mlops.inference.timing import onnx_answers, throughput
 from mnist_mlops.tracking import mlflow_io
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def answer_test(params: Params, name: str, x: np.ndarray) -> Answers:
             if kept is not None:
                 proba, embedding, speed = kept.proba, kept.embedding, kept.speed
             else:
-                (proba, speed), embedding = throughput(predictor, x), None
+                proba, embedding, speed = onnx_answers(predictor, x, draft.members)
             return Answers(predictor, proba, {
                 **_named("infer_", draft.keras_speed), **_named("infer_onnx_", speed),
                 "onnx_export_s": report["export_s"], "onnx_parity_s": report["parity_s"]},
@@ -125,17 +125,19 @@ def answer_test(params: Params, name: str, x: np.ndarray) -> Answers:
     proba, speed = throughput(predictor, x)
     timings = _named("infer_", speed)
     ort_speed: dict[str, float] = {}
-    onnx = export_onnx(params, name, predictor, proba, _timed(x, ort_speed))
+    n_members = len(members(predictor.keras_model))
+    onnx = export_onnx(params, name, predictor, proba, _timed(x, ort_speed, n_members))
     if onnx["exported"]:     # the ONNX file's speed beside Keras' (speed.json, MLflow)
         timings.update(onnx_export_s=onnx["export_s"], onnx_parity_s=onnx["parity_s"],
                        **_named("infer_onnx_", ort_speed))
-    return Answers(predictor, proba, timings, onnx, len(members(predictor.keras_model)))
+    return Answers(predictor, proba, timings, onnx, n_members)
 
 
-def _timed(x: np.ndarray, speed: dict[str, float]) -> onnx_export.Answerer:
-    """The export check's ONNX Runtime pass over `x`, timed: its figures into `speed`."""
+def _timed(x: np.ndarray, speed: dict[str, float], n_members: int) -> onnx_export.Answerer:
+    """The export check's ONNX Runtime pass over `x`, timed as the train stage's check
+    times it: its figures into `speed`."""
     def answer(onnx_file: Path) -> np.ndarray:
-        proba, measured = throughput(Predictor(str(onnx_file)), x)
+        proba, _, measured = onnx_answers(Predictor(str(onnx_file)), x, n_members)
         speed.update(measured)
         return proba
     return answer

@@ -40,7 +40,7 @@ from mnist_mlops.core.model_files import ONNX_FILE, PARITY_FILE
 from mnist_mlops.inference import onnx_export
 from mnist_mlops.inference.keras_model import members
 from mnist_mlops.inference.predictor import Predictor
-from mnist_mlops.inference.timing import throughput, timed
+from mnist_mlops.inference.timing import onnx_answers, throughput
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Draft:
     folder: Path
     keras_speed: dict[str, float]     # throughput() of the Keras model on the test digits
     members: int                      # fold models inside an ensemble; 0 for one network
-    onnx_speed: dict[str, float]      # throughput() of the ONNX file on the same digits
+    onnx_speed: dict[str, float]      # onnx_answers() of the ONNX file on the same digits
     images_sha256: str                # which digits answers.npz answers (images_digest)
     answers_sha256: str               # answers.npz as the check wrote it
 
@@ -74,7 +74,7 @@ class Kept:
 
     proba: np.ndarray                 # (n, 10): what the ONNX file's first output gave
     embedding: np.ndarray | None      # an ensemble's members' probabilities; else None
-    speed: dict[str, float]           # throughput() on that pass
+    speed: dict[str, float]           # onnx_answers() on that pass
 
 
 def export_code_digest() -> str:
@@ -100,17 +100,13 @@ def make(model: Any, name: str, h5: Path, checkpoints: Path, x: np.ndarray) -> D
     kept: dict[str, Any] = {}
 
     def answer(onnx_file: Path) -> np.ndarray:
-        """The check's ONNX Runtime pass, timed as evaluate would time it, and kept; an
-        ensemble's members' answers (the graph's second output) from the same calls."""
-        predictor = Predictor(str(onnx_file))
-        if n_members:
-            (kept["proba"], kept["embedding"]), kept["speed"] = timed(predictor.answer, x)
-        else:
-            kept["proba"], kept["speed"] = throughput(predictor, x)
+        """The check's ONNX Runtime pass, timed as evaluate times its own, and kept."""
+        kept["proba"], kept["embedding"], kept["speed"] = onnx_answers(
+            Predictor(str(onnx_file)), x, n_members)
         return kept["proba"]
 
     onnx_export.export_checked(model, folder, answer, proba, metadata, h5)
-    arrays = {k: kept[k] for k in ("proba", "embedding") if k in kept}
+    arrays = {k: kept[k] for k in ("proba", "embedding") if kept[k] is not None}
     with atomic_path(folder / ANSWERS_FILE, durable=False) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     draft = Draft(folder, speed, n_members, kept["speed"], images_digest(x),

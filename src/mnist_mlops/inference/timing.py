@@ -29,6 +29,18 @@ def throughput(predictor: Predictor, images: np.ndarray, repeats: int = 30
     return timed(predictor.predict_proba, images, repeats)
 
 
+def onnx_answers(predictor: Predictor, images: np.ndarray, members: int
+                 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
+    """An ONNX file's probabilities for `images`, timed as `throughput` times them; for an
+    ensemble (`members` > 0) with its members' answers (the graph's second output) from the
+    same calls, timed so on every path: the train stage's check and evaluate's own."""
+    if members:
+        (proba, embedding), speed = timed(predictor.answer, images)
+        return proba, embedding, speed
+    proba, speed = throughput(predictor, images)
+    return proba, None, speed
+
+
 def timed(call: Callable[[np.ndarray], T], images: np.ndarray, repeats: int = 30
           ) -> tuple[T, dict[str, float]]:
     """What `call(images)` answers, timed as `throughput` times a model: after a warm-up
