@@ -147,27 +147,22 @@ def mnist(mnist_mirror: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def model_file(mnist: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """cnn_32_64_64 trained briefly on real MNIST (about 98% test accuracy), as .h5.
-    Trained once per test run: parallel workers (pytest -n) share it through a file lock."""
-    from filelock import FileLock
+    Trained once per test run (`made_once`)."""
+    def train(h5: Path) -> None:
+        import keras
 
-    shared = shared_dir(tmp_path_factory)
-    path = shared / "cnn.h5"
-    with FileLock(str(shared / "cnn.h5.lock")):
-        if not path.exists():
-            import keras
+        from mnist_mlops.core.config import load_params
+        from mnist_mlops.training.models import build_model, compile_model
 
-            from mnist_mlops.core.config import load_params
-            from mnist_mlops.training.models import build_model, compile_model
+        keras.utils.set_random_seed(0)
+        p = load_params(ROOT / "params.yaml").models["cnn_32_64_64"]
+        model = compile_model(build_model(p), p)
+        x = mnist["x_train"][:20000, ..., None].astype("float32")
+        y = keras.utils.to_categorical(mnist["y_train"][:20000], 10)
+        model.fit(x, y, batch_size=64, epochs=2, verbose=0)
+        model.save(h5)
 
-            keras.utils.set_random_seed(0)
-            p = load_params(ROOT / "params.yaml").models["cnn_32_64_64"]
-            model = compile_model(build_model(p), p)
-            x = mnist["x_train"][:20000, ..., None].astype("float32")
-            y = keras.utils.to_categorical(mnist["y_train"][:20000], 10)
-            model.fit(x, y, batch_size=64, epochs=2, verbose=0)
-            model.save(shared / "cnn.partial.h5")
-            os.replace(shared / "cnn.partial.h5", path)
-    return path
+    return made_once(shared_dir(tmp_path_factory) / "cnn.h5", train)
 
 
 @pytest.fixture(scope="session")
@@ -175,39 +170,43 @@ def calibrated_h5(mnist: dict[str, np.ndarray], model_file: Path,
                   tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`model_file` with a calibration fitted as the train stage fits one, on images it never
     trained on (training images 50,000-54,999; it trained on the first 20,000)."""
-    from filelock import FileLock
+    def calibrated(h5: Path) -> None:
+        from mnist_mlops.core.calibration import calibrate, write_h5
+        from mnist_mlops.inference.predictor import Predictor
 
-    from mnist_mlops.core.calibration import calibrate, write_h5
-    from mnist_mlops.inference.predictor import Predictor
+        held_out = slice(50_000, 55_000)
+        proba = Predictor(str(model_file)).predict_proba(mnist["x_train"][held_out])
+        cal, _ = calibrate(proba, mnist["y_train"][held_out], give_up=0.05)
+        shutil.copyfile(model_file, h5)
+        write_h5(h5, cal)
 
-    shared = shared_dir(tmp_path_factory)
-    path = shared / "cnn-calibrated.h5"
-    with FileLock(str(shared / "cnn-calibrated.h5.lock")):
-        if not path.exists():
-            held_out = slice(50_000, 55_000)
-            proba = Predictor(str(model_file)).predict_proba(mnist["x_train"][held_out])
-            cal, _ = calibrate(proba, mnist["y_train"][held_out], give_up=0.05)
-            shutil.copyfile(model_file, shared / "cnn-calibrated.partial.h5")
-            write_h5(shared / "cnn-calibrated.partial.h5", cal)
-            os.replace(shared / "cnn-calibrated.partial.h5", path)
-    return path
+    return made_once(shared_dir(tmp_path_factory) / "cnn-calibrated.h5", calibrated)
 
 
 @pytest.fixture(scope="session")
 def empty_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MLflow SQLite store with its tables made and nothing in it, made once per test
-    run (workers share it through a file lock): making the tables takes 1.7 s, copying
-    the file 0.03 s."""
-    from filelock import FileLock
-    from mlflow.tracking import MlflowClient
+    run (`made_once`): making the tables takes 1.7 s, copying the file 0.03 s."""
+    def empty_store(db: Path) -> None:
+        from mlflow.tracking import MlflowClient
 
-    shared = shared_dir(tmp_path_factory)
-    path = shared / "empty-mlflow.db"
-    with FileLock(str(shared / "empty-mlflow.db.lock")):
+        MlflowClient(f"sqlite:///{db}").search_experiments()    # makes the tables
+
+    return made_once(shared_dir(tmp_path_factory) / "empty-mlflow.db", empty_store)
+
+
+def made_once(path: Path, make: Callable[[Path], None]) -> Path:
+    """`path`, made once per test run: the first worker (pytest -n) to ask runs `make` on a
+    temporary file that then takes its place whole (core.fsio.atomic_path); the others wait
+    on a file lock and find it made."""
+    from filelock import FileLock
+
+    from mnist_mlops.core.fsio import atomic_path
+
+    with FileLock(f"{path}.lock"):
         if not path.exists():
-            partial = shared / "empty-mlflow.partial.db"
-            MlflowClient(f"sqlite:///{partial}").search_experiments()   # makes the tables
-            os.replace(partial, path)
+            with atomic_path(path, durable=False) as tmp:
+                make(tmp)
     return path
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -27,12 +26,3 @@ def test_a_copied_empty_store_is_a_new_store_of_this_folder(
     client.create_registered_model("only-here")
     assert empty_store_template.read_bytes() == template
 
-
-def test_each_test_gets_a_store_of_its_own(tmp_path: Path, mlflow_db: str,
-                                           empty_store_template: Path) -> None:
-    """Two copies in one test are two stores: what one holds, the other does not."""
-    other = tmp_path / "other"
-    other.mkdir()
-    shutil.copyfile(empty_store_template, other / "mlflow.db")
-    MlflowClient(mlflow_db).create_registered_model("only-here")
-    assert MlflowClient(f"sqlite:///{other}/mlflow.db").search_registered_models() == []
