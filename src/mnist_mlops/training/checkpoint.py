@@ -103,8 +103,9 @@ class FitProgress:
     epoch_seconds: list[float] = field(default_factory=list)
 
 
-def _variables(model: Any) -> list[Any]:
-    """Model variables (weights and seed-generator state) then the optimizer's."""
+def state_variables(model: Any) -> list[Any]:
+    """Everything a compiled model's training changes: its variables (weights and
+    seed-generator state), then the optimizer's (step counter, moments)."""
     return [*model.variables, *model.optimizer.variables]
 
 
@@ -213,7 +214,7 @@ class Checkpoint:
     def save_progress(self, key: str, model: Any, prog: FitProgress) -> None:
         """Everything needed to continue fit `key` after its last finished epoch: copied
         now (the next epoch changes the variables in place), written behind."""
-        arrays = {f"v{i}": np.asarray(v).copy() for i, v in enumerate(_variables(model))}
+        arrays = {f"v{i}": np.asarray(v).copy() for i, v in enumerate(state_variables(model))}
         for i, w in enumerate(prog.best_weights or []):
             arrays[f"b{i}"] = w            # best_weights are copies already, never changed
         meta = {k: v for k, v in dataclasses.asdict(prog).items() if k != "best_weights"}
@@ -228,7 +229,7 @@ class Checkpoint:
             return None
         with np.load(path) as z:
             meta = json.loads(z["meta"].tobytes())
-            variables = _variables(model)
+            variables = state_variables(model)
             n = sum(1 for k in z.files if k.startswith("v"))
             if n != len(variables):
                 raise UserError(f"{path} does not match {self.model}'s model ({n} vs "

@@ -228,12 +228,24 @@ def new_model(p: ModelParams, tp: TrainParams, fit_index: int, n_train: int) -> 
     so a resumed stage builds exactly what an uninterrupted one would have. `n_train` sets
     the length of a learning-rate schedule (steps per epoch x epochs)."""
     keras.utils.set_random_seed(tp.seed + 1000 * fit_index)
-    steps = max(1, math.ceil(n_train / p.batch_size)) * effective_epochs(p, tp)
     model = build_model(p)
-    compile_model(model, p, jit_compile=step_compiled(model, tp), total_steps=steps,
+    compile_model(model, p, jit_compile=step_compiled(model, tp),
+                  total_steps=fit_steps(p, tp, n_train),
                   steps_per_execution=backend.steps_per_execution(tp.steps_per_execution))
     model.optimizer.build(model.trainable_variables)
     return model
+
+
+def fit_steps(p: ModelParams, tp: TrainParams, n_train: int) -> int:
+    """A fit's optimizer steps (steps per epoch x epochs): the length of its schedule."""
+    return max(1, math.ceil(n_train / p.batch_size)) * effective_epochs(p, tp)
+
+
+def step_key(p: ModelParams, tp: TrainParams, n_train: int) -> int | None:
+    """What of a fit's size its compiled train step holds as a constant: the schedule's
+    length, None without a schedule. Fits of one recipe with the same key can train on one
+    compiled model (fit.SharedStep)."""
+    return None if p.lr_schedule == "constant" else fit_steps(p, tp, n_train)
 
 
 def epoch_order(seed: int, fit_index: int, epoch: int, n: int) -> np.ndarray:
