@@ -1,6 +1,7 @@
 """Tracking overhead: the pipeline's training loop vs a plain `model.fit`, side by side.
 
-Same model (mlp_512x2 recipe), same data, batch, epochs and validation set; runs are
+Same model (mlp_512x2 recipe, compiled as the train stage compiles it: its steps per
+execution, its XLA setting), same data, batch, epochs and validation set; runs are
 interleaved (plain, tracked, plain, tracked, ...) and the median epoch time after the
 first (tracing) epoch is compared, overall and round by round (an epoch of about a second
 varies by some 10% on a shared machine: the paired ratio of each round is the steadier
@@ -35,13 +36,12 @@ class EpochTimer:
 
 
 def main(n_train: int = 12000, epochs: int = 6, rounds: int = 3) -> dict[str, float]:
-    import keras
 
     from mnist_mlops.core.config import TrainParams, load_params
     from mnist_mlops.tracking.journal import Journal
     from mnist_mlops.training.checkpoint import Checkpoint
-    from mnist_mlops.training.fit import FitContext, FitJob, fit
-    from mnist_mlops.training.models import build_model, compile_model, targets
+    from mnist_mlops.training.fit import FitContext, FitJob, configure, fit
+    from mnist_mlops.training.models import new_model, targets
     from mnist_mlops.training.progress import Progress
     from mnist_mlops.training.train import TrackedHooks
 
@@ -55,9 +55,9 @@ def main(n_train: int = 12000, epochs: int = 6, rounds: int = 3) -> dict[str, fl
     tp = TrainParams(max_epochs=epochs, verbose=0)
     store = Path(tempfile.mkdtemp())
     plain, tracked, paired = [], [], []
+    configure(tp)
     for i in range(rounds):
-        keras.utils.set_random_seed(0)
-        model = compile_model(build_model(p), p)
+        model = new_model(p, tp, 0, n_train)    # compiled as the pipeline compiles its own
         t = EpochTimer()
         model.fit(x, targets(y, p), batch_size=p.batch_size, epochs=epochs, verbose=0,
                   validation_data=(xv, targets(yv, p)), callbacks=[t.callback])

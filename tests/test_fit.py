@@ -1,5 +1,7 @@
 """The fit loop (training/fit.py): the fits of one recipe train on one compiled model, so
-Keras traces their steps once, and still end exactly as fits on a model of their own."""
+Keras traces their steps once, and still end exactly as fits on a model of their own; the
+epochs' batches come from tensors made once per fit (training/feed.py), and train exactly
+as the same arrays handed to Keras would."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from mnist_mlops.core.config import TrainParams, load_params
+from mnist_mlops.training.feed import Feed
 from mnist_mlops.training.fit import (
     FitContext,
     SharedStep,
@@ -65,3 +68,38 @@ def test_a_shared_step_travels_empty() -> None:
     step = SharedStep()
     step._model = object()          # stands for a compiled model that cannot be pickled
     assert pickle.loads(pickle.dumps(step)).model is None
+
+
+def test_an_epochs_feed_is_the_arrays_in_the_epochs_order() -> None:
+    (x, y), _ = synthetic(70)
+    order = np.random.default_rng(3).permutation(70)
+    batches = list(Feed(x, y, 32).epoch(order).as_numpy_iterator())
+    assert [len(b[0]) for b in batches] == [32, 32, 6]
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x[order])
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), y[order])
+    val = list(Feed(x, y, 32).in_order().as_numpy_iterator())
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in val]), x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mlp_512x2", "cnn_bn_aug"])   # one-hot and sparse targets
+def test_training_on_the_feed_equals_training_on_the_arrays(name: str) -> None:
+    """What Keras does with NumPy arrays, the feed does without rebuilding them per epoch."""
+    from mnist_mlops.training.models import new_model, targets
+
+    p = load_params(ROOT / "params.yaml").model(name)
+    tp = TrainParams(max_epochs=2)
+    configure(tp)
+    (x, y), _ = synthetic(150)
+    yt, (xv, yv) = targets(y, p), (x[:40], targets(y[:40], p))
+    orders = [np.random.default_rng(e).permutation(len(x)) for e in range(2)]
+    on_arrays, on_feed = new_model(p, tp, 0, len(x)), new_model(p, tp, 0, len(x))
+    feed, val = Feed(x, yt, p.batch_size), Feed(xv, yv, p.batch_size).in_order()
+    for e, order in enumerate(orders):
+        a = on_arrays.fit(x[order], yt[order], batch_size=p.batch_size, epochs=e + 1,
+                          initial_epoch=e, validation_data=(xv, yv), shuffle=False, verbose=0)
+        b = on_feed.fit(feed.epoch(order), epochs=e + 1, initial_epoch=e,
+                        validation_data=val, verbose=0)
+        assert a.history == b.history
+    for u, v in zip(on_arrays.get_weights(), on_feed.get_weights(), strict=True):
+        np.testing.assert_array_equal(u, v)

@@ -65,7 +65,7 @@ COSMETIC_TRAIN_PARAMS = {"verbose", "ray"}
 # these modules in step.
 MODEL_CODE = (
     "core/mnist.py", "data/dataset.py", "training/backend.py", "training/checkpoint.py",
-    "training/fit.py", "training/models.py", "training/recipe.py",
+    "training/feed.py", "training/fit.py", "training/models.py", "training/recipe.py",
     "core/calibration.py", "training/calibrate.py",
 )
 PACKAGE_DIR = Path(__file__).resolve().parents[1]

@@ -24,6 +24,7 @@ from mnist_mlops.core.config import ModelParams, TrainParams
 from mnist_mlops.data.dataset import load_dataset, load_folds
 from mnist_mlops.training import backend
 from mnist_mlops.training.checkpoint import Checkpoint, FitProgress, state_variables
+from mnist_mlops.training.feed import Feed
 from mnist_mlops.training.recipe import effective_epochs, final_kind
 
 if TYPE_CHECKING:  # Keras is imported where it is used: after run_main has quietened
@@ -223,17 +224,17 @@ def fit(ctx: FitContext, job: FitJob, train: Split, val: Split | None = None) ->
     model, own = ctx.step.start(ctx, job, len(x))
     prog = (ctx.ckpt.load_progress(job.key, model) if ctx.ckpt else None) or FitProgress()
     ctx.hooks.fit_start(job, (len(x), 0 if val is None else len(val[0])), prog.epochs_done)
-    yt = targets(y, p)
     devices = backend.replicas()      # data parallel: the last batch must split evenly too
-    val_data = None if val is None else tuple(
+    feed = Feed(x, targets(y, p), p.batch_size,
+                backend.evenly_split(len(x), p.batch_size, devices))
+    val_data = None if val is None else Feed(*(
         a[:backend.evenly_split(len(val[0]), p.batch_size, devices)]
-        for a in (val[0], targets(val[1], p)))
+        for a in (val[0], targets(val[1], p))), p.batch_size).in_order()
     for e in range(prog.epochs_done, ctx.epochs):
-        order = epoch_order(tp.seed, job.index, e, len(x))[
-            :backend.evenly_split(len(x), p.batch_size, devices)]
+        order = epoch_order(tp.seed, job.index, e, len(x))[:feed.size]
         t0 = time.perf_counter()
-        h = model.fit(x[order], yt[order], batch_size=p.batch_size, epochs=e + 1,
-                      initial_epoch=e, validation_data=val_data, shuffle=False, verbose=0)
+        h = model.fit(feed.epoch(order), epochs=e + 1, initial_epoch=e,
+                      validation_data=val_data, verbose=0)
         seconds = time.perf_counter() - t0
         logs = {k: float(v[-1]) for k, v in h.history.items()}
         for k, v in logs.items():
