@@ -139,7 +139,9 @@ def measure(p, tp, n: int, epochs: int, versus: int | None = None  # noqa: ANN00
         setup(pipeline=True)
         model = new_model(p, train_params, 0, n)
 
-        def epoch(e: int) -> None:             # train.fit's call, without validation
+        def epoch(e: int) -> None:   # train.fit's call on NumPy arrays, without validation
+            # (the stage feeds a tf.data pipeline, training/feed.py: TensorFlow's, which
+            # this benchmark does without, so that it runs where only Keras and JAX are)
             setup(pipeline=True)
             order = epoch_order(tp.seed, 0, e, n)
             model.fit(x[order], y[order], batch_size=p.batch_size, epochs=e + 1,

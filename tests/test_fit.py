@@ -41,7 +41,7 @@ def test_fits_on_one_compiled_model_end_as_fits_on_their_own(schedule: str) -> N
         update={"lr_schedule": schedule, "batch_size": 32})
     tp = TrainParams(max_epochs=2)
     configure(tp)
-    train, folds = synthetic(80)      # the refit takes twice a fold's steps
+    train, folds = synthetic(80)      # a fold trains 2 steps an epoch, the refit 3
     ctx = FitContext(p, tp)
     jobs = plan_fits(ctx, folds)
     assert [j.key for j in jobs] == ["fold-0", "fold-1", "final"]
@@ -50,7 +50,7 @@ def test_fits_on_one_compiled_model_end_as_fits_on_their_own(schedule: str) -> N
         results[job.key] = resumable_fit(ctx, job, *job_data(job, train, folds))
         steps.append(ctx.step.model.train_function)
         first = first or [w.copy() for w in results[job.key].model.get_weights()]
-    assert steps[1] is steps[0], "the second fold traced a train step of its own"
+    assert steps[1] is steps[0], "the second fold trained on a model of its own"
     assert (steps[2] is steps[0]) == (schedule == "constant")
     for a, b in zip(results["fold-0"].model.get_weights(), first, strict=True):
         np.testing.assert_array_equal(a, b, err_msg="the later fits changed fold-0's model")

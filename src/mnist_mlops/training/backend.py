@@ -6,6 +6,7 @@ confined to this module and happen only when a function here is called.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import platform
@@ -98,6 +99,19 @@ def data_parallel(batch_size: int) -> int:
     log.info("data parallel over %d %s devices: %d images per device per step",
              len(devices), devices[0].platform, batch_size // len(devices))
     return len(devices)
+
+
+def input_device() -> str:
+    """Where a fit's input pipeline keeps its tensors (training/feed.py): the CPU, as Keras
+    keeps its own. Under JAX or PyTorch, TensorFlow serves only tf.data there, so it is kept
+    off the GPUs, whose memory it would otherwise reserve at its start."""
+    import keras
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        with contextlib.suppress(RuntimeError):     # TensorFlow had started already
+            tf.config.set_visible_devices([], "GPU")
+    return "/CPU:0"
 
 
 def replicas() -> int:

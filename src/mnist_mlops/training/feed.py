@@ -5,11 +5,11 @@ NumPy arrays, Keras turns them into tensors and builds its input pipeline again 
 call, the validation set's included: a fixed cost of about 0.1 s an epoch on a CPU, whatever
 the epoch's length. Here the images become tensors once per fit, and one pipeline, built
 then, gathers each batch by index from the order the epoch sets (a TensorFlow variable),
-as Keras's own pipeline gathers its batches: the tensors zipped in, not captured, and
-tf.data's graph rewrites off, which would copy them. The batches hold the same values in
-the same order as the arrays' would, so the training is the same, bit for bit. tf.data is
-TensorFlow's, which every training install has; Keras feeds it to its JAX and PyTorch
-backends too.
+as Keras's own pipeline gathers its batches: the tensors on the CPU, zipped in, not
+captured, and tf.data's graph rewrites off, which would copy them. The batches hold the
+same values in the same order as the arrays' would, so the training is the same, bit for
+bit. tf.data is TensorFlow's, which every training install has; Keras feeds it to its JAX
+and PyTorch backends too (TensorFlow then stays off the GPUs: backend.input_device).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from mnist_mlops.training import backend
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -32,9 +34,10 @@ class Feed:
         import tensorflow as tf
 
         self.size = len(x) if size is None else size
-        self._order = tf.Variable(np.arange(self.size), dtype=tf.int64, trainable=False)
-        self._dataset = _batches((tf.convert_to_tensor(x), tf.convert_to_tensor(y)),
-                                 self._order, batch_size, self.size)
+        with tf.device(backend.input_device()):
+            self._order = tf.Variable(np.arange(self.size), dtype=tf.int64, trainable=False)
+            data = (tf.convert_to_tensor(x), tf.convert_to_tensor(y))
+        self._dataset = _batches(data, self._order, batch_size, self.size)
 
     def epoch(self, order: np.ndarray) -> tf.data.Dataset:
         """The batches of the images at `order`, in that order (the last may be partial)."""

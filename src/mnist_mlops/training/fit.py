@@ -106,16 +106,11 @@ class SharedStep:
     arrives empty."""
 
     def __init__(self) -> None:
-        self._key: tuple[int | None] | None = None
-        self._model: keras.Model | None = None
+        self._models: dict[int | None, keras.Model] = {}
+        self.model: keras.Model | None = None     # the one the last fit trained on
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_key": None, "_model": None}
-
-    @property
-    def model(self) -> keras.Model | None:
-        """The compiled model the last fit trained on (None before the first fit)."""
-        return self._model
+        return {"_models": {}, "model": None}
 
     def start(self, ctx: FitContext, job: FitJob, n_train: int) -> tuple[keras.Model,
                                                                         keras.Model]:
@@ -123,17 +118,21 @@ class SharedStep:
         from mnist_mlops.training.models import new_model, step_key
 
         own = new_model(ctx.p, ctx.tp, job.index, n_train)
-        key = (step_key(ctx.p, ctx.tp, n_train),)
-        if self._model is None or key != self._key:
-            self._model, self._key = new_model(ctx.p, ctx.tp, job.index, n_train), key
-        copy_state(own, self._model)
-        return self._model, own
+        key = step_key(ctx.p, ctx.tp, n_train)
+        if key not in self._models:
+            self._models[key] = new_model(ctx.p, ctx.tp, job.index, n_train)
+        self.model = self._models[key]
+        copy_state(own, self.model)
+        return self.model, own
 
 
 def copy_state(source: keras.Model, target: keras.Model) -> None:
-    """Every variable of a compiled model, optimizer included, into another of its kind."""
+    """Every variable of a compiled model, optimizer included, into another of its kind: as
+    copies, since a JAX train step frees the arrays it was given (donated buffers)."""
+    import keras
+
     for s, t in zip(state_variables(source), state_variables(target), strict=True):
-        t.assign(s)
+        t.assign(keras.ops.copy(s.value))
 
 
 @dataclass(frozen=True)
