@@ -99,7 +99,7 @@ def test_training_on_the_feed_equals_training_on_the_arrays(name: str) -> None:
         a = on_arrays.fit(x[order], yt[order], batch_size=p.batch_size, epochs=e + 1,
                           initial_epoch=e, validation_data=(xv, yv), shuffle=False, verbose=0)
         b = on_feed.fit(feed.epoch(order), epochs=e + 1, initial_epoch=e,
-                        validation_data=val, verbose=0)
+                        validation_data=val, shuffle=False, verbose=0)
         assert a.history == b.history
     for u, v in zip(on_arrays.get_weights(), on_feed.get_weights(), strict=True):
         np.testing.assert_array_equal(u, v)

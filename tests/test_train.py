@@ -280,7 +280,8 @@ def test_steps_per_execution_leaves_fold_metrics_identical(
 
 
 def test_stage_log_is_the_projects_own_lines(tmp_path: Path, mlflow_db: str) -> None:
-    """No TensorFlow C++ lines or ANSI progress bars; progress per epoch; a closing summary.
+    """No TensorFlow C++ lines, Python warnings or ANSI progress bars; progress per epoch; a
+    closing summary.
     MNIST_MLOPS_VERBOSE=1 brings the library lines back."""
     write_tiny_project(tmp_path, verbose=2)
     uri = mlflow_db
@@ -292,6 +293,7 @@ def test_stage_log_is_the_projects_own_lines(tmp_path: Path, mlflow_db: str) -> 
     native = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|oneDNN|cuInit", re.M)
     assert not native.search(log), native.search(log)
     assert "\x1b[" not in log and "legacy" not in log
+    assert not re.search(r"\w+Warning: ", log), re.search(r".*\w+Warning: .*", log)
     for line in ("mlp_512x2 fold 1/2 epoch 1/2: accuracy", "mlp_512x2 fold 2/2 epoch 2/2",
                  "mlp_512x2 final refit epoch 2/2", "left: "):
         assert line in log, line

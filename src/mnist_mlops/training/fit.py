@@ -233,7 +233,7 @@ def fit(ctx: FitContext, job: FitJob, train: Split, val: Split | None = None) ->
         order = epoch_order(tp.seed, job.index, e, len(x))[:feed.size]
         t0 = time.perf_counter()
         h = model.fit(feed.epoch(order), epochs=e + 1, initial_epoch=e,
-                      validation_data=val_data, verbose=0)
+                      validation_data=val_data, shuffle=False, verbose=0)
         seconds = time.perf_counter() - t0
         logs = {k: float(v[-1]) for k, v in h.history.items()}
         for k, v in logs.items():
