@@ -66,8 +66,9 @@ def test_fits_on_one_compiled_model_end_as_fits_on_their_own(schedule: str) -> N
 def test_a_shared_step_travels_empty() -> None:
     """What is sent to a Ray worker carries no compiled model: the worker builds its own."""
     step = SharedStep()
-    step._model = object()          # stands for a compiled model that cannot be pickled
-    assert pickle.loads(pickle.dumps(step)).model is None
+    step.model = step._models[None] = object()      # stands for a compiled model
+    arrived = pickle.loads(pickle.dumps(step))
+    assert arrived.model is None and arrived._models == {}
 
 
 def test_an_epochs_feed_is_the_arrays_in_the_epochs_order() -> None:
