@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -177,8 +178,16 @@ def test_changed_params_after_a_kill_start_afresh_and_end_orphaned_runs(tmp_path
     cmd, env = train_cmd(root)
     first = Spawned(cmd, root, env)
     first.wait_for_line("fold 1/2 epoch 2/")
+    deadline = time.monotonic() + 60      # the journal delivers behind the training
+    while MODEL not in runs_by_status(root).get("RUNNING", []):
+        assert time.monotonic() < deadline, "the stage's run never reached the store"
+        time.sleep(0.05)
     first.proc.send_signal(signal.SIGKILL)
     first.wait()
+    # What the store holds as the process died: the runs its journal had delivered by then
+    # (the parent, and the first fold's unless the kill came before its delivery)
+    dead = runs_by_status(root)
+    assert MODEL in dead["RUNNING"] and set(dead) <= {"RUNNING", "FINISHED"}
     raw = yaml.safe_load((root / "params.yaml").read_text())
     raw["models"][MODEL]["learning_rate"] = 0.002
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -186,10 +195,16 @@ def test_changed_params_after_a_kill_start_afresh_and_end_orphaned_runs(tmp_path
     assert second.wait() == 0, second.output[-3000:]
     assert "other params, data or code; starting afresh" in second.output
     assert "left RUNNING by a process that died" in second.output
+    after = runs_by_status(root)
+    assert set(after) == {"KILLED", "FINISHED"}, after
+    assert after["KILLED"] == dead["RUNNING"]
+    assert len(after["FINISHED"]) == 4 + len(dead.get("FINISHED", []))
+
+
+def runs_by_status(root: Path) -> dict[str, list[str]]:
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("mnist-mlops").experiment_id])
     by_status: dict[str, list[str]] = {}
-    for r in runs:
+    for r in sorted(runs, key=lambda r: r.info.run_name):
         by_status.setdefault(r.info.status, []).append(r.info.run_name)
-    assert sorted(by_status["KILLED"]) == [MODEL, f"{MODEL}/fold-0"]
-    assert len(by_status["FINISHED"]) == 4 and set(by_status) == {"KILLED", "FINISHED"}
+    return by_status
