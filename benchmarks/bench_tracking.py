@@ -36,7 +36,6 @@ class EpochTimer:
 
 
 def main(n_train: int = 12000, epochs: int = 6, rounds: int = 3) -> dict[str, float]:
-
     from mnist_mlops.core.config import TrainParams, load_params
     from mnist_mlops.tracking.journal import Journal
     from mnist_mlops.training.checkpoint import Checkpoint

@@ -179,13 +179,14 @@ def test_changed_params_after_a_kill_start_afresh_and_end_orphaned_runs(tmp_path
     first = Spawned(cmd, root, env)
     first.wait_for_line("fold 1/2 epoch 2/")
     deadline = time.monotonic() + 60      # the journal delivers behind the training
-    while MODEL not in runs_by_status(root).get("RUNNING", []):
-        assert time.monotonic() < deadline, "the stage's run never reached the store"
+    while not {MODEL, f"{MODEL}/fold-0"} <= {n for ns in runs_by_status(root).values()
+                                             for n in ns}:
+        assert time.monotonic() < deadline, "the stage's runs never reached the store"
         time.sleep(0.05)
     first.proc.send_signal(signal.SIGKILL)
     first.wait()
-    # What the store holds as the process died: the runs its journal had delivered by then
-    # (the parent, and the first fold's unless the kill came before its delivery)
+    # What the store holds as the process died: the parent still running, the first fold's
+    # run too unless that fold had ended before the kill
     dead = runs_by_status(root)
     assert MODEL in dead["RUNNING"] and set(dead) <= {"RUNNING", "FINISHED"}
     raw = yaml.safe_load((root / "params.yaml").read_text())

@@ -78,8 +78,11 @@ def test_an_epochs_feed_is_the_arrays_in_the_epochs_order() -> None:
     assert [len(b[0]) for b in batches] == [32, 32, 6]
     np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x[order])
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), y[order])
-    val = list(Feed(x, y, 32).in_order().as_numpy_iterator())
-    np.testing.assert_array_equal(np.concatenate([b[0] for b in val]), x)
+    with pytest.raises(ValueError, match="an epoch of 69 images from a feed of 70"):
+        Feed(x, y, 32).epoch(order[:-1])
+    val = list(Feed(x, y, 32, size=64).in_order().as_numpy_iterator())
+    assert [len(b[0]) for b in val] == [32, 32]
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in val]), x[:64])
 
 
 @pytest.mark.slow

@@ -47,7 +47,7 @@ class Feed:
         return self._dataset
 
     def in_order(self) -> tf.data.Dataset:
-        """Every image once, in its own order: a validation set, for a whole fit."""
+        """The first `size` images once, in their own order: a validation set, whole fit."""
         return self.epoch(np.arange(self.size))
 
 

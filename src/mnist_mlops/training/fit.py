@@ -226,9 +226,9 @@ def fit(ctx: FitContext, job: FitJob, train: Split, val: Split | None = None) ->
     devices = backend.replicas()      # data parallel: the last batch must split evenly too
     feed = Feed(x, targets(y, p), p.batch_size,
                 backend.evenly_split(len(x), p.batch_size, devices))
-    val_data = None if val is None else Feed(*(
-        a[:backend.evenly_split(len(val[0]), p.batch_size, devices)]
-        for a in (val[0], targets(val[1], p))), p.batch_size).in_order()
+    val_data = None if val is None else Feed(
+        val[0], targets(val[1], p), p.batch_size,
+        backend.evenly_split(len(val[0]), p.batch_size, devices)).in_order()
     for e in range(prog.epochs_done, ctx.epochs):
         order = epoch_order(tp.seed, job.index, e, len(x))[:feed.size]
         t0 = time.perf_counter()
