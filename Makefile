@@ -74,9 +74,11 @@ test: setup
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The fast tier has no module-wide trainings or servers worth keeping together: its tests
-# are dealt out one by one (--dist load), which evens the two workers best.
+# are dealt out one by one, except those tests/conftest.py's ONE_WORKER keeps together
+# (--dist loadgroup): the tests that load TensorFlow on one worker, those that load
+# Evidently on one, so that the other worker never imports them.
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist load
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
 
 plots-template: setup
 	$(BIN)/python -m mnist_mlops.evaluation.plots_page .dvc/plots/offline.html

@@ -261,6 +261,43 @@ LONGEST_FIRST = ("test_pipeline",        # 506 s
                  "test_serve")           # 38
 
 
+# `make test-fast` deals its tests out one by one, except these, each group kept on one
+# worker: TensorFlow (about 4 s to import) and Evidently (about 2.5 s) are then imported by
+# one worker only, the one whose tests need them. Every worker collects every file, so test
+# files import them inside the tests, never at the top (a file, or a file::test that goes
+# elsewhere than its file).
+ONE_WORKER = {
+    "tests/test_checkpoint.py": "keras", "tests/test_fit.py": "keras",
+    "tests/test_models.py": "keras", "tests/test_onnx.py": "keras",
+    "tests/test_onnx_draft.py": "keras",
+    "tests/test_monitoring.py": "evidently",
+    "tests/test_monitoring.py::test_one_call_gives_the_answer_and_the_penultimate_layer":
+        "keras",
+    "tests/test_monitoring.py::test_predict_logs_its_answers_only_when_params_ask": "keras",
+}
+
+
+def worker_group(nodeid: str) -> str | None:
+    """The ONE_WORKER group of a test: its own entry's, else its file's; None for none."""
+    test = nodeid.split("[", 1)[0]
+    return ONE_WORKER.get(test, ONE_WORKER.get(nodeid.split("::", 1)[0]))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadgroup` (make test-fast) as ONE_WORKER says: xdist's own loadgroup reads
+    `xdist_group` marks through a test id that pytest 9.2 no longer lets it change, so it
+    deals every test out alone. Other modes: xdist's own scheduler."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Grouped(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid) or nodeid
+
+    return Grouped(config, log)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Load tests/needs.py as a plugin: its `requires` mark skips a test, or fails it when CI
     is set, when a Debian program it drives is missing."""

@@ -1,13 +1,15 @@
+"""The recipes as Keras models (training/models.py). Keras is imported by each test, not
+by the module: collecting this file (every pytest worker collects every file) then costs
+no TensorFlow import on a worker that runs none of these tests."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 
 from mnist_mlops.core.config import ARCHITECTURES, load_params
-from mnist_mlops.training.models import build_model, compile_model, ensemble
 
 from .conftest import ROOT
 
@@ -16,6 +18,8 @@ PARAMS = load_params(ROOT / "params.yaml")
 
 @pytest.mark.parametrize("name", list(PARAMS.models))
 def test_parameter_count_matches_spec(name: str) -> None:
+    from mnist_mlops.training.models import build_model
+
     p = PARAMS.models[name]
     model = build_model(p)
     assert model.count_params() == ARCHITECTURES[p.architecture].params
@@ -33,7 +37,8 @@ def test_spec_counts_are_the_documented_ones() -> None:
 
 def test_augmentation_acts_in_training_only() -> None:
     import keras
-    import numpy as np
+
+    from mnist_mlops.training.models import build_model
 
     model = build_model(PARAMS.models["cnn_bn_aug"])
     x = np.zeros((4, 28, 28, 1), "float32")
@@ -54,7 +59,7 @@ def test_only_the_augmenting_model_has_layers_keras_cannot_compile() -> None:
     """Keras runs a step uncompiled if one layer cannot be compiled: the stage must say so
     rather than report the `train.xla` it was asked for."""
 
-    from mnist_mlops.training.models import step_compiled, uncompilable_layers
+    from mnist_mlops.training.models import build_model, step_compiled, uncompilable_layers
 
     for name, p in PARAMS.models.items():
         assert uncompilable_layers(build_model(p)) == (
@@ -87,6 +92,10 @@ def test_cosine_schedule_runs_from_the_rate_to_zero() -> None:
     ("none", [0.0, 127.0, 255.0]),
 ])
 def test_scaling_is_inside_the_model(scaling: str, expected: list[float]) -> None:
+    import keras
+
+    from mnist_mlops.training.models import build_model
+
     p = PARAMS.models["mlp_512x2"].model_copy(update={"scaling": scaling})
     model = build_model(p)
     first_dense = next(i for i, layer in enumerate(model.layers)
@@ -99,6 +108,10 @@ def test_scaling_is_inside_the_model(scaling: str, expected: list[float]) -> Non
 
 
 def test_hidden_units_and_activation_are_parameters() -> None:
+    import keras
+
+    from mnist_mlops.training.models import build_model
+
     p = PARAMS.models["mlp_512x2"].model_copy(
         update={"hidden_units": (128, 128), "activation": "linear"})
     model = build_model(p)
@@ -108,6 +121,10 @@ def test_hidden_units_and_activation_are_parameters() -> None:
 
 
 def test_ensemble_averages_and_round_trips_as_h5(tmp_path: Path) -> None:
+    import keras
+
+    from mnist_mlops.training.models import build_model, compile_model, ensemble
+
     p = PARAMS.models["cnn_32_64_64"]
     members = [compile_model(build_model(p), p) for _ in range(2)]
     ens = ensemble(members, p.name)

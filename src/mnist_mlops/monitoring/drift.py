@@ -16,6 +16,9 @@ The window has drifted when the share of drifted features reaches `drift_share`,
 embedding classifier's AUC passes `embedding_auc`, or the mean confidence falls by more
 than `confidence_drop`. The class mix is reported, not decisive: users asking for many 7s
 is no reason to retrain. docs/monitoring.md says how the thresholds were chosen.
+
+Evidently (2-3 s to import) is imported by the functions that use it, so that importing
+this module, as `monitor` and its tests do, costs nothing until a comparison runs.
 """
 
 from __future__ import annotations
@@ -26,9 +29,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from evidently import DataDefinition, Dataset, Report
-from evidently.metrics import DriftedColumnsCount, ValueDrift
-from evidently.metrics.embeddings import ModelDriftMethod
 
 from mnist_mlops.monitoring import predlog
 from mnist_mlops.monitoring.features import FEATURES
@@ -86,6 +86,9 @@ def _frame(d: Described, pcs: np.ndarray | None) -> Any:
 
 
 def _report(mp: MonitorParams, with_pcs: bool) -> Any:
+    from evidently import Report
+    from evidently.metrics import DriftedColumnsCount, ValueDrift
+
     method, threshold = mp.stattest, mp.stattest_threshold
     cols = [*FEATURES, "confidence", *(EMBEDDING_PCS if with_pcs else ())]
     return Report([
@@ -98,6 +101,8 @@ def _report(mp: MonitorParams, with_pcs: bool) -> Any:
 
 def embedding_drift(ref: np.ndarray, cur: np.ndarray, auc: float) -> dict[str, Any]:
     """Evidently's classifier method on the raw embeddings: ROC AUC of reference vs window."""
+    from evidently.metrics.embeddings import ModelDriftMethod
+
     cols = [f"e{i}" for i in range(ref.shape[1])]
     score, drifted, method = ModelDriftMethod(threshold=auc)(
         pd.DataFrame(cur, columns=cols), pd.DataFrame(ref, columns=cols))
@@ -122,6 +127,8 @@ def _column_results(snapshot_dict: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def compare(ref: Described, cur: Described, mp: MonitorParams) -> tuple[Any, dict[str, Any]]:
     """Evidently's snapshot (for the HTML report) and the summary (JSON, MLflow, exit code)."""
+    from evidently import DataDefinition, Dataset
+
     embed = ref.embedding is not None and cur.embedding is not None and \
         ref.embedding.shape[1] == cur.embedding.shape[1]
     pcs = _components(ref.embedding, cur.embedding) if embed else (None, None)
