@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 
@@ -26,3 +27,37 @@ def test_a_copied_empty_store_is_a_new_store_of_this_folder(
     client.create_registered_model("only-here")
     assert empty_store_template.read_bytes() == template
 
+
+
+def test_every_one_worker_entry_names_a_test_that_exists() -> None:
+    """A renamed file or test must not drop out of its `make test-fast` group unnoticed."""
+    import ast
+
+    from .conftest import ONE_WORKER, ROOT, worker_group
+
+    for key, group in ONE_WORKER.items():
+        file, _, test = key.partition("::")
+        assert (ROOT / file).is_file(), key
+        if test:
+            tree = ast.parse((ROOT / file).read_text())
+            assert test in {f.name for f in tree.body if isinstance(f, ast.FunctionDef)}, key
+        assert worker_group(f"{key}::x" if not test else f"{key}[case]") == group, key
+    assert worker_group("tests/test_idx.py::test_x") is None
+
+
+@pytest.mark.slow
+def test_collecting_the_suite_imports_neither_tensorflow_nor_evidently() -> None:
+    """Every `make test-fast` worker collects every file: a file that imports TensorFlow or
+    Evidently at its top costs each worker that import (ONE_WORKER in conftest.py)."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    probe = ("import sys, pytest\n"
+             "rc = pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', 'tests'])\n"
+             "print('HEAVY', sorted(m for m in ('tensorflow', 'keras', 'evidently') "
+             "if m in sys.modules), rc)\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300).stdout
+    assert "HEAVY [] 0" in out, out[-3000:]
