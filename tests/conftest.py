@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -300,9 +302,26 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Load tests/needs.py as a plugin: its `requires` mark skips a test, or fails it when CI
-    is set, when a Debian program it drives is missing."""
+    is set, when a Debian program it drives is missing. A pytest-xdist worker ends without
+    the interpreter's teardown (`leave_without_teardown`)."""
     if not config.pluginmanager.is_registered(needs):
         config.pluginmanager.register(needs, "needs")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        atexit.register(leave_without_teardown)
+
+
+def leave_without_teardown() -> None:
+    """A worker's last exit handler: end the process as a stage does
+    (core/runtime.exit_without_teardown), without freeing every module, which takes 2-3 s
+    once TensorFlow is loaded, and which the run waits for. By now the worker has sent its
+    results, its threads have ended and the exit handlers registered after this one have
+    run (in reverse order); of the two registered before it, this runs logging's and skips
+    execnet's, which has no gateway to end in a worker."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -90,3 +90,24 @@ def test_suite_profile_sums_each_file_and_ranks_the_slowest(
     slowest = out.split("slowest tests (seconds):")[1].splitlines()
     assert [line.split()[-1] for line in slowest if line.strip()] == [
         "test_b::test_three", "test_a::test_one"]
+
+
+@pytest.mark.slow
+def test_profile_stage_runs_the_stage_and_ranks_its_functions(tmp_path: Path) -> None:
+    """The download stage of a project, run by the profiler as `dvc repro` would run it:
+    its outputs written, its own functions listed with their seconds, the longest first."""
+    import sys
+
+    from .conftest import synthetic_project
+
+    root, env = synthetic_project(tmp_path / "project")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_stage.py"),
+                           "mnist_mlops.data.download", "--min-share", "0"], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((root / "data" / "raw").glob("*.gz"))) == 4
+    assert proc.stdout.startswith("mnist_mlops.data.download: ")
+    ours = proc.stdout.split("this package's functions")[1].split("\n\n")[0]
+    seconds = [float(line.split()[0]) for line in ours.splitlines()[1:]]
+    assert seconds == sorted(seconds, reverse=True) and len(seconds) > 3
+    assert "data/download.py" in ours and "(main)" in ours
