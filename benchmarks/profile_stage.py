@@ -11,8 +11,9 @@ take at least --min-share of the run (where a stage's time goes: fits, calibrati
 MLflow delivery, the ONNX export and its check, figures), then the same for the
 third-party calls that take longest (--third-party). The stage writes its outputs as it
 would under DVC, without DVC recording them: run `dvc repro` again afterwards, or work in
-a copy. Profiling slows Python code (not TensorFlow's kernels) by about a third: read the
-shares, not the seconds.
+a copy. Unlike `dvc repro`, it does not stop on SIGTERM as a stage does (`run_main`), and a
+stage's one-line error is printed on the first line. Profiling slows Python code (not
+TensorFlow's kernels): read the shares, not the seconds.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def rows(stats: pstats.Stats, where: str, total: float, min_share: float,
 
 
 def main() -> None:
+    """Profile the stage, then print where its time went, whether it ended or failed."""
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("module", help="the stage's module, as dvc.yaml's cmd runs it")
@@ -49,29 +51,33 @@ def main() -> None:
                     help="how many of the longest third-party calls to print (default 15)")
     opts = ap.parse_args()
 
-    from mnist_mlops.core.runtime import configure_logging
-
     profile = cProfile.Profile()
     t0 = time.perf_counter()
     profile.enable()
     module = importlib.import_module(opts.module)
     imported = time.perf_counter() - t0
+    from mnist_mlops.core.runtime import UserError, configure_logging
+
     configure_logging()
     sys.argv = [opts.module, *opts.args]
+    ended = "ended"
     try:
         module.main()
+    except (UserError, KeyboardInterrupt) as exc:   # what run_main would print as one line
+        ended = f"stopped: {type(exc).__name__}: {exc}"
     finally:
         profile.disable()
     total = time.perf_counter() - t0
     stats = pstats.Stats(profile)
     print(f"{' '.join([opts.module, *opts.args])}: {total:.1f} s under the profiler, of which "
-          f"{imported:.1f} s importing the module")
+          f"{imported:.1f} s importing the module; {ended}")
     print("\nthis package's functions (cumulative seconds, share of the run):")
     for cum, name in rows(stats, "mnist_mlops/", total, opts.min_share, 60):
         print(f"  {cum:7.2f} s  {cum / total:5.1%}  {name}")
     print(f"\nthe {opts.third_party} longest third-party calls below them:")
     third = [r for r in rows(stats, "site-packages/", total, opts.min_share, 400)
-             if "<module>" not in r[1] and "_bootstrap" not in r[1]]
+             if not r[1].startswith("mnist_mlops/") and "<module>" not in r[1]
+             and "_bootstrap" not in r[1]]
     for cum, name in third[:opts.third_party]:
         print(f"  {cum:7.2f} s  {cum / total:5.1%}  {name}")
 

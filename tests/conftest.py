@@ -16,14 +16,20 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import yaml
 
+from mnist_mlops.core.runtime import _flush_output
 from mnist_mlops.data.idx import write_idx
 
 from . import needs
+
+if TYPE_CHECKING:
+    from xdist.remote import Producer
+    from xdist.scheduler.protocol import Scheduling
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -267,15 +273,18 @@ LONGEST_FIRST = ("test_pipeline",        # 506 s
 # worker: TensorFlow (about 4 s to import) and Evidently (about 2.5 s) are then imported by
 # one worker only, the one whose tests need them. Every worker collects every file, so test
 # files import them inside the tests, never at the top (a file, or a file::test that goes
-# elsewhere than its file).
+# elsewhere than its file; tests/test_fixtures.py checks both).
 ONE_WORKER = {
     "tests/test_checkpoint.py": "keras", "tests/test_fit.py": "keras",
     "tests/test_models.py": "keras", "tests/test_onnx.py": "keras",
     "tests/test_onnx_draft.py": "keras",
-    "tests/test_monitoring.py": "evidently",
     "tests/test_monitoring.py::test_one_call_gives_the_answer_and_the_penultimate_layer":
         "keras",
     "tests/test_monitoring.py::test_predict_logs_its_answers_only_when_params_ask": "keras",
+    "tests/test_monitoring.py::test_mnist_test_digits_do_not_drift": "evidently",
+    "tests/test_monitoring.py::test_inverted_or_rotated_digits_drift": "evidently",
+    "tests/test_monitoring.py::test_falling_confidence_is_drift_a_new_class_mix_is_only_reported":
+        "evidently",
 }
 
 
@@ -285,7 +294,8 @@ def worker_group(nodeid: str) -> str | None:
     return ONE_WORKER.get(test, ONE_WORKER.get(nodeid.split("::", 1)[0]))
 
 
-def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+@pytest.hookimpl(optionalhook=True)      # a hook of pytest-xdist: `-p no:xdist` still runs
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> Scheduling | None:
     """`--dist loadgroup` (make test-fast) as ONE_WORKER says: xdist's own loadgroup reads
     `xdist_group` marks through a test id that pytest 9.2 no longer lets it change, so it
     deals every test out alone. Other modes: xdist's own scheduler."""
@@ -293,7 +303,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
         return None
     from xdist.scheduler import LoadScopeScheduling
 
+    # the method xdist's own loadgroup and loadfile override: fail, not silently ungroup
+    assert "_split_scope" in vars(LoadScopeScheduling), "pytest-xdist changed its scheduler"
+
     class Grouped(LoadScopeScheduling):
+        """xdist's scheduler by scope, a scope being a ONE_WORKER group or one test."""
+
         def _split_scope(self, nodeid: str) -> str:
             return worker_group(nodeid) or nodeid
 
@@ -302,25 +317,26 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Load tests/needs.py as a plugin: its `requires` mark skips a test, or fails it when CI
-    is set, when a Debian program it drives is missing. A pytest-xdist worker ends without
-    the interpreter's teardown (`leave_without_teardown`)."""
+    is set, when a Debian program it drives is missing. A pytest-xdist worker (it has
+    `workerinput`; a pytest that a test starts does not) ends without the interpreter's
+    teardown (`leave_without_teardown`)."""
     if not config.pluginmanager.is_registered(needs):
         config.pluginmanager.register(needs, "needs")
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if hasattr(config, "workerinput"):
         atexit.register(leave_without_teardown)
 
 
 def leave_without_teardown() -> None:
-    """A worker's last exit handler: end the process as a stage does
-    (core/runtime.exit_without_teardown), without freeing every module, which takes 2-3 s
-    once TensorFlow is loaded, and which the run waits for. By now the worker has sent its
-    results, its threads have ended and the exit handlers registered after this one have
-    run (in reverse order); of the two registered before it, this runs logging's and skips
-    execnet's, which has no gateway to end in a worker."""
+    """A worker's last exit handler: end the process without freeing every module, which
+    takes 2-3 s once TensorFlow is loaded, and which the run waits for; exit 0, since xdist
+    reads a worker's results from what it sent, not from its status. By now the worker has
+    sent its results, Python has waited for its threads that are not daemons, and the exit
+    handlers registered after this one have run (in reverse order). The two registered
+    before it (before this file's imports ran) do not run, except logging's, called here:
+    execnet's has no gateway to end in a worker. So this file imports nothing at its top
+    that registers an exit handler (multiprocessing, coverage)."""
     logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
+    _flush_output(0)
     os._exit(0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from types import ModuleType
@@ -96,8 +97,6 @@ def test_suite_profile_sums_each_file_and_ranks_the_slowest(
 def test_profile_stage_runs_the_stage_and_ranks_its_functions(tmp_path: Path) -> None:
     """The download stage of a project, run by the profiler as `dvc repro` would run it:
     its outputs written, its own functions listed with their seconds, the longest first."""
-    import sys
-
     from .conftest import synthetic_project
 
     root, env = synthetic_project(tmp_path / "project")

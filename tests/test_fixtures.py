@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,11 +31,8 @@ def test_a_copied_empty_store_is_a_new_store_of_this_folder(
     assert empty_store_template.read_bytes() == template
 
 
-
 def test_every_one_worker_entry_names_a_test_that_exists() -> None:
     """A renamed file or test must not drop out of its `make test-fast` group unnoticed."""
-    import ast
-
     from .conftest import ONE_WORKER, ROOT, worker_group
 
     for key, group in ONE_WORKER.items():
@@ -49,9 +49,6 @@ def test_every_one_worker_entry_names_a_test_that_exists() -> None:
 def test_collecting_the_suite_imports_neither_tensorflow_nor_evidently() -> None:
     """Every `make test-fast` worker collects every file: a file that imports TensorFlow or
     Evidently at its top costs each worker that import (ONE_WORKER in conftest.py)."""
-    import subprocess
-    import sys
-
     from .conftest import ROOT
 
     probe = ("import sys, pytest\n"

@@ -18,7 +18,8 @@ than `confidence_drop`. The class mix is reported, not decisive: users asking fo
 is no reason to retrain. docs/monitoring.md says how the thresholds were chosen.
 
 Evidently (2-3 s to import) is imported by the functions that use it, so that importing
-this module, as `monitor` and its tests do, costs nothing until a comparison runs.
+this module, as `monitor` and its tests do, costs no Evidently import until a comparison
+runs.
 """
 
 from __future__ import annotations
