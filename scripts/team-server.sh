@@ -29,6 +29,12 @@
 #                               (the server holds those credentials, not the clients)
 #   PGDATA_DIR=$DATA/pg         the cluster folder (must be writable by `postgres` if root)
 #   WORKERS=2                   mlflow server workers
+#   AUTH_CACHE_TTL_S=60         seconds a worker trusts a user and password it has checked
+#                               (MLflow's auth_cache_ttl_seconds; 0: off): otherwise every
+#                               request pays a password-hash check, tens of ms of CPU by
+#                               design. A changed password, admin flag or deleted user
+#                               counts at once in the worker that changed it, in the other
+#                               workers within this time
 #   MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false   MLflow's job runners (GenAI jobs, four extra
 #                               processes): off, as nothing of this project uses them
 #   EXPERIMENT=mnist-mlops MODEL=mnist-digits   what `user` grants on
@@ -41,6 +47,7 @@ mkdir -p "$DATA"
 DATA="$(cd "$DATA" && pwd)"
 HOST="${HOST:-127.0.0.1}"; PORT="${PORT:-5000}"; PGPORT="${PGPORT:-5433}"
 DB_PASSWORD="${DB_PASSWORD:-mlflow}"; WORKERS="${WORKERS:-2}"
+AUTH_CACHE_TTL_S="${AUTH_CACHE_TTL_S:-60}"
 ARTIFACTS="${ARTIFACTS:-$DATA/artifacts}"
 PGDATA_DIR="${PGDATA_DIR:-$DATA/pg}"
 MLFLOW="${MLFLOW:-mlflow}"; PYTHON="${PYTHON:-python3}"
@@ -90,6 +97,7 @@ database_uri = postgresql+psycopg2://mlflow:$DB_PASSWORD@127.0.0.1:$PGPORT/mlflo
 admin_username = $ADMIN_USER
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 grant_default_workspace_access = false
+auth_cache_ttl_seconds = $AUTH_CACHE_TTL_S
 INI
   )
   chmod 600 "$AUTH_INI" "$DATA/secret_key"
@@ -105,6 +113,8 @@ urllib.request.urlopen(req, timeout=30)" "$URL" "$ADMIN_USER" >/dev/null 2>&1
 }
 
 start() {
+  [[ "$AUTH_CACHE_TTL_S" =~ ^[0-9]+$ ]] \
+    || die "AUTH_CACHE_TTL_S must be a whole number of seconds (0 turns the cache off), not '$AUTH_CACHE_TTL_S'"
   local admin_pw; admin_pw="$(admin_password)" || exit 1
   if [ ! -f "$PGDATA_DIR/PG_VERSION" ]; then
     mkdir -p "$PGDATA_DIR"

@@ -118,6 +118,10 @@ def test_server_refuses_missing_default_and_shareable_admin_passwords(
     auth_ini = Path(server.env["DATA"]) / "auth.ini"
     assert stat.S_IMODE(auth_ini.stat().st_mode) == 0o600
     assert "default_permission = NO_PERMISSIONS" in auth_ini.read_text()
+    assert "auth_cache_ttl_seconds = 60" in auth_ini.read_text()    # checked credentials kept
+    err = script(["start"], tmp_path, {**env, "MLFLOW_ADMIN_PASSWORD": ADMIN_PW,
+                                       "AUTH_CACHE_TTL_S": "1m"}, check=False)
+    assert err.returncode == 1 and "AUTH_CACHE_TTL_S must be a whole number" in err.stderr
     assert "postgresql+psycopg2://" in auth_ini.read_text()   # users in the same PostgreSQL
 
 
