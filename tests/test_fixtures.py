@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from .conftest import ONE_WORKER, ROOT, worker_group
+
 
 def test_a_copied_empty_store_is_a_new_store_of_this_folder(
         tmp_path: Path, mlflow_db: str, empty_store_template: Path) -> None:
@@ -33,8 +35,6 @@ def test_a_copied_empty_store_is_a_new_store_of_this_folder(
 
 def test_every_one_worker_entry_names_a_test_that_exists() -> None:
     """A renamed file or test must not drop out of its `make test-fast` group unnoticed."""
-    from .conftest import ONE_WORKER, ROOT, worker_group
-
     for key, group in ONE_WORKER.items():
         file, _, test = key.partition("::")
         assert (ROOT / file).is_file(), key
@@ -49,8 +49,6 @@ def test_every_one_worker_entry_names_a_test_that_exists() -> None:
 def test_collecting_the_suite_imports_neither_tensorflow_nor_evidently() -> None:
     """Every `make test-fast` worker collects every file: a file that imports TensorFlow or
     Evidently at its top costs each worker that import (ONE_WORKER in conftest.py)."""
-    from .conftest import ROOT
-
     probe = ("import sys, pytest\n"
              "rc = pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', 'tests'])\n"
              "print('HEAVY', sorted(m for m in ('tensorflow', 'keras', 'evidently') "
