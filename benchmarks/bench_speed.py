@@ -2,7 +2,9 @@
 
 For each recipe (params.yaml `models:`): steady-epoch images/s of a plain `model.fit`
 (one call per epoch, Keras's own shuffling and defaults) and of the pipeline's loop
-(train.fit: one `fit` per epoch for bit-exact resume, `train.steps_per_execution`), the
+(train.fit's epochs in their seeded orders, `train.steps_per_execution`; timed as one
+`fit` call per epoch so that the contenders' epochs can alternate, where the stage makes
+one call per fit: the loop's figure is the slower of the two), the
 training FLOPs per image from the layer shapes (3x the forward pass), the fraction of the
 device's measured peak, and the projected training time of a full `dvc repro` (K folds of
 the recipe's epochs, with validation, plus the refit unless the recipe ships an ensemble).

@@ -6,6 +6,7 @@ as the same arrays handed to Keras would."""
 from __future__ import annotations
 
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -14,8 +15,10 @@ from mnist_mlops.core.config import TrainParams, load_params
 from mnist_mlops.training.feed import Feed
 from mnist_mlops.training.fit import (
     FitContext,
+    FitJob,
     SharedStep,
     configure,
+    fit,
     job_data,
     plan_fits,
     resumable_fit,
@@ -85,6 +88,18 @@ def test_an_epochs_feed_is_the_arrays_in_the_epochs_order() -> None:
     np.testing.assert_array_equal(np.concatenate([b[0] for b in val]), x[:64])
 
 
+def test_an_order_set_after_the_iterator_is_made_is_the_one_read() -> None:
+    """Keras makes the next epoch's iterator as an epoch ends, before the loop sets that
+    epoch's order: the feed must make no batch until one is asked for."""
+    x, y = np.arange(640, dtype=np.float32).reshape(640, 1), np.arange(640)
+    feed = Feed(x, y, 32)
+    early = iter(feed.epoch(np.arange(640)))
+    time.sleep(0.5)                  # time for any read-ahead to run, were there one
+    feed.epoch(np.arange(640)[::-1].copy())
+    first = next(early)
+    np.testing.assert_array_equal(first[1], np.arange(640)[::-1][:32])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp_512x2", "cnn_bn_aug"])   # one-hot and sparse targets
 def test_training_on_the_feed_equals_training_on_the_arrays(name: str) -> None:
@@ -107,3 +122,34 @@ def test_training_on_the_feed_equals_training_on_the_arrays(name: str) -> None:
         assert a.history == b.history
     for u, v in zip(on_arrays.get_weights(), on_feed.get_weights(), strict=True):
         np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mlp_512x2", "cnn_bn_aug"])   # dropout; augmentation, BN
+def test_one_call_for_a_fits_epochs_trains_as_a_call_per_epoch(name: str) -> None:
+    """`fit` hands Keras all its epochs in one call and sets each epoch's own seeded order
+    as the epoch begins: the same epochs, best epoch and weights as a call per epoch on the
+    arrays in those orders. An order set too late (Keras reading the epoch first) would
+    train an epoch in the order before it, and fail here from the second epoch on."""
+    from mnist_mlops.training.models import epoch_order, new_model, targets
+
+    p = load_params(ROOT / "params.yaml").model(name)
+    tp, job = TrainParams(max_epochs=3), FitJob("fold-1", 1, "fold 2/2")
+    configure(tp)
+    (x, y), _ = synthetic(150)
+    xv, yv = x[:40], y[:40]
+    got = fit(FitContext(p, tp), job, (x, y), (xv, yv))
+    per_call, history, weights = new_model(p, tp, job.index, len(x)), {}, []
+    for e in range(3):
+        order = epoch_order(tp.seed, job.index, e, len(x))
+        h = per_call.fit(x[order], targets(y, p)[order], batch_size=p.batch_size,
+                         epochs=e + 1, initial_epoch=e, validation_data=(xv, targets(yv, p)),
+                         shuffle=False, verbose=0)
+        for k, v in h.history.items():
+            history.setdefault(k, []).append(v[-1])
+        weights.append(per_call.get_weights())
+    assert got.history == history
+    best = int(np.argmin(history["val_loss"]))
+    assert got.best_epoch == best + 1
+    for a, b in zip(got.model.get_weights(), weights[best], strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -1,10 +1,14 @@
 """How a fit's images reach Keras: one tf.data pipeline per fit over tensors made once.
 
-The fit loop calls `model.fit` once per epoch, each epoch in its own seeded order. Handed
-NumPy arrays, Keras turns them into tensors and builds its input pipeline again at every
-call, the validation set's included: a fixed cost of about 0.1 s an epoch on a CPU, whatever
-the epoch's length. Here the images become tensors once per fit, and one pipeline, built
-then, gathers each batch by index from the order the epoch sets (a TensorFlow variable),
+Every epoch of a fit trains in its own seeded order, set as the epoch begins (the fit
+loop's one `model.fit` call per fit reads the feed anew each epoch). Handed NumPy arrays in
+that order, Keras would turn them into tensors and build its input pipeline again for every
+epoch, the validation set's included: a fixed cost of about 0.1 s an epoch on a CPU,
+whatever the epoch's length. Here the images become tensors once per fit, and one pipeline,
+built then, gathers each batch by index from the order the epoch sets (a TensorFlow
+variable, read as each batch is made: Keras may make the next epoch's iterator before
+that epoch begins, but tf.data makes no batch until the first is asked for;
+tests/test_fit.py checks the epochs against a call per epoch),
 as Keras's own pipeline gathers its batches: the tensors on the CPU, zipped in, not
 captured, and tf.data's graph rewrites off, which would copy them. The batches hold the
 same values in the same order as the arrays' would, so the training is the same, bit for

@@ -217,6 +217,8 @@ def load_training_set(dataset: Path, folds_csv: Path) -> tuple[Split, np.ndarray
 def fit(ctx: FitContext, job: FitJob, train: Split, val: Split | None = None) -> FitResult:
     """Train one model epoch by epoch, checkpointing each; with `val`, keep the weights of
     the epoch with the lowest validation loss. Continues from the checkpoint if any."""
+    import keras
+
     from mnist_mlops.training.models import epoch_order, targets
 
     p, tp, (x, y) = ctx.p, ctx.tp, train
@@ -229,23 +231,36 @@ def fit(ctx: FitContext, job: FitJob, train: Split, val: Split | None = None) ->
     val_data = None if val is None else Feed(
         val[0], targets(val[1], p), p.batch_size,
         backend.evenly_split(len(val[0]), p.batch_size, devices)).in_order()
-    for e in range(prog.epochs_done, ctx.epochs):
-        order = epoch_order(tp.seed, job.index, e, len(x))[:feed.size]
-        t0 = time.perf_counter()
-        h = model.fit(feed.epoch(order), epochs=e + 1, initial_epoch=e,
-                      validation_data=val_data, shuffle=False, verbose=0)
-        seconds = time.perf_counter() - t0
-        logs = {k: float(v[-1]) for k, v in h.history.items()}
-        for k, v in logs.items():
+    started = [0.0]
+
+    def epoch_begin(e: int, logs: dict[str, Any] | None = None) -> None:
+        """The epoch's own seeded order, set before Keras starts reading the epoch."""
+        feed.epoch(epoch_order(tp.seed, job.index, e, len(x))[:feed.size])
+        started[0] = time.perf_counter()
+
+    def epoch_end(e: int, logs: dict[str, Any] | None = None) -> None:
+        seconds = time.perf_counter() - started[0]
+        record = {k: float(v) for k, v in (logs or {}).items()}
+        for k, v in record.items():
             prog.history.setdefault(k, []).append(v)
         prog.epochs_done, prog.seconds = e + 1, prog.seconds + seconds
         prog.epoch_seconds.append(seconds)
-        if val is not None and logs["val_loss"] < prog.best_loss:
-            prog.best_loss, prog.best_epoch, prog.best_logs = logs["val_loss"], e, logs
+        if val is not None and record["val_loss"] < prog.best_loss:
+            prog.best_loss, prog.best_epoch, prog.best_logs = record["val_loss"], e, record
             prog.best_weights = [np.array(w) for w in model.get_weights()]
-        ctx.hooks.epoch_end(job, e + 1, logs, seconds)
+        ctx.hooks.epoch_end(job, e + 1, record, seconds)
         if ctx.ckpt:
             ctx.ckpt.save_progress(job.key, model, prog)
+
+    if prog.epochs_done < ctx.epochs:
+        # One `fit` call for the epochs left, each epoch's order set as it begins: Keras
+        # reads the feed anew every epoch, and a call per epoch cost 0.05-0.1 s of set-up
+        # each (0.5-0.6 s epochs of mlp_512x2 on 12,000 images: benchmarks/bench_tracking)
+        model.fit(feed.epoch(epoch_order(tp.seed, job.index, prog.epochs_done,
+                                         len(x))[:feed.size]),
+                  epochs=ctx.epochs, initial_epoch=prog.epochs_done, validation_data=val_data,
+                  shuffle=False, verbose=0, callbacks=[keras.callbacks.LambdaCallback(
+                      on_epoch_begin=epoch_begin, on_epoch_end=epoch_end)])
     if val is not None and prog.best_weights is not None:
         model.set_weights(prog.best_weights)
     copy_state(model, own)             # the shared model goes on to the next fit
