@@ -245,28 +245,29 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # Modules that take minutes, longest first (their seconds under `make test` on the 2-core
-# machine, 2026-12-06): started first, so that under `pytest -n 2 --dist loadfile` the short
-# ones fill in around them instead of one long module running last.
-LONGEST_FIRST = ("test_pipeline",        # 506 s
-                 "test_auth_server",     # 271
-                 "test_train",           # 224
-                 "test_experiments",     # 185
-                 "test_store",           # 159
-                 "test_sweep",           # 150
-                 "test_journal",         # 149
-                 "test_retrain",         # 128
-                 "test_ray_fits",        # 126
-                 "test_registry_cli",    # 124
-                 "test_runtime",         # 114
-                 "test_backend",         # 109
-                 "test_logs",            # 106
-                 "test_team_server",     # 101
-                 "test_checkpoint",      # 90
-                 "test_serving_install",  # 57
-                 "test_makefile",        # 56
-                 "test_monitor_served",  # 56
-                 "test_predict",         # 46
-                 "test_serve")           # 38
+# machine, 2026-12-07, `benchmarks/suite_profile.py`): started first, so that under
+# `pytest -n 2 --dist loadfile` the short ones fill in around them instead of one long
+# module running last.
+LONGEST_FIRST = ("test_pipeline",        # 265 s
+                 "test_ray_fits",        # 192
+                 "test_experiments",     # 116
+                 "test_train",           # 113
+                 "test_store",           # 110
+                 "test_sweep",           # 94
+                 "test_auth_server",     # 87
+                 "test_registry_cli",    # 75
+                 "test_journal",         # 72
+                 "test_backend",         # 67
+                 "test_retrain",         # 59
+                 "test_runtime",         # 54
+                 "test_checkpoint",      # 54
+                 "test_repro",           # 53
+                 "test_predict",         # 50
+                 "test_logs",            # 46
+                 "test_makefile",        # 43
+                 "test_monitor_served",  # 41
+                 "test_serving_install",  # 41
+                 "test_team_server")     # 33
 
 
 # `make test-fast` deals its tests out one by one, except these, each group kept on one

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mnist_mlops.core.config import TrainParams, load_params
+from mnist_mlops.core.runtime import UserError
 from mnist_mlops.training.feed import Feed
 from mnist_mlops.training.fit import (
     FitContext,
@@ -89,8 +90,9 @@ def test_an_epochs_feed_is_the_arrays_in_the_epochs_order() -> None:
 
 
 def test_an_order_set_after_the_iterator_is_made_is_the_one_read() -> None:
-    """Keras makes the next epoch's iterator as an epoch ends, before the loop sets that
-    epoch's order: the feed must make no batch until one is asked for."""
+    """The feed makes no batch until one is asked for, so an iterator made before an epoch's
+    order is set (Keras makes one as an epoch ends, though it reads a fresh one each epoch)
+    still reads that order."""
     x, y = np.arange(640, dtype=np.float32).reshape(640, 1), np.arange(640)
     feed = Feed(x, y, 32)
     early = iter(feed.epoch(np.arange(640)))
@@ -153,3 +155,20 @@ def test_one_call_for_a_fits_epochs_trains_as_a_call_per_epoch(name: str) -> Non
     assert got.best_epoch == best + 1
     for a, b in zip(got.model.get_weights(), weights[best], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_cap_on_an_epochs_steps_is_refused_before_training() -> None:
+    """Keras's debugging cap on an epoch's steps keeps one iterator across epochs, which
+    would train an epoch in the order before it: refused in one line, nothing trained."""
+    import keras
+
+    p = load_params(ROOT / "params.yaml").model("mlp_512x2")
+    tp = TrainParams(max_epochs=2)
+    configure(tp)
+    keras.config.set_max_steps_per_epoch(1)
+    try:
+        with pytest.raises(UserError, match="unset it to train") as err:
+            fit(FitContext(p, tp), FitJob("fold-0", 0, "fold 1/2"), synthetic(40)[0])
+    finally:
+        keras.config.set_max_steps_per_epoch(None)
+    assert "KERAS_MAX_STEPS_PER_EPOCH" in str(err.value)

@@ -6,8 +6,8 @@ that order, Keras would turn them into tensors and build its input pipeline agai
 epoch, the validation set's included: a fixed cost of about 0.1 s an epoch on a CPU,
 whatever the epoch's length. Here the images become tensors once per fit, and one pipeline,
 built then, gathers each batch by index from the order the epoch sets (a TensorFlow
-variable, read as each batch is made: Keras may make the next epoch's iterator before
-that epoch begins, but tf.data makes no batch until the first is asked for;
+variable, read as each batch is made: Keras makes each epoch's iterator as the epoch
+asks for its first batch, once the order is set, and tf.data makes no batch before that;
 tests/test_fit.py checks the epochs against a call per epoch),
 as Keras's own pipeline gathers its batches: the tensors on the CPU, zipped in, not
 captured, and tf.data's graph rewrites off, which would copy them. The batches hold the

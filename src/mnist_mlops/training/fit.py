@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from mnist_mlops.core.config import ModelParams, TrainParams
+from mnist_mlops.core.runtime import UserError
 from mnist_mlops.data.dataset import load_dataset, load_folds
 from mnist_mlops.training import backend
 from mnist_mlops.training.checkpoint import Checkpoint, FitProgress, state_variables
@@ -254,8 +255,15 @@ def fit(ctx: FitContext, job: FitJob, train: Split, val: Split | None = None) ->
 
     if prog.epochs_done < ctx.epochs:
         # One `fit` call for the epochs left, each epoch's order set as it begins: Keras
-        # reads the feed anew every epoch, and a call per epoch cost 0.05-0.1 s of set-up
-        # each (0.5-0.6 s epochs of mlp_512x2 on 12,000 images: benchmarks/bench_tracking)
+        # makes each epoch's iterator at its first batch, and a call per epoch cost
+        # 0.05-0.1 s of set-up each (0.5-0.6 s epochs of mlp_512x2 on 12,000 images:
+        # benchmarks/bench_tracking). A cap on an epoch's steps would carry one iterator
+        # over from epoch to epoch, in the order before.
+        if keras.config.max_steps_per_epoch() is not None:
+            raise UserError(
+                f"Keras caps an epoch at {keras.config.max_steps_per_epoch()} steps "
+                "(KERAS_MAX_STEPS_PER_EPOCH or keras.config.set_max_steps_per_epoch): the "
+                "pipeline trains whole epochs, each in its own order; unset it to train")
         model.fit(feed.epoch(epoch_order(tp.seed, job.index, prog.epochs_done,
                                          len(x))[:feed.size]),
                   epochs=ctx.epochs, initial_epoch=prog.epochs_done, validation_data=val_data,
