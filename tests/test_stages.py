@@ -155,8 +155,8 @@ def test_rewording_tracking_or_serving_code_retrains_nothing(tmp_path: Path) -> 
     run(["git", "checkout", "--", "src/mnist_mlops/training/models.py"], root)
     assert _train_status(root, stage) == {}
 
-    _edit(package / "training" / "fit.py", 'logs["val_loss"] < prog.best_loss',
-          'logs["val_loss"] <= prog.best_loss')
+    _edit(package / "training" / "fit.py", 'record["val_loss"] < prog.best_loss',
+          'record["val_loss"] <= prog.best_loss')
     assert stage in _train_status(root, stage), "a changed fit loop leaves train@ up to date"
     assert code_digest(package) != digest, "a changed fit loop resumes an old checkpoint"
 

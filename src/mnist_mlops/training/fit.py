@@ -222,6 +222,11 @@ def fit(ctx: FitContext, job: FitJob, train: Split, val: Split | None = None) ->
 
     from mnist_mlops.training.models import epoch_order, targets
 
+    if keras.config.max_steps_per_epoch() is not None:   # one iterator over all epochs
+        raise UserError(
+            f"Keras caps an epoch at {keras.config.max_steps_per_epoch()} steps "
+            "(KERAS_MAX_STEPS_PER_EPOCH or keras.config.set_max_steps_per_epoch): the "
+            "pipeline trains whole epochs, each in its own order; unset it to train")
     p, tp, (x, y) = ctx.p, ctx.tp, train
     model, own = ctx.step.start(ctx, job, len(x))
     prog = (ctx.ckpt.load_progress(job.key, model) if ctx.ckpt else None) or FitProgress()
@@ -257,13 +262,7 @@ def fit(ctx: FitContext, job: FitJob, train: Split, val: Split | None = None) ->
         # One `fit` call for the epochs left, each epoch's order set as it begins: Keras
         # makes each epoch's iterator at its first batch, and a call per epoch cost
         # 0.05-0.1 s of set-up each (0.5-0.6 s epochs of mlp_512x2 on 12,000 images:
-        # benchmarks/bench_tracking). A cap on an epoch's steps would carry one iterator
-        # over from epoch to epoch, in the order before.
-        if keras.config.max_steps_per_epoch() is not None:
-            raise UserError(
-                f"Keras caps an epoch at {keras.config.max_steps_per_epoch()} steps "
-                "(KERAS_MAX_STEPS_PER_EPOCH or keras.config.set_max_steps_per_epoch): the "
-                "pipeline trains whole epochs, each in its own order; unset it to train")
+        # benchmarks/bench_tracking)
         model.fit(feed.epoch(epoch_order(tp.seed, job.index, prog.epochs_done,
                                          len(x))[:feed.size]),
                   epochs=ctx.epochs, initial_epoch=prog.epochs_done, validation_data=val_data,
