@@ -261,8 +261,8 @@ def fit(ctx: FitContext, job: FitJob, train: Split, val: Split | None = None) ->
     if prog.epochs_done < ctx.epochs:
         # One `fit` call for the epochs left, each epoch's order set as it begins: Keras
         # makes each epoch's iterator at its first batch, and a call per epoch cost
-        # 0.05-0.1 s of set-up each (0.5-0.6 s epochs of mlp_512x2 on 12,000 images:
-        # benchmarks/bench_tracking)
+        # 0.03-0.06 s of set-up each, a tenth of a 0.6 s epoch of mlp_512x2 on 12,000
+        # images (benchmarks/bench_tracking, docs/benchmarks.md)
         model.fit(feed.epoch(epoch_order(tp.seed, job.index, prog.epochs_done,
                                          len(x))[:feed.size]),
                   epochs=ctx.epochs, initial_epoch=prog.epochs_done, validation_data=val_data,
