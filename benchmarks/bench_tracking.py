@@ -92,5 +92,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3,
                     help="plain/pipeline pairs (more: a steadier median; about 12 s each)")
+    opts = ap.parse_args()
+    if opts.rounds < 1:
+        ap.error(f"--rounds must be 1 or more, not {opts.rounds}")
     np.set_printoptions(precision=3)
-    main(rounds=ap.parse_args().rounds)
+    main(rounds=opts.rounds)

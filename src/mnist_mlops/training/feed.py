@@ -43,12 +43,18 @@ class Feed:
             data = (tf.convert_to_tensor(x), tf.convert_to_tensor(y))
         self._dataset = _batches(data, self._order, batch_size, self.size)
 
+    @property
+    def batches(self) -> tf.data.Dataset:
+        """The one pipeline, in whatever order `epoch` last set (Keras reads it anew each
+        epoch)."""
+        return self._dataset
+
     def epoch(self, order: np.ndarray) -> tf.data.Dataset:
         """The batches of the images at `order`, in that order (the last may be partial)."""
         if len(order) != self.size:
             raise ValueError(f"an epoch of {len(order)} images from a feed of {self.size}")
         self._order.assign(order)
-        return self._dataset
+        return self.batches
 
     def in_order(self) -> tf.data.Dataset:
         """The first `size` images once, in their own order: a validation set, whole fit."""

@@ -237,15 +237,16 @@ def fit(ctx: FitContext, job: FitJob, train: Split, val: Split | None = None) ->
     val_data = None if val is None else Feed(
         val[0], targets(val[1], p), p.batch_size,
         backend.evenly_split(len(val[0]), p.batch_size, devices)).in_order()
-    started = [0.0]
+    started = 0.0
 
     def epoch_begin(e: int, logs: dict[str, Any] | None = None) -> None:
         """The epoch's own seeded order, set before Keras starts reading the epoch."""
+        nonlocal started
         feed.epoch(epoch_order(tp.seed, job.index, e, len(x))[:feed.size])
-        started[0] = time.perf_counter()
+        started = time.perf_counter()
 
     def epoch_end(e: int, logs: dict[str, Any] | None = None) -> None:
-        seconds = time.perf_counter() - started[0]
+        seconds = time.perf_counter() - started
         record = {k: float(v) for k, v in (logs or {}).items()}
         for k, v in record.items():
             prog.history.setdefault(k, []).append(v)
@@ -263,11 +264,10 @@ def fit(ctx: FitContext, job: FitJob, train: Split, val: Split | None = None) ->
         # makes each epoch's iterator at its first batch, and a call per epoch cost
         # 0.03-0.06 s of set-up each, a tenth of a 0.6 s epoch of mlp_512x2 on 12,000
         # images (benchmarks/bench_tracking, docs/benchmarks.md)
-        model.fit(feed.epoch(epoch_order(tp.seed, job.index, prog.epochs_done,
-                                         len(x))[:feed.size]),
-                  epochs=ctx.epochs, initial_epoch=prog.epochs_done, validation_data=val_data,
-                  shuffle=False, verbose=0, callbacks=[keras.callbacks.LambdaCallback(
-                      on_epoch_begin=epoch_begin, on_epoch_end=epoch_end)])
+        model.fit(feed.batches, epochs=ctx.epochs, initial_epoch=prog.epochs_done,
+                  validation_data=val_data, shuffle=False, verbose=0,
+                  callbacks=[keras.callbacks.LambdaCallback(on_epoch_begin=epoch_begin,
+                                                            on_epoch_end=epoch_end)])
     if val is not None and prog.best_weights is not None:
         model.set_weights(prog.best_weights)
     copy_state(model, own)             # the shared model goes on to the next fit
