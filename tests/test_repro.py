@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_mlops.core.runtime import OperationFailed
+from mnist_mlops.core.runtime import TF_THREAD_VARS, OperationFailed, cores
 from mnist_mlops.jobs import repro
 
 from .conftest import run, tool_env
@@ -46,7 +46,10 @@ if name in p["fail"]:
     sys.exit(3)
 text = "".join(open(f"out/{d}.txt").read() for d in deps) + f"{name}{p['n']}\\n"
 open(f"out/{name}.txt", "w").write(text)
-json.dump({"start": start, "end": time.time()}, open(f"out/{name}.json", "w"))
+json.dump({"start": start, "end": time.time(),
+           "threads": [os.environ.get(v) for v in ("TF_NUM_INTRAOP_THREADS",
+                                                   "TF_NUM_INTEROP_THREADS")]},
+          open(f"out/{name}.json", "w"))
 '''
 
 
@@ -112,6 +115,28 @@ def test_one_job_runs_them_one_after_another(tmp_path: Path) -> None:
     repro.reproduce(root, jobs=1)
     b, c = span(root, "b"), span(root, "c")
     assert b[1] <= c[0] or c[1] <= b[0], f"b {b} and c {c} overlapped with --jobs 1"
+
+
+def threads(root: Path, name: str) -> list[str | None]:
+    """TensorFlow's thread counts as the stage's environment gave them."""
+    return json.loads((root / "out" / f"{name}.json").read_text())["threads"]
+
+
+def test_stages_side_by_side_share_the_cores_unless_told_otherwise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in TF_THREAD_VARS:
+        monkeypatch.delenv(var, raising=False)
+    share = str(max(1, cores() // 2))
+    root = diamond(tmp_path / "p")
+    repro.reproduce(root, jobs=2)
+    assert {tuple(threads(root, s)) for s in "abcd"} == {(share, share)}
+    set_param(root, "n", 2)                      # every stage again, one at a time
+    repro.reproduce(root, jobs=1)
+    assert {tuple(threads(root, s)) for s in "abcd"} == {(None, None)}
+    set_param(root, "n", 3)                      # the user's own setting stands
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "7")
+    repro.reproduce(root, jobs=2)
+    assert {tuple(threads(root, s)) for s in "abcd"} == {("7", None)}
 
 
 def test_plan_holds_what_changed_and_what_stands_below_it(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mnist_mlops.core.runtime import launchers
+from mnist_mlops.core.runtime import TF_THREAD_VARS, cores, launchers, thread_share
 
 from .conftest import Spawned, run, synthetic_project, wait_for
 
@@ -37,6 +37,14 @@ def stage_pids(root: Path) -> list[int]:
         if b"mnist_mlops.training.train" in argv and cwd == str(root):
             found[int(proc.name)] = ppid
     return [pid for pid, ppid in found.items() if ppid not in found]
+
+
+def test_processes_side_by_side_each_get_a_share_of_the_cores() -> None:
+    assert thread_share(1, {}) == {}                 # alone: TensorFlow's own default
+    share = str(max(1, cores() // 2))
+    assert thread_share(2, {}) == dict.fromkeys(TF_THREAD_VARS, share)
+    assert thread_share(10 * cores(), {}) == dict.fromkeys(TF_THREAD_VARS, "1")
+    assert thread_share(2, {"TF_NUM_INTEROP_THREADS": "4"}) == {}   # the user's stands
 
 
 def test_launchers_are_the_shell_and_what_started_it() -> None:

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -52,6 +52,30 @@ EXIT_USAGE = 2          # bad input, bad params or usage: the message says what 
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM
 EXIT_BROKEN_PIPE = 141  # the reader of the output has gone, as a Unix tool SIGPIPE ends
 EXIT_UNWRITTEN = 120    # the output could not be written at exit (Python's own status)
+
+
+# TensorFlow's own settings for its two thread pools; unset, each pool takes every core.
+TF_THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def cores() -> int:
+    """The CPUs this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:          # not Linux
+        return os.cpu_count() or 1
+
+
+def thread_share(processes: int, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """TensorFlow's thread pools for one of `processes` processes that run side by side:
+    an even share of the cores each, instead of every process reaching for every core.
+    Empty for one process, and where `env` (the environment) already sets them: a user's
+    choice stands. TensorFlow's kernels may split their work, and so round, differently
+    with another number of threads: a run is repeatable for the same share."""
+    env = os.environ if env is None else env
+    if processes <= 1 or any(var in env for var in TF_THREAD_VARS):
+        return {}
+    return dict.fromkeys(TF_THREAD_VARS, str(max(1, cores() // processes)))
 
 
 class UserError(Exception):

@@ -9,6 +9,9 @@ whether a stage runs, is restored from the run cache or is skipped, and records 
 `dvc.lock`; it lets go of its repository lock while a stage's command runs, so that stages
 can run side by side.
 
+Stages side by side share the cores: each stage's TensorFlow gets its share of them
+(core/runtime.thread_share) unless the environment sets TensorFlow's thread counts itself.
+
 A stage that fails stops the run: no further stage starts, the running ones finish (as
 `make -j` does), and the error names the stage. Ctrl-C or SIGTERM is passed to every
 running stage, which ends as it would under `dvc repro` (its MLflow run KILLED, its
@@ -30,7 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from mnist_mlops.core.runtime import OperationFailed, UserError
+from mnist_mlops.core.runtime import (
+    TF_THREAD_VARS,
+    OperationFailed,
+    UserError,
+    cores,
+    thread_share,
+)
 
 log = logging.getLogger(__name__)
 RAN = "Running stage '"    # DVC's line before it runs a stage's command
@@ -119,6 +128,9 @@ class Runner:
 
     def __init__(self, root: Path, jobs: int, out: IO[str] | None = None) -> None:
         self.root, self.jobs = root, jobs
+        # each stage's TensorFlow its share of the cores: two training stages of two threads
+        # each on two cores took about 8% longer than of one each (docs/benchmarks.md)
+        self.threads = thread_share(jobs)
         self.out = out or sys.stderr
         self._write = threading.Lock()
         self._running: dict[str, tuple[subprocess.Popen[bytes], float, threading.Thread]] = {}
@@ -154,7 +166,8 @@ class Runner:
         # restoring, committing outputs, writing dvc.lock); a stage starting or ending while
         # another one does that waits its turn instead of failing after 3 s
         proc = subprocess.Popen(["dvc", "--wait-for-lock", "repro", "--single-item", name],
-                                cwd=self.root, stdout=subprocess.PIPE,
+                                cwd=self.root, env={**os.environ, **self.threads},
+                                stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         pump = threading.Thread(target=self._pump, args=(name, proc), daemon=True)
         self._running[name] = (proc, time.monotonic(), pump)   # stopped on interrupt from now
@@ -239,7 +252,13 @@ def reproduce(root: Path, jobs: int, targets: Iterable[str] = ()) -> list[str]:
     log.info("%d stage(s) to reproduce, %d at a time: %s", len(p.stages), jobs,
              ", ".join(p.stages))
     t0 = time.monotonic()
-    outcome = Runner(root, jobs).run(p)
+    runner = Runner(root, jobs)
+    if runner.threads:
+        log.info("%d stages at a time on %d cores: TensorFlow uses %s thread(s) per pool in "
+                 "each (%s; set these to choose otherwise)", jobs, cores(),
+                 runner.threads[TF_THREAD_VARS[0]],
+                 ", ".join(f"{k}={v}" for k, v in runner.threads.items()))
+    outcome = runner.run(p)
     log.info("%d stage(s) in %.1f s (%.1f s of stage time)", len(outcome.ended),
              time.monotonic() - t0, sum(s for _, _, s in outcome.ended))
     if outcome.failed:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import platform
 import shutil
 import subprocess
 from typing import Any
+
+from mnist_mlops.core.runtime import TF_THREAD_VARS, cores
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +161,9 @@ def device_info() -> dict[str, Any]:
         build = tf.sysconfig.get_build_info()
         info.update(tensorflow_version=tf.__version__,
                     cuda_version=build.get("cuda_version", "none"),
-                    cudnn_version=build.get("cudnn_version", "none"))
+                    cudnn_version=build.get("cudnn_version", "none"),
+                    # a kernel may round differently with another count (thread_share)
+                    tf_intra_op_threads=os.environ.get(TF_THREAD_VARS[0], str(cores())))
         if gpus:
             details = tf.config.experimental.get_device_details(gpus[0])
             info["device"] = f"gpu:{details.get('device_name', gpus[0].name)}"
