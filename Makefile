@@ -62,9 +62,10 @@ run: setup
 
 # A DVC experiment of the quick profile, as `dvc exp run --temp` would make it (in a copy
 # under .dvc/tmp/exps/, saved with `dvc exp save`: `dvc exp show` lists it), with stages
-# that do not need each other running JOBS at a time (jobs/experiment.py, jobs/repro.py).
+# that do not need each other running JOBS at a time (jobs/experiment.py, jobs/repro.py),
+# each stage's TensorFlow on its share of the cores (--share-cores: small stages gain by it).
 quick: setup
-	mnist-mlops exp-run --jobs $(JOBS) $(QUICK)
+	mnist-mlops exp-run --jobs $(JOBS) --share-cores $(QUICK)
 
 # Test files run on TEST_WORKERS processes (pytest-xdist), each file on one worker (its
 # module fixtures, servers and trainings made once), in the order tests/conftest.py gives

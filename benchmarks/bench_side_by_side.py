@@ -6,33 +6,42 @@ training at the same time, and the pair's projected `dvc repro` training time bo
     python benchmarks/bench_side_by_side.py mlp_512x2 cnn_bn_aug --images 6000 --epochs 3
 
 Each speed is `bench_speed.py`'s pipeline loop (steady epochs on random pixels), in a
-process of its own with the stage's own thread settings: alone, the two recipes one after
-the other; side by side, both processes at once. Side by side, the pair's projected time is
-the shorter recipe's projected time at its shared speed, then the rest of the longer one at
-its speed alone (what is left once the shorter has finished).
+process of its own: alone, the two recipes one after the other, with TensorFlow's default
+threads (as a plain `dvc repro` runs a stage); side by side, both processes at once, each
+with its share of the cores as `mnist-mlops repro -j 2` gives a stage
+(core/runtime.thread_share), or with the default threads too (`--no-share`). Side by
+side, the pair's projected time is the shorter recipe's projected time at its shared
+speed, then the rest of the longer one (what is left once the shorter has finished): at
+its speed alone where it has the default threads, and at its shared speed where it has
+its share (a process keeps the threads it started with).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+from mnist_mlops.core.runtime import thread_share
+
 HERE = Path(__file__).resolve().parent
 ROW = re.compile(r"^\| (\S+) \| \d+ \| [\d.]+ \| [\d,]+ \| ([\d,]+) \|.* ([\d.]+) min \|$")
 
 
-def speeds(models: list[str], images: int, epochs: int, together: bool
+def speeds(models: list[str], images: int, epochs: int, together: bool, share: bool = True
            ) -> dict[str, tuple[float, float]]:
     """model -> (pipeline images/s, projected minutes) from bench_speed.py runs: one
-    process per model, one after another or all at once."""
+    process per model, one after another or all at once (with the cores shared out as
+    the stage runner shares them, unless `share` is false)."""
     cmds = [[sys.executable, str(HERE / "bench_speed.py"), "--models", m, "--images",
              str(images), "--epochs", str(epochs)] for m in models]
     if together:
+        env = {**os.environ, **(thread_share(len(models)) if share else {})}
         procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  text=True) for c in cmds]
+                                  text=True, env=env) for c in cmds]
         outs = [p.communicate()[0] for p in procs]
     else:
         outs = [subprocess.run(c, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -53,9 +62,12 @@ def main() -> None:
     ap.add_argument("models", nargs=2, help="two recipes of params.yaml")
     ap.add_argument("--images", type=int, default=6000, help="images per epoch")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per measurement")
+    ap.add_argument("--no-share", dest="share", action="store_false",
+                    help="side by side with TensorFlow's default threads in each process")
     args = ap.parse_args()
     alone = speeds(args.models, args.images, args.epochs, together=False)
-    shared = speeds(args.models, args.images, args.epochs, together=True)
+    shared = speeds(args.models, args.images, args.epochs, together=True, share=args.share)
+    print(f"side by side: {thread_share(2) if args.share else 'default threads'}")
     print("| model | alone img/s | side by side img/s | share | projected alone |")
     print("|---|---:|---:|---:|---:|")
     for m in args.models:
@@ -67,7 +79,7 @@ def main() -> None:
     first = min(ends, key=ends.get)
     other = next(m for m in args.models if m != first)
     left = 1 - ends[first] / ends[other]
-    both = ends[first] + left * alone[other][1]
+    both = ends[other] if args.share else ends[first] + left * alone[other][1]
     print(f"\nprojected training of the pair: one after another {one_after:.1f} min, "
           f"side by side {both:.1f} min ({both / one_after:.2f}x)")
 

@@ -122,20 +122,21 @@ def threads(root: Path, name: str) -> list[str | None]:
     return json.loads((root / "out" / f"{name}.json").read_text())["threads"]
 
 
-def test_stages_side_by_side_share_the_cores_unless_told_otherwise(
+def test_stages_share_the_cores_when_asked_unless_the_user_set_the_threads(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in TF_THREAD_VARS:
         monkeypatch.delenv(var, raising=False)
     share = str(max(1, cores() // 2))
     root = diamond(tmp_path / "p")
-    repro.reproduce(root, jobs=2)
+    repro.reproduce(root, jobs=2, share_cores=True)
     assert {tuple(threads(root, s)) for s in "abcd"} == {(share, share)}
-    set_param(root, "n", 2)                      # every stage again, one at a time
-    repro.reproduce(root, jobs=1)
-    assert {tuple(threads(root, s)) for s in "abcd"} == {(None, None)}
-    set_param(root, "n", 3)                      # the user's own setting stands
-    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "7")
-    repro.reproduce(root, jobs=2)
+    for n, jobs, share_cores in ((2, 2, False), (3, 1, True)):    # not asked; one at a time
+        set_param(root, "n", n)                  # every stage runs again
+        repro.reproduce(root, jobs=jobs, share_cores=share_cores)
+        assert {tuple(threads(root, s)) for s in "abcd"} == {(None, None)}
+    set_param(root, "n", 4)
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "7")     # the user's own setting stands
+    repro.reproduce(root, jobs=2, share_cores=True)
     assert {tuple(threads(root, s)) for s in "abcd"} == {("7", None)}
 
 

@@ -82,7 +82,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     from mnist_mlops.jobs.repro import dvc_root, reproduce
 
     sigterm_as_interrupt()      # a stop stops every running stage first
-    reproduce(dvc_root(Path.cwd()), args.jobs, args.targets)
+    reproduce(dvc_root(Path.cwd()), args.jobs, args.targets, args.share_cores)
     return 0
 
 
@@ -91,7 +91,8 @@ def cmd_exp_run(args: argparse.Namespace) -> int:
     from mnist_mlops.jobs.repro import dvc_root
 
     sigterm_as_interrupt()      # a stop stops every running stage, then removes the copy
-    run_experiment(dvc_root(Path.cwd()), args.set_param, args.jobs, args.name)
+    run_experiment(dvc_root(Path.cwd()), args.set_param, args.jobs, args.name,
+                   args.share_cores)
     return 0
 
 
@@ -118,6 +119,11 @@ def add(commands: Commands) -> None:
                    "`dvc repro` takes them (default: the whole pipeline)")
     p.add_argument("-j", "--jobs", type=POSITIVE_INT, default=2,
                    help="stages at a time (default: 2)")
+    p.add_argument("--share-cores", action="store_true",
+                   help="each stage's TensorFlow on its share of the cores (cores / jobs "
+                   "threads) instead of every core: faster for small stages side by side "
+                   "(make quick), slower for long trainings, since a stage keeps its "
+                   "share when it is left to run alone")
 
     p = commands.add("exp-run", "a DVC experiment as `dvc exp run --temp` runs one (in a "
                      "temporary copy: the workspace and params.yaml stay as they are), with "
@@ -127,6 +133,11 @@ def add(commands: Commands) -> None:
     p.add_argument("-n", "--name", help="the experiment's name (default: one DVC makes up)")
     p.add_argument("-j", "--jobs", type=POSITIVE_INT, default=2,
                    help="stages at a time (default: 2)")
+    p.add_argument("--share-cores", action="store_true",
+                   help="each stage's TensorFlow on its share of the cores (cores / jobs "
+                   "threads) instead of every core: faster for small stages side by side "
+                   "(make quick), slower for long trainings, since a stage keeps its "
+                   "share when it is left to run alone")
 
     p = commands.add("retrain", "the retrain loop: pull, reproduce, push, commit to a "
                      "branch, report (run in a clean clone)", cmd_retrain)

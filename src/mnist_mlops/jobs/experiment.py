@@ -115,12 +115,13 @@ def set_params(copy: Path, assignments: Sequence[str]) -> None:
 
 
 def run_experiment(root: Path, assignments: Sequence[str], jobs: int,
-                   name: str | None = None) -> str:
+                   name: str | None = None, share_cores: bool = False) -> str:
     """Reproduce the pipeline with `assignments` in a temporary copy, `jobs` stages at a
-    time, and save it as a DVC experiment of HEAD; its name."""
+    time (repro.reproduce's `share_cores`), and save it as a DVC experiment of HEAD; its
+    name."""
     with temporary_copy(root) as copy:
         set_params(copy, assignments)
-        repro.reproduce(copy, jobs)
+        repro.reproduce(copy, jobs, share_cores=share_cores)
         git(copy, "add", "-A")
         out = dvc(copy, "exp", "save", *(["-n", name] if name else []))
         saved = out.strip().rsplit(":", 1)[-1].strip() or (name or "")

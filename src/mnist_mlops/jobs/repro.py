@@ -9,8 +9,13 @@ whether a stage runs, is restored from the run cache or is skipped, and records 
 `dvc.lock`; it lets go of its repository lock while a stage's command runs, so that stages
 can run side by side.
 
-Stages side by side share the cores: each stage's TensorFlow gets its share of them
-(core/runtime.thread_share) unless the environment sets TensorFlow's thread counts itself.
+With `share_cores`, each stage's TensorFlow gets its share of the cores instead of every
+core (core/runtime.thread_share), unless the environment sets TensorFlow's thread counts
+itself. Small stages side by side (the quick profile) then spend less time crowding each
+other's cores: `make quick` took 4-9% less time in three pairs. Long trainings lose by it,
+since a stage keeps its share when it is left to run alone: a full `cnn_deep_dropout`
+beside `lenet_28_50` was projected at 1.8 times the pair's time one after another
+(docs/benchmarks.md, "Stages side by side").
 
 A stage that fails stops the run: no further stage starts, the running ones finish (as
 `make -j` does), and the error names the stage. Ctrl-C or SIGTERM is passed to every
@@ -126,11 +131,10 @@ def ready(p: Plan, done: set[str], started: set[str]) -> list[str]:
 class Runner:
     """Runs a plan's stages, `jobs` at a time, each its own `dvc repro --single-item`."""
 
-    def __init__(self, root: Path, jobs: int, out: IO[str] | None = None) -> None:
+    def __init__(self, root: Path, jobs: int, share_cores: bool = False,
+                 out: IO[str] | None = None) -> None:
         self.root, self.jobs = root, jobs
-        # each stage's TensorFlow its share of the cores: two training stages of two threads
-        # each on two cores took about 8% longer than of one each (docs/benchmarks.md)
-        self.threads = thread_share(jobs)
+        self.threads = thread_share(jobs) if share_cores else {}
         self.out = out or sys.stderr
         self._write = threading.Lock()
         self._running: dict[str, tuple[subprocess.Popen[bytes], float, threading.Thread]] = {}
@@ -242,9 +246,11 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def reproduce(root: Path, jobs: int, targets: Iterable[str] = ()) -> list[str]:
-    """Run what `dvc repro [targets]` would, `jobs` stages at a time; the stages whose
-    command ran. A failure: OperationFailed naming the stage."""
+def reproduce(root: Path, jobs: int, targets: Iterable[str] = (),
+              share_cores: bool = False) -> list[str]:
+    """Run what `dvc repro [targets]` would, `jobs` stages at a time (with `share_cores`,
+    each stage's TensorFlow on its share of the cores); the stages whose command ran. A
+    failure: OperationFailed naming the stage."""
     p = plan(root, targets)
     if not p.stages:
         log.info("every stage is up to date: nothing to reproduce")
@@ -252,7 +258,7 @@ def reproduce(root: Path, jobs: int, targets: Iterable[str] = ()) -> list[str]:
     log.info("%d stage(s) to reproduce, %d at a time: %s", len(p.stages), jobs,
              ", ".join(p.stages))
     t0 = time.monotonic()
-    runner = Runner(root, jobs)
+    runner = Runner(root, jobs, share_cores)
     if runner.threads:
         log.info("%d stages at a time on %d cores: TensorFlow uses %s thread(s) per pool in "
                  "each (%s; set these to choose otherwise)", jobs, cores(),
