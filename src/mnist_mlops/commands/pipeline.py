@@ -22,6 +22,10 @@ from mnist_mlops.sweep.settings import Sweeps, sweep_params
 # those commands, so that `params`, `--help` and a usage error answer in 0.35 s.
 
 log = logging.getLogger(__name__)
+SHARE_CORES_HELP = ("each stage's TensorFlow on its share of the cores (cores / jobs threads) "
+                    "instead of every core: faster for small stages side by side (make "
+                    "quick), slower for long trainings, since a stage keeps its share when "
+                    "it is left to run alone")
 
 
 def whole_file_schema() -> dict[str, Any]:
@@ -119,11 +123,7 @@ def add(commands: Commands) -> None:
                    "`dvc repro` takes them (default: the whole pipeline)")
     p.add_argument("-j", "--jobs", type=POSITIVE_INT, default=2,
                    help="stages at a time (default: 2)")
-    p.add_argument("--share-cores", action="store_true",
-                   help="each stage's TensorFlow on its share of the cores (cores / jobs "
-                   "threads) instead of every core: faster for small stages side by side "
-                   "(make quick), slower for long trainings, since a stage keeps its "
-                   "share when it is left to run alone")
+    p.add_argument("--share-cores", action="store_true", help=SHARE_CORES_HELP)
 
     p = commands.add("exp-run", "a DVC experiment as `dvc exp run --temp` runs one (in a "
                      "temporary copy: the workspace and params.yaml stay as they are), with "
@@ -133,11 +133,7 @@ def add(commands: Commands) -> None:
     p.add_argument("-n", "--name", help="the experiment's name (default: one DVC makes up)")
     p.add_argument("-j", "--jobs", type=POSITIVE_INT, default=2,
                    help="stages at a time (default: 2)")
-    p.add_argument("--share-cores", action="store_true",
-                   help="each stage's TensorFlow on its share of the cores (cores / jobs "
-                   "threads) instead of every core: faster for small stages side by side "
-                   "(make quick), slower for long trainings, since a stage keeps its "
-                   "share when it is left to run alone")
+    p.add_argument("--share-cores", action="store_true", help=SHARE_CORES_HELP)
 
     p = commands.add("retrain", "the retrain loop: pull, reproduce, push, commit to a "
                      "branch, report (run in a clean clone)", cmd_retrain)

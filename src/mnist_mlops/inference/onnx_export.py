@@ -117,8 +117,8 @@ def to_onnx(graph: Any) -> Any:
     """The graph as an ONNX model, converted by tf2onnx from its inference function, as
     Keras' `model.export(format="onnx")` converts it, less Keras' export archive: that
     tracks every resource of the model for a SavedModel, which a conversion that freezes
-    the weights into the graph does not read (for cnn_bn_aug's ensemble, 2.2-2.8 s of
-    export against 0.7 s without it: docs/benchmarks.md)."""
+    the weights into the graph does not read (the quick profile's cnn_bn_aug ensemble:
+    2.2-2.3 s through Keras' export, 0.9-1.0 s this way; docs/benchmarks.md)."""
     import tensorflow as tf
     import tf2onnx
     from keras.src.export.tf2onnx_lib import patch_tf2onnx  # Keras' NumPy 2 fixes

@@ -15,7 +15,7 @@ itself. Small stages side by side (the quick profile) then spend less time crowd
 other's cores: `make quick` took 4-9% less time in three pairs. Long trainings lose by it,
 since a stage keeps its share when it is left to run alone: a full `cnn_deep_dropout`
 beside `lenet_28_50` was projected at 1.8 times the pair's time one after another
-(docs/benchmarks.md, "Stages side by side").
+(docs/benchmarks.md, "A share of the cores for each small stage").
 
 A stage that fails stops the run: no further stage starts, the running ones finish (as
 `make -j` does), and the error names the stage. Ctrl-C or SIGTERM is passed to every
