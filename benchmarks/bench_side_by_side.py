@@ -8,12 +8,13 @@ training at the same time, and the pair's projected `dvc repro` training time bo
 Each speed is `bench_speed.py`'s pipeline loop (steady epochs on random pixels), in a
 process of its own: alone, the two recipes one after the other, with TensorFlow's default
 threads (as a plain `dvc repro` runs a stage); side by side, both processes at once, each
-with its share of the cores as `mnist-mlops repro -j 2` gives a stage
+with its share of the cores as `mnist-mlops repro -j 2 --share-cores` gives a stage
 (core/runtime.thread_share), or with the default threads too (`--no-share`). Side by
 side, the pair's projected time is the shorter recipe's projected time at its shared
 speed, then the rest of the longer one (what is left once the shorter has finished): at
 its speed alone where it has the default threads, and at its shared speed where it has
-its share (a process keeps the threads it started with).
+its share (a process keeps the threads it started with; its speed alone on its share is
+taken to be its shared speed, so that figure is an upper estimate).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def main() -> None:
     ap.add_argument("--no-share", dest="share", action="store_false",
                     help="side by side with TensorFlow's default threads in each process")
     args = ap.parse_args()
+    args.share = args.share and bool(thread_share(2))    # not where the user set them
     alone = speeds(args.models, args.images, args.epochs, together=False)
     shared = speeds(args.models, args.images, args.epochs, together=True, share=args.share)
     print(f"side by side: {thread_share(2) if args.share else 'default threads'}")

@@ -238,6 +238,24 @@ def test_no_cluster_at_the_address_is_one_error_before_any_training(tmp_path: Pa
     assert not (root / "mlflow.db").exists() and not (root / "models").exists()
 
 
+def test_workers_get_the_users_thread_counts_but_not_a_stages_share_of_this_host(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mnist_mlops.core.runtime import TF_THREAD_VARS, thread_share
+    from mnist_mlops.training.ray_fits import worker_env
+
+    for var in TF_THREAD_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    for var, value in thread_share(2, {}).items():          # what --share-cores sets
+        monkeypatch.setenv(var, value)
+    env = worker_env()
+    assert env["KERAS_BACKEND"] == "tensorflow"
+    assert not set(TF_THREAD_VARS) & set(env), env
+    monkeypatch.delenv("MNIST_MLOPS_SHARED_CORES")          # the user's own counts
+    assert {var: worker_env()[var] for var in TF_THREAD_VARS} == {
+        var: os.environ[var] for var in TF_THREAD_VARS}
+
+
 @pytest.mark.parametrize("address", ["head-without-port", "ray://:10001", "host:notaport"])
 def test_an_address_that_is_not_one_is_refused_naming_the_forms(address: str) -> None:
     from mnist_mlops.core.runtime import UserError

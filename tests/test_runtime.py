@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mnist_mlops.core.runtime import TF_THREAD_VARS, cores, launchers, thread_share
+from mnist_mlops.core.runtime import (
+    SHARED_CORES_VAR,
+    TF_THREAD_VARS,
+    cores,
+    launchers,
+    thread_share,
+)
 
 from .conftest import Spawned, run, synthetic_project, wait_for
 
@@ -42,8 +48,10 @@ def stage_pids(root: Path) -> list[int]:
 def test_processes_side_by_side_each_get_a_share_of_the_cores() -> None:
     assert thread_share(1, {}) == {}                 # alone: TensorFlow's own default
     share = str(max(1, cores() // 2))
-    assert thread_share(2, {}) == dict.fromkeys(TF_THREAD_VARS, share)
-    assert thread_share(10 * cores(), {}) == dict.fromkeys(TF_THREAD_VARS, "1")
+    assert thread_share(2, {}) == {**dict.fromkeys(TF_THREAD_VARS, share),
+                                   SHARED_CORES_VAR: share}        # marked as a share
+    assert thread_share(10 * cores(), {}) == {**dict.fromkeys(TF_THREAD_VARS, "1"),
+                                              SHARED_CORES_VAR: "1"}
     assert thread_share(2, {"TF_NUM_INTEROP_THREADS": "4"}) == {}   # the user's stands
 
 

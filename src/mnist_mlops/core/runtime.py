@@ -56,6 +56,7 @@ EXIT_UNWRITTEN = 120    # the output could not be written at exit (Python's own 
 
 # TensorFlow's own settings for its two thread pools; unset, each pool takes every core.
 TF_THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+SHARED_CORES_VAR = "MNIST_MLOPS_SHARED_CORES"   # set beside a share: sized for this host
 
 
 def cores() -> int:
@@ -69,13 +70,16 @@ def cores() -> int:
 def thread_share(processes: int, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """TensorFlow's thread pools for one of `processes` processes that run side by side:
     an even share of the cores each, instead of every process reaching for every core.
-    Empty for one process, and where `env` (the environment) already sets them: a user's
-    choice stands. TensorFlow's kernels may split their work, and so round, differently
-    with another number of threads: a run is repeatable for the same share."""
+    Empty for one process, and where `env` (the environment) already sets either: a
+    user's choice stands, and nothing is shared. SHARED_CORES_VAR marks a share, which
+    suits this host's cores only (a Ray worker elsewhere drops it: training/ray_fits.py).
+    TensorFlow's kernels may split their work, and so round, differently with another
+    number of threads: a run is repeatable for the same share."""
     env = os.environ if env is None else env
     if processes <= 1 or any(var in env for var in TF_THREAD_VARS):
         return {}
-    return dict.fromkeys(TF_THREAD_VARS, str(max(1, cores() // processes)))
+    share = str(max(1, cores() // processes))
+    return {**dict.fromkeys(TF_THREAD_VARS, share), SHARED_CORES_VAR: share}
 
 
 class UserError(Exception):

@@ -121,14 +121,24 @@ def to_onnx(graph: Any) -> Any:
     2.2-2.3 s through Keras' export, 0.9-1.0 s this way; docs/benchmarks.md)."""
     import tensorflow as tf
     import tf2onnx
-    from keras.src.export.tf2onnx_lib import patch_tf2onnx  # Keras' NumPy 2 fixes
 
     spec = (tf.TensorSpec((None, *INPUT_SHAPE), tf.uint8, name=PIXELS),)
-    patch_tf2onnx()
+    _patch_tf2onnx()
     proto, _ = tf2onnx.convert.from_function(
-        tf.function(lambda pixels: graph(pixels, training=False), input_signature=spec),
-        spec)
+        tf.function(lambda pixels: graph(pixels, training=False), input_signature=spec,
+                    autograph=False), spec)
     return proto
+
+
+def _patch_tf2onnx() -> None:
+    """Keras' fixes of tf2onnx for NumPy 2, which its own export applies first; where a
+    later Keras has moved them, tf2onnx runs as it is (and says what it cannot convert)."""
+    try:
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+    except ImportError:
+        log.debug("keras.src.export.tf2onnx_lib is gone: tf2onnx runs unpatched")
+        return
+    patch_tf2onnx()
 
 
 def export_on_tensorflow(h5: Path, path: Path, metadata: dict[str, str]) -> float:

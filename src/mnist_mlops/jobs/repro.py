@@ -12,10 +12,8 @@ can run side by side.
 With `share_cores`, each stage's TensorFlow gets its share of the cores instead of every
 core (core/runtime.thread_share), unless the environment sets TensorFlow's thread counts
 itself. Small stages side by side (the quick profile) then spend less time crowding each
-other's cores: `make quick` took 4-9% less time in three pairs. Long trainings lose by it,
-since a stage keeps its share when it is left to run alone: a full `cnn_deep_dropout`
-beside `lenet_28_50` was projected at 1.8 times the pair's time one after another
-(docs/benchmarks.md, "A share of the cores for each small stage").
+other's cores; long trainings lose by it, since a stage keeps its share when it is left to
+run alone (docs/benchmarks.md, "A share of the cores for each small stage").
 
 A stage that fails stops the run: no further stage starts, the running ones finish (as
 `make -j` does), and the error names the stage. Ctrl-C or SIGTERM is passed to every
@@ -131,10 +129,10 @@ def ready(p: Plan, done: set[str], started: set[str]) -> list[str]:
 class Runner:
     """Runs a plan's stages, `jobs` at a time, each its own `dvc repro --single-item`."""
 
-    def __init__(self, root: Path, jobs: int, share_cores: bool = False,
+    def __init__(self, root: Path, jobs: int, *, share_cores: bool = False,
                  out: IO[str] | None = None) -> None:
         self.root, self.jobs = root, jobs
-        self.threads = thread_share(jobs) if share_cores else {}
+        self.thread_env = thread_share(jobs) if share_cores else {}
         self.out = out or sys.stderr
         self._write = threading.Lock()
         self._running: dict[str, tuple[subprocess.Popen[bytes], float, threading.Thread]] = {}
@@ -170,7 +168,7 @@ class Runner:
         # restoring, committing outputs, writing dvc.lock); a stage starting or ending while
         # another one does that waits its turn instead of failing after 3 s
         proc = subprocess.Popen(["dvc", "--wait-for-lock", "repro", "--single-item", name],
-                                cwd=self.root, env={**os.environ, **self.threads},
+                                cwd=self.root, env={**os.environ, **self.thread_env},
                                 stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         pump = threading.Thread(target=self._pump, args=(name, proc), daemon=True)
@@ -258,12 +256,12 @@ def reproduce(root: Path, jobs: int, targets: Iterable[str] = (),
     log.info("%d stage(s) to reproduce, %d at a time: %s", len(p.stages), jobs,
              ", ".join(p.stages))
     t0 = time.monotonic()
-    runner = Runner(root, jobs, share_cores)
-    if runner.threads:
+    runner = Runner(root, jobs, share_cores=share_cores)
+    if runner.thread_env:
         log.info("%d stages at a time on %d cores: TensorFlow uses %s thread(s) per pool in "
-                 "each (%s; set these to choose otherwise)", jobs, cores(),
-                 runner.threads[TF_THREAD_VARS[0]],
-                 ", ".join(f"{k}={v}" for k, v in runner.threads.items()))
+                 "each (%s; set them to choose otherwise)", jobs, cores(),
+                 runner.thread_env[TF_THREAD_VARS[0]],
+                 ", ".join(f"{k}={runner.thread_env[k]}" for k in TF_THREAD_VARS))
     outcome = runner.run(p)
     log.info("%d stage(s) in %.1f s (%.1f s of stage time)", len(outcome.ended),
              time.monotonic() - t0, sum(s for _, _, s in outcome.ended))

@@ -36,7 +36,12 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from mnist_mlops.core.config import RayParams
-from mnist_mlops.core.runtime import UserError, sigterm_as_interrupt
+from mnist_mlops.core.runtime import (
+    SHARED_CORES_VAR,
+    TF_THREAD_VARS,
+    UserError,
+    sigterm_as_interrupt,
+)
 from mnist_mlops.training import backend
 from mnist_mlops.training.checkpoint import PACKAGE_DIR, Checkpoint
 from mnist_mlops.training.fit import (
@@ -93,8 +98,12 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
 def worker_env() -> dict[str, str]:
     """What a worker's process gets from the stage: the Keras backend and its quiet start,
     and GPU manners: a fit that asks for no GPU sees none (Ray leaves them visible since
-    2.48), and one that asks for part of a GPU takes memory as it needs it."""
+    2.48), and one that asks for part of a GPU takes memory as it needs it. TensorFlow's
+    thread counts go along when the user set them, not when they are the stage's share of
+    this host's cores (`--share-cores`): a worker has its own CPUs (train.ray)."""
     env = {k: v for k, v in os.environ.items() if k.startswith(WORKER_ENV_PREFIXES)}
+    if os.environ.get(SHARED_CORES_VAR):
+        env = {k: v for k, v in env.items() if k not in TF_THREAD_VARS}
     return {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1", "TF_FORCE_GPU_ALLOW_GROWTH": "true",
             "XLA_PYTHON_CLIENT_PREALLOCATE": "false", **env}
 
