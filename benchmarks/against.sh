@@ -65,7 +65,7 @@ fresh_clone() {  # side dest
   if [ "$side" = ref ]; then
     git clone -q --no-checkout "$work" "$dest" && git -C "$dest" checkout -q --detach "$ref"
   else
-    git clone -q "$work" "$dest"
+    git -c advice.detachedHead=false clone -q "$work" "$dest"   # a detached checkout too
     (cd "$work" && git diff HEAD --binary) | (cd "$dest" && git apply --allow-empty)
     (cd "$work" && git ls-files --others --exclude-standard -z) \
       | (cd "$work" && xargs -0 -r cp --parents -t "$dest")
