@@ -32,17 +32,16 @@ HERE = Path(__file__).resolve().parent
 ROW = re.compile(r"^\| (\S+) \| \d+ \| [\d.]+ \| [\d,]+ \| ([\d,]+) \|.* ([\d.]+) min \|$")
 
 
-def speeds(models: list[str], images: int, epochs: int, together: bool, share: bool = True
+def speeds(models: list[str], images: int, epochs: int, together: dict[str, str] | None
            ) -> dict[str, tuple[float, float]]:
     """model -> (pipeline images/s, projected minutes) from bench_speed.py runs: one
-    process per model, one after another or all at once (with the cores shared out as
-    the stage runner shares them, unless `share` is false)."""
+    process per model, one after another, or all at once with `together` added to their
+    environment (the stage runner's thread share, or nothing)."""
     cmds = [[sys.executable, str(HERE / "bench_speed.py"), "--models", m, "--images",
              str(images), "--epochs", str(epochs)] for m in models]
-    if together:
-        env = {**os.environ, **(thread_share(len(models)) if share else {})}
+    if together is not None:
         procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  text=True, env=env) for c in cmds]
+                                  text=True, env={**os.environ, **together}) for c in cmds]
         outs = [p.communicate()[0] for p in procs]
     else:
         outs = [subprocess.run(c, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -66,10 +65,10 @@ def main() -> None:
     ap.add_argument("--no-share", dest="share", action="store_false",
                     help="side by side with TensorFlow's default threads in each process")
     args = ap.parse_args()
-    args.share = args.share and bool(thread_share(2))    # not where the user set them
-    alone = speeds(args.models, args.images, args.epochs, together=False)
-    shared = speeds(args.models, args.images, args.epochs, together=True, share=args.share)
-    print(f"side by side: {thread_share(2) if args.share else 'default threads'}")
+    share = thread_share(2) if args.share else {}   # none where the user set the counts
+    alone = speeds(args.models, args.images, args.epochs, together=None)
+    shared = speeds(args.models, args.images, args.epochs, together=share)
+    print(f"side by side: {share or 'default threads'}")
     print("| model | alone img/s | side by side img/s | share | projected alone |")
     print("|---|---:|---:|---:|---:|")
     for m in args.models:
@@ -80,8 +79,9 @@ def main() -> None:
     ends = {m: alone[m][1] * alone[m][0] / shared[m][0] for m in args.models}
     first = min(ends, key=ends.get)
     other = next(m for m in args.models if m != first)
-    left = 1 - ends[first] / ends[other]
-    both = ends[other] if args.share else ends[first] + left * alone[other][1]
+    # with a share the longer keeps it once alone; without, it goes on at its speed alone
+    rest_alone = (1 - ends[first] / ends[other]) * alone[other][1]
+    both = ends[other] if share else ends[first] + rest_alone
     print(f"\nprojected training of the pair: one after another {one_after:.1f} min, "
           f"side by side {both:.1f} min ({both / one_after:.2f}x)")
 

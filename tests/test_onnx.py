@@ -100,6 +100,16 @@ def test_a_model_that_cannot_be_exported_says_how_to_go_on_without_onnx(tmp_path
     assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "parity.json").exists()
 
 
+def test_the_conversion_goes_on_unpatched_where_keras_has_moved_its_tf2onnx_fixes(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from mnist_mlops.inference import onnx_export
+
+    monkeypatch.setitem(sys.modules, "keras.src.export.tf2onnx_lib", None)   # moved
+    with caplog.at_level(logging.DEBUG, logger=onnx_export.__name__):
+        onnx_export._patch_tf2onnx()
+    assert "tf2onnx runs unpatched" in caplog.text
+
+
 def test_parity_names_the_worst_digit_and_the_difference() -> None:
     a = np.full((50, 10), 0.05)
     a[:, 3] = 0.55

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_mlops.core.config import Params, load_params
 from mnist_mlops.core.fsio import write_text_atomic
+from mnist_mlops.core.runtime import cores
 from mnist_mlops.data.dataset import folds_csv, save_dataset
 from mnist_mlops.data.preprocess import make_folds
 
@@ -83,6 +85,9 @@ def test_train_writes_outputs_and_tracks_everything(project: Params) -> None:
     tags = parent.data.tags
     assert tags["dvc_stage"] == "train@mlp_512x2" and len(tags["data_sha256"]) == 64
     assert {"git_commit", "git_dirty", "keras_version", "device"} <= set(tags)
+    if tags["backend"] == "tensorflow":           # the threads its kernels split work over
+        assert tags["tf_intra_op_threads"] == os.environ.get("TF_NUM_INTRAOP_THREADS",
+                                                             str(cores()))
     assert parent.data.metrics["cv_val_accuracy_mean"] == pytest.approx(
         summary["cv_val_accuracy_mean"])
     names = sorted(r.info.run_name for r in runs["children"])
