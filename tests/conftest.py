@@ -218,6 +218,39 @@ def made_once(path: Path, make: Callable[[Path], None]) -> Path:
     return path
 
 
+MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextlib.contextmanager
+def mlflow_uris_kept() -> Iterator[None]:
+    """MLflow's tracking and registry URIs, in this process and in its environment, as they
+    were before the block. `mlflow.set_tracking_uri` sets a process-wide URI (and
+    MLFLOW_TRACKING_URI) that outlives the test that set it and wins over the variable a
+    later test sets: a later test on the same pytest worker then talks to a server that is
+    long gone, and MLflow's client retries it for minutes before it fails."""
+    before = {name: os.environ.get(name) for name in MLFLOW_URI_VARS}
+    try:
+        yield
+    finally:
+        if "mlflow" in sys.modules:     # a test that never imported MLflow set nothing
+            import mlflow
+
+            mlflow.set_tracking_uri(None)
+            mlflow.set_registry_uri(None)
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uris_kept() -> Iterator[None]:
+    """Every test ends with MLflow's URIs as they were (`mlflow_uris_kept`)."""
+    with mlflow_uris_kept():
+        yield
+
+
 @pytest.fixture
 def mlflow_db(tmp_path: Path, empty_store_template: Path) -> str:
     """The URI of a new, empty MLflow store at tmp_path/mlflow.db: a copy of

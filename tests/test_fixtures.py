@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from .conftest import ONE_WORKER, ROOT, worker_group
+from .conftest import ONE_WORKER, ROOT, mlflow_uris_kept, worker_group
 
 
 def test_a_copied_empty_store_is_a_new_store_of_this_folder(
@@ -31,6 +32,23 @@ def test_a_copied_empty_store_is_a_new_store_of_this_folder(
     assert (tmp_path / "mlruns" / "0" / run.info.run_id / "artifacts" / "note.txt").exists()
     client.create_registered_model("only-here")
     assert empty_store_template.read_bytes() == template
+
+
+def test_a_tracking_uri_a_test_sets_ends_with_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `mlflow.set_tracking_uri` and `set_registry_uri` set in a test (a server's URI,
+    gone once the test has killed it) does not reach the next test on the worker: MLflow's
+    URIs and their variables are as they were before."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///before.db")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    with mlflow_uris_kept():
+        mlflow.set_tracking_uri("http://127.0.0.1:9")
+        mlflow.set_registry_uri("http://127.0.0.1:9")
+        assert mlflow.get_tracking_uri() == "http://127.0.0.1:9"
+    assert mlflow.get_tracking_uri() == "sqlite:///before.db"
+    assert mlflow.get_registry_uri() == "sqlite:///before.db"   # follows the tracking URI
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
 
 
 def test_every_one_worker_entry_names_a_test_that_exists() -> None:
