@@ -86,7 +86,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     from mnist_mlops.jobs.repro import dvc_root, reproduce
 
     sigterm_as_interrupt()      # a stop stops every running stage first
-    reproduce(dvc_root(Path.cwd()), args.jobs, args.targets, args.share_cores)
+    reproduce(dvc_root(Path.cwd()), args.jobs, args.targets, share_cores=args.share_cores)
     return 0
 
 
@@ -96,7 +96,7 @@ def cmd_exp_run(args: argparse.Namespace) -> int:
 
     sigterm_as_interrupt()      # a stop stops every running stage, then removes the copy
     run_experiment(dvc_root(Path.cwd()), args.set_param, args.jobs, args.name,
-                   args.share_cores)
+                   share_cores=args.share_cores)
     return 0
 
 

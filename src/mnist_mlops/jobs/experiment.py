@@ -115,7 +115,7 @@ def set_params(copy: Path, assignments: Sequence[str]) -> None:
 
 
 def run_experiment(root: Path, assignments: Sequence[str], jobs: int,
-                   name: str | None = None, share_cores: bool = False) -> str:
+                   name: str | None = None, *, share_cores: bool = False) -> str:
     """Reproduce the pipeline with `assignments` in a temporary copy, `jobs` stages at a
     time (repro.reproduce's `share_cores`), and save it as a DVC experiment of HEAD; its
     name."""

@@ -244,7 +244,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def reproduce(root: Path, jobs: int, targets: Iterable[str] = (),
+def reproduce(root: Path, jobs: int, targets: Iterable[str] = (), *,
               share_cores: bool = False) -> list[str]:
     """Run what `dvc repro [targets]` would, `jobs` stages at a time (with `share_cores`,
     each stage's TensorFlow on its share of the cores); the stages whose command ran. A
