@@ -221,3 +221,22 @@ def test_speed_benchmark_runs_where_only_keras_and_jax_are_installed() -> None:
     assert cells[1] == "128" and float(cells[2]) == 4.0        # batch, MFLOP per image
     assert float(cells[3].replace(",", "")) > 0 and float(cells[4].replace(",", "")) > 0
     assert "on jax" in out.stdout
+
+
+@pytest.mark.parametrize(("setting", "policy"), [
+    (False, "float32"), ("float16", "mixed_float16"), ("bfloat16", "mixed_bfloat16")])
+def test_mixed_precision_names_keras_policy(setting: object, policy: str) -> None:
+    assert backend.precision_policy(setting) == policy
+
+
+def test_true_is_bfloat16_on_a_cpu_and_a_cpu_without_it_is_warned(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    if backend._framework_gpus():
+        pytest.skip("true is float16 where a GPU trains")
+    assert backend.precision_policy(True) == "mixed_bfloat16"
+    # a CPU without bfloat16 instructions cannot be had here: its flags are
+    monkeypatch.setattr(backend, "cpu_has_bfloat16", lambda: False)
+    backend._warn_once.cache_clear()
+    with caplog.at_level("WARNING"):
+        assert backend.precision_policy("bfloat16") == "mixed_bfloat16"
+    assert "slower than float32: set train.mixed_precision: false" in caplog.text

@@ -55,6 +55,9 @@ def test_repo_params_load_and_cover_the_six_models_and_the_projects_own() -> Non
     ("train.deterministic", "yes", "must be true or false"),
     ("train.xla", "on", "train.xla is 'on'; expected one of 'auto', True, False"),
     ("train.xla", 1, "train.xla is 1"),               # YAML 1 is not true
+    ("train.mixed_precision", "bf16", "train.mixed_precision is 'bf16'; expected one of "
+     "False, True, 'float16', 'bfloat16'"),
+    ("train.mixed_precision", 1, "train.mixed_precision is 1"),
     ("download.files", {"x.gz": "abc"}, "download.files.x.gz"),
     ("bogus", 1, "unknown top-level key 'bogus'"),
 ])

@@ -134,3 +134,29 @@ def test_ensemble_averages_and_round_trips_as_h5(tmp_path: Path) -> None:
     ens.save(tmp_path / "e.h5")
     back = keras.saving.load_model(tmp_path / "e.h5", compile=False)
     np.testing.assert_allclose(np.asarray(back(x)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_mixed_precision_ensemble_ships_in_float32_with_its_weights() -> None:
+    """What the train stage saves after mixed-precision training computes in float32:
+    ONNX Runtime has no kernels for a graph mixing bfloat16 and float32."""
+    import keras
+
+    from mnist_mlops.training.models import build_model, ensemble, in_float32
+
+    p = PARAMS.models["cnn_bn_aug"]
+    try:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        trained = ensemble([build_model(p) for _ in range(2)], p.name)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    x = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)).astype("float32")
+    shipped = in_float32(trained)
+    policies = {sub.dtype_policy.name for layer in shipped.layers
+                for sub in [layer, *getattr(layer, "layers", [])]}
+    assert policies == {"float32"}
+    for ours, theirs in zip(shipped.get_weights(), trained.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    # same answers up to bfloat16's rounding (8 bits of mantissa)
+    np.testing.assert_allclose(shipped.predict(x, verbose=0), trained.predict(x, verbose=0),
+                               atol=0.05)
+    assert in_float32(shipped) is shipped       # a float32 model ships as it is

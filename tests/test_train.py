@@ -211,29 +211,41 @@ def test_against_a_real_mlflow_server(tmp_path: Path, mlflow_server: MlflowServe
     assert not (tmp_path / "mlflow.db").exists()
 
 
-@pytest.mark.parametrize("flag", ["mixed_precision", "xla"])
+@pytest.mark.parametrize(("flag", "value", "policy"), [
+    ("mixed_precision", True, "mixed_bfloat16"),      # a CPU's half type
+    ("mixed_precision", "float16", "mixed_float16"),
+    ("xla", True, "float32")])
 def test_precision_and_xla_flags_train(tmp_path: Path, mlflow_db: str,
-                                       monkeypatch: pytest.MonkeyPatch, flag: str) -> None:
-    """Each flag really takes effect: XLA under TensorFlow needs non-deterministic ops."""
+                                       monkeypatch: pytest.MonkeyPatch, flag: str,
+                                       value: object, policy: str) -> None:
+    """Each flag really takes effect: XLA under TensorFlow needs non-deterministic ops; a
+    model trained in mixed precision ships in float32 and passes its ONNX check."""
     import keras
 
+    from mnist_mlops.inference import onnx_draft
+    from mnist_mlops.training import backend
     from mnist_mlops.training.train import train
 
-    write_tiny_project(tmp_path, **{flag: True, "final": "best_fold"},
+    if backend._framework_gpus():
+        pytest.skip("true is float16 where a GPU trains")
+    write_tiny_project(tmp_path, **{flag: value, "final": "best_fold"},
                        **({"deterministic": False} if flag == "xla" else {}))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_db)
     try:
         summary = train(load_params(), "cnn_28_dense128")
-        assert keras.mixed_precision.global_policy().name == (
-            "mixed_float16" if flag == "mixed_precision" else "float32")
+        assert keras.mixed_precision.global_policy().name == policy
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert summary["cv_val_accuracy_mean"] > 0.3
     parent = runs_of("cnn_28_dense128")["parent"][0].data
-    assert parent.params[f"train.{flag}"] == "True"
+    assert parent.params[f"train.{flag}"] == str(value)
     assert parent.tags["jit_compile"] == str(flag == "xla")
     params = load_params()
+    h5 = params.paths.model_file("cnn_28_dense128")
+    shipped = keras.models.load_model(h5, compile=False)
+    assert {layer.dtype_policy.name for layer in shipped.layers} == {"float32"}
+    assert onnx_draft.take(params.paths.checkpoints, h5) is not None   # exported, checked
     from mnist_mlops.training.models import new_model
 
     model = new_model(params.model("cnn_28_dense128"), params.train, 0, 240)

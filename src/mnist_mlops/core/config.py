@@ -41,6 +41,8 @@ FoldStrategy = Literal["stratified", "contiguous"]
 FinalModel = Literal["refit", "best_fold", "ensemble"]
 LrSchedule = Literal["constant", "cosine"]
 JitCompile = Literal["auto", True, False]
+# true: the device's half type (training/backend.py precision_policy)
+MixedPrecision = Literal[False, True, "float16", "bfloat16"]
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,7 @@ class TrainParams(Section):
     deterministic: bool = True
     final: FinalModel = "refit"
     max_epochs: int | None = Field(None, ge=1)
-    mixed_precision: bool = False
+    mixed_precision: Annotated[MixedPrecision, _exactly(False, True, "float16", "bfloat16")] = False
     xla: Annotated[JitCompile, _exactly("auto", True, False)] = "auto"  # auto: JAX only
     steps_per_execution: int = Field(32, ge=1)  # train steps per backend call
     data_parallel: bool = True     # several accelerators (JAX backend): split every batch

@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from mnist_mlops.core.runtime import TF_THREAD_VARS, cores
@@ -20,7 +21,7 @@ from mnist_mlops.core.runtime import TF_THREAD_VARS, cores
 log = logging.getLogger(__name__)
 
 
-def configure(*, seed: int, deterministic: bool, mixed_precision: bool) -> None:
+def configure(*, seed: int, deterministic: bool, mixed_precision: bool | str) -> None:
     """Seed every RNG and set the precision policy before any model is built."""
     import keras
 
@@ -37,7 +38,31 @@ def configure(*, seed: int, deterministic: bool, mixed_precision: bool) -> None:
             from tensorflow.python.framework import config as tf_config
 
             getattr(tf_config, "disable_op_determinism", lambda: None)()
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
+    keras.mixed_precision.set_global_policy(precision_policy(mixed_precision))
+
+
+def precision_policy(setting: bool | str) -> str:
+    """`train.mixed_precision` as Keras's policy. `true` takes the device's half type:
+    float16 where a GPU trains (its tensor cores), bfloat16 on a CPU, which has no fast
+    float16 but, with AVX512-BF16 or AMX, fast bfloat16 (docs/backends.md "Speed")."""
+    if setting is False:
+        return "float32"
+    on_gpu = bool(_framework_gpus())
+    kind = setting if isinstance(setting, str) else "float16" if on_gpu else "bfloat16"
+    if not on_gpu and not cpu_has_bfloat16():
+        _warn_once(f"mixed_{kind} on a CPU without bfloat16 instructions (AVX512-BF16, AMX) "
+                   "computes slower than float32: set train.mixed_precision: false")
+    return f"mixed_{kind}"
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (Linux's /proc/cpuinfo flags; False
+    where it cannot tell)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 @functools.cache
@@ -132,6 +157,7 @@ def evenly_split(n: int, batch_size: int, devices: int) -> int:
 
 
 def _framework_gpus() -> list[Any]:
+    """The accelerators the backend trains on: its GPUs (under JAX, any non-CPU device)."""
     import keras
 
     if keras.backend.backend() == "tensorflow":
@@ -142,7 +168,9 @@ def _framework_gpus() -> list[Any]:
         import torch
 
         return list(range(torch.cuda.device_count()))
-    return []
+    import jax
+
+    return [d for d in jax.devices() if d.platform != "cpu"]
 
 
 def device_info() -> dict[str, Any]:

@@ -302,19 +302,20 @@ def fold_model(ctx: FitContext, r: FitResult, key: str, index: int) -> keras.Mod
 
 
 def final_model(ctx: FitContext, cv: list[FitResult], refit: FitResult | None) -> FitResult:
-    """The model that ships: the refit on all images, the best fold, or the fold ensemble."""
+    """The model that ships: the refit on all images, the best fold, or the fold ensemble;
+    in float32, however it trained (models.in_float32)."""
+    from mnist_mlops.training.models import ensemble, in_float32
+
     keys = [f"fold-{k}" for k in range(len(cv))]
     final = final_kind(ctx.p, ctx.tp)
     if final == "best_fold":
         i = min(range(len(cv)), key=lambda j: cv[j].val_loss)
-        return FitResult(fold_model(ctx, cv[i], keys[i], i), {})
+        return FitResult(in_float32(fold_model(ctx, cv[i], keys[i], i)), {})
     if final == "ensemble":
-        from mnist_mlops.training.models import ensemble
-
         members = [fold_model(ctx, r, keys[i], i) for i, r in enumerate(cv)]
-        return FitResult(ensemble(members, ctx.p.name), {})
+        return FitResult(in_float32(ensemble(members, ctx.p.name)), {})
     assert refit is not None, "plan_fits plans a refit when the final model is one"
-    return FitResult(fold_model(ctx, refit, FINAL, len(cv)), refit.history,
+    return FitResult(in_float32(fold_model(ctx, refit, FINAL, len(cv))), refit.history,
                      seconds=refit.seconds)
 
 

@@ -199,6 +199,29 @@ def ensemble(members: list[keras.Model], name: str) -> keras.Model:
     return keras.Model(inp, out, name=f"{name}_ensemble")
 
 
+def in_float32(model: keras.Model) -> keras.Model:
+    """`model` computing in float32 with its trained weights: what ships after a
+    mixed-precision training (train.mixed_precision), so that Keras and the ONNX export
+    answer in float32 wherever the model is loaded. The model itself where it is float32."""
+    if all(layer.dtype_policy.name == "float32" for layer in _layers(model)):
+        return model
+    clone = keras.saving.deserialize_keras_object(
+        _float32_policies(keras.saving.serialize_keras_object(model)))
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _float32_policies(config: Any) -> Any:
+    """A serialized model's config with every dtype policy float32."""
+    if isinstance(config, list):
+        return [_float32_policies(v) for v in config]
+    if not isinstance(config, dict):
+        return config
+    if config.get("class_name") == "DTypePolicy":
+        return {**config, "config": {**config["config"], "name": "float32"}}
+    return {k: _float32_policies(v) for k, v in config.items()}
+
+
 def targets(labels: np.ndarray, p: ModelParams) -> np.ndarray:
     """Integer labels for sparse loss, one-hot for categorical."""
     return keras.utils.to_categorical(labels, NUM_CLASSES) if p.loss == "categorical" \
