@@ -17,8 +17,10 @@ on an accelerator host as well:
     python benchmarks/bench_speed.py --models lenet_28_50 --images 6000 --epochs 3
     python benchmarks/bench_speed.py --steps-per-execution 16
     python benchmarks/bench_speed.py --versus-steps-per-execution 32   # paired comparison
+    python benchmarks/bench_speed.py --versus-mixed-precision bfloat16 # float32 vs bfloat16
 
-Random pixels stand in for MNIST (speed does not depend on the values).
+Random pixels stand in for MNIST (speed does not depend on the values). The peak is a
+float32 matmul's: a loop in mixed precision can pass 100% of it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))           # the package, installed or not
+
+
+PRECISIONS = {"false": False, "true": True, "float16": "float16", "bfloat16": "bfloat16"}
 
 
 def layer_flops(model) -> float:  # noqa: ANN001 (a Keras model)
@@ -106,11 +111,11 @@ def steady(times: list[float]) -> float:
     return rest[len(rest) // 2]
 
 
-def measure(p, tp, n: int, epochs: int, versus: int | None = None  # noqa: ANN001
+def measure(p, tp, n: int, epochs: int, versus=None  # noqa: ANN001
             ) -> dict[str, float]:
     """Images/s of each contender, their epochs alternating so that a change in the
     machine's load hits all of them: the plain fit, the pipeline's loop, and with `versus`
-    the loop at that many steps per execution."""
+    (other train params) the loop under those."""
     from mnist_mlops.training.backend import configure
     from mnist_mlops.training.models import (
         build_model,
@@ -120,39 +125,39 @@ def measure(p, tp, n: int, epochs: int, versus: int | None = None  # noqa: ANN00
         targets,
     )
 
-    def setup(pipeline: bool) -> None:
-        """Keras's defaults for the plain fit; the stage's settings (deterministic ops
-        under TensorFlow, precision) for its loop."""
-        configure(seed=0, deterministic=pipeline and tp.deterministic,
-                  mixed_precision=pipeline and tp.mixed_precision)
+    def setup(train_params=None) -> None:  # noqa: ANN001
+        """Keras's defaults for the plain fit (None); the stage's settings (deterministic
+        ops under TensorFlow, precision) for a loop."""
+        configure(seed=0, deterministic=bool(train_params and train_params.deterministic),
+                  mixed_precision=train_params.mixed_precision if train_params else False)
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (n, 28, 28, 1)).astype("float32")
     y = targets(rng.integers(0, 10, n), p)
 
-    setup(pipeline=False)
+    setup()
     plain = compile_model(build_model(p), p, total_steps=math.ceil(n / p.batch_size) * epochs)
 
     def plain_epoch(e: int) -> None:
-        setup(pipeline=False)
+        setup()
         plain.fit(x, y, batch_size=p.batch_size, epochs=1, shuffle=True, verbose=0)
 
     def loop(train_params) -> Callable[[int], None]:  # noqa: ANN001
-        setup(pipeline=True)
+        setup(train_params)
         model = new_model(p, train_params, 0, n)
 
         def epoch(e: int) -> None:   # train.fit's call on NumPy arrays, without validation
             # (the stage feeds a tf.data pipeline, training/feed.py: TensorFlow's, which
             # this benchmark does without, so that it runs where only Keras and JAX are)
-            setup(pipeline=True)
+            setup(train_params)
             order = epoch_order(tp.seed, 0, e, n)
             model.fit(x[order], y[order], batch_size=p.batch_size, epochs=e + 1,
                       initial_epoch=e, shuffle=False, verbose=0)
         return epoch
 
     contenders = {"plain": plain_epoch, "loop": loop(tp)}
-    if versus:
-        contenders["versus"] = loop(tp.model_copy(update={"steps_per_execution": versus}))
+    if versus is not None:
+        contenders["versus"] = loop(versus)
     times: dict[str, list[float]] = {k: [] for k in contenders}
     for e in range(epochs):
         for k, run_epoch in contenders.items():
@@ -184,6 +189,10 @@ def main() -> None:
                     help="also time the loop at N steps per execution, epochs interleaved")
     ap.add_argument("--xla", choices=["auto", "true", "false"],
                     help="override train.xla (compile the train step) for the pipeline's loop")
+    ap.add_argument("--mixed-precision", choices=PRECISIONS,
+                    help="override train.mixed_precision for the pipeline's loop")
+    ap.add_argument("--versus-mixed-precision", choices=PRECISIONS, metavar="P",
+                    help="also time the loop under mixed precision P, epochs interleaved")
     args = ap.parse_args()
 
     import keras
@@ -198,30 +207,44 @@ def main() -> None:
     if args.xla:
         tp = tp.model_copy(
             update={"xla": args.xla if args.xla == "auto" else args.xla == "true"})
+    if args.mixed_precision:
+        tp = tp.model_copy(update={"mixed_precision": PRECISIONS[args.mixed_precision]})
+    versus, label = None, ""
+    if args.versus_steps_per_execution:
+        versus = tp.model_copy(update={"steps_per_execution": args.versus_steps_per_execution})
+        label = f"{args.versus_steps_per_execution} steps/execution"
+    if args.versus_mixed_precision:
+        versus = (versus or tp).model_copy(
+            update={"mixed_precision": PRECISIONS[args.versus_mixed_precision]})
+        label = " ".join([label, f"mixed_precision {args.versus_mixed_precision}"]).strip()
     peak, what = peak_flops()
     print(f"device {device_name()}, Keras {keras.__version__} on {keras.backend.backend()}, "
           f"steps_per_execution {tp.steps_per_execution}, "
+          f"mixed_precision {tp.mixed_precision}, "
           f"xla {tp.xla} ({'on' if jit_compile(tp.xla, tp.deterministic) else 'off'}, "
           "except where a model has a layer Keras cannot compile); "
           f"peak {peak / 1e9:.0f} GFLOP/s "
           f"({what}); {args.images} images x {args.epochs} epochs, median of the steady ones")
-    versus = args.versus_steps_per_execution
-    extra = f" pipeline img/s at {versus} steps/execution |" if versus else ""
+    extra = f" pipeline img/s at {label} |" if versus else ""
     print("| model | batch | train MFLOP/image | plain fit img/s | pipeline img/s |" + extra
           + " pipeline GFLOP/s | of peak | projected `dvc repro` training |")
     print("|---|---:|---:|---:|---:|" + ("---:|" if versus else "") + "---:|---:|---:|")
-    total = 0.0
+    total = total_versus = 0.0
     for name in args.models or list(params.models):
         p = params.models[name]
         r = measure(p, tp, args.images, args.epochs, versus)
         rate = r["loop"] * r["flops"]
         proj = projected_s(p, tp, params.preprocess.folds, r["loop"])
         total += proj
+        if versus is not None:
+            total_versus += projected_s(p, versus, params.preprocess.folds, r["versus"])
         cell = f" {r['versus']:,.0f} ({r['versus'] / r['loop']:.2f}x) |" if versus else ""
         print(f"| {name} | {p.batch_size} | {r['flops'] / 1e6:.1f} | {r['plain']:,.0f} | "
               f"{r['loop']:,.0f} |{cell} {rate / 1e9:.1f} | {rate / peak:.0%} | "
               f"{proj / 60:.1f} min |", flush=True)
     print(f"\nprojected training time of the whole `dvc repro`: {total / 60:.0f} min")
+    if versus is not None:
+        print(f"with {label}: {total_versus / 60:.0f} min ({total_versus / total:.2f}x)")
 
 
 if __name__ == "__main__":

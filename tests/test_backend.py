@@ -5,6 +5,7 @@ what the real one prints; everything else is real (make, the Python functions)."
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -201,7 +202,8 @@ class Absent:   # an accelerator host: Keras and a backend, none of the pipeline
         if name.split(".")[0] in {"mlflow", "dvc", "tensorflow", "torch", "sklearn", "PIL"}:
             raise ImportError(f"{name} is not installed here")
 sys.meta_path.insert(0, Absent())
-sys.argv = ["bench_speed.py", "--models", "mlp_512x2", "--images", "512", "--epochs", "2"]
+sys.argv = ["bench_speed.py", "--models", "mlp_512x2", "--images", "512", "--epochs", "2",
+            "--versus-mixed-precision", "bfloat16"]
 runpy.run_path(%r, run_name="__main__")
 """
 
@@ -220,7 +222,8 @@ def test_speed_benchmark_runs_where_only_keras_and_jax_are_installed() -> None:
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "128" and float(cells[2]) == 4.0        # batch, MFLOP per image
     assert float(cells[3].replace(",", "")) > 0 and float(cells[4].replace(",", "")) > 0
-    assert "on jax" in out.stdout
+    assert re.fullmatch(r"[\d,]+ \(\d+\.\d\dx\)", cells[5]), cells[5]   # vs bfloat16
+    assert "on jax" in out.stdout and "with mixed_precision bfloat16: " in out.stdout
 
 
 @pytest.mark.parametrize(("setting", "policy"), [
