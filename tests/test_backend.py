@@ -232,7 +232,7 @@ def test_mixed_precision_names_keras_policy(setting: object, policy: str) -> Non
     assert backend.precision_policy(setting) == policy
 
 
-def test_true_is_bfloat16_on_a_cpu_and_a_cpu_without_it_is_warned(
+def test_true_is_bfloat16_on_a_cpu_and_a_slow_half_type_is_warned(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     if backend._framework_gpus():
         pytest.skip("true is float16 where a GPU trains")
@@ -242,4 +242,9 @@ def test_true_is_bfloat16_on_a_cpu_and_a_cpu_without_it_is_warned(
     backend._warn_once.cache_clear()
     with caplog.at_level("WARNING"):
         assert backend.precision_policy("bfloat16") == "mixed_bfloat16"
+    assert "without bfloat16 instructions" in caplog.text
     assert "slower than float32: set train.mixed_precision: false" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert backend.precision_policy("float16") == "mixed_float16"
+    assert "set train.mixed_precision: bfloat16 or false" in caplog.text

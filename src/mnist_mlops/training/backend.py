@@ -49,8 +49,11 @@ def precision_policy(setting: bool | str) -> str:
         return "float32"
     on_gpu = bool(_framework_gpus())
     kind = setting if isinstance(setting, str) else "float16" if on_gpu else "bfloat16"
-    if not on_gpu and not cpu_has_bfloat16():
-        _warn_once(f"mixed_{kind} on a CPU without bfloat16 instructions (AVX512-BF16, AMX) "
+    if not on_gpu and kind == "float16":
+        _warn_once("mixed_float16 on a CPU computes slower than float32 (a CPU has no fast "
+                   "float16): set train.mixed_precision: bfloat16 or false")
+    elif not on_gpu and not cpu_has_bfloat16():
+        _warn_once("mixed_bfloat16 on a CPU without bfloat16 instructions (AVX512-BF16, AMX) "
                    "computes slower than float32: set train.mixed_precision: false")
     return f"mixed_{kind}"
 
