@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--precision", choices=PRECISIONS, default="bfloat16",
                     help="train.mixed_precision of the contender")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="pairs per recipe, the order swapped every round (a row each)")
     args = ap.parse_args()
 
     import keras
@@ -67,16 +69,19 @@ def main() -> None:
     header(f"float32 vs {precision_policy(mixed.mixed_precision)} ({machine()}, Keras "
            f"{keras.__version__} on {keras.backend.backend()}); {args.images} images x "
            f"{args.epochs} epochs, seed {args.seed}, test accuracy on 10,000 digits")
-    print("| model | float32 s | mixed s | ratio | float32 accuracy | mixed accuracy | "
-          "difference (pp) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| model | first | float32 s | mixed s | ratio | float32 accuracy | mixed accuracy "
+          "| difference (pp) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name in args.models:
         p = params.model(name)
-        s32, a32 = fit_and_score(p, float32, data, args.images)
-        smx, amx = fit_and_score(p, mixed, data, args.images)
-        keras.mixed_precision.set_global_policy("float32")
-        print(f"| {name} | {s32:.1f} | {smx:.1f} | {smx / s32:.2f}x | {a32:.2%} | {amx:.2%} "
-              f"| {100 * (amx - a32):+.2f} |", flush=True)
+        for r in range(args.rounds):
+            order = (float32, mixed) if r % 2 == 0 else (mixed, float32)
+            got = {tp.mixed_precision: fit_and_score(p, tp, data, args.images) for tp in order}
+            keras.mixed_precision.set_global_policy("float32")
+            (s32, a32), (smx, amx) = got[False], got[mixed.mixed_precision]
+            print(f"| {name} | {'float32' if r % 2 == 0 else 'mixed'} | {s32:.1f} | {smx:.1f} "
+                  f"| {smx / s32:.2f}x | {a32:.2%} | {amx:.2%} | {100 * (amx - a32):+.2f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
