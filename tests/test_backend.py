@@ -237,14 +237,29 @@ def test_true_is_bfloat16_on_a_cpu_and_a_slow_half_type_is_warned(
     if backend._framework_gpus():
         pytest.skip("true is float16 where a GPU trains")
     assert backend.precision_policy(True) == "mixed_bfloat16"
-    # a CPU without bfloat16 instructions cannot be had here: its flags are
-    monkeypatch.setattr(backend, "cpu_has_bfloat16", lambda: False)
+    # a CPU without those instructions cannot be had here: its flags are
+    monkeypatch.setattr(backend, "cpu_has", lambda kind: False)
     backend._warn_once.cache_clear()
     with caplog.at_level("WARNING"):
         assert backend.precision_policy("bfloat16") == "mixed_bfloat16"
-    assert "without bfloat16 instructions" in caplog.text
+    assert "without bfloat16 instructions (avx512_bf16 or amx_bf16)" in caplog.text
     assert "slower than float32: set train.mixed_precision: false" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
         assert backend.precision_policy("float16") == "mixed_float16"
     assert "set train.mixed_precision: bfloat16 or false" in caplog.text
+
+
+@pytest.mark.parametrize(("devices", "policy"), [
+    ([object()], "mixed_float16"),                                  # TensorFlow's GPU
+    ([type("Device", (), {"platform": "tpu"})()], "mixed_bfloat16")])   # JAX's TPU
+def test_true_is_the_accelerators_half_type_without_a_warning(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        devices: list, policy: str) -> None:
+    # no GPU or TPU here: the list the backend would give is stood in for
+    monkeypatch.setattr(backend, "_framework_gpus", lambda: devices)
+    monkeypatch.setattr(backend, "cpu_has", lambda kind: False)
+    backend._warn_once.cache_clear()
+    with caplog.at_level("WARNING"):
+        assert backend.precision_policy(True) == policy
+    assert not caplog.text

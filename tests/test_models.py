@@ -144,19 +144,43 @@ def test_a_mixed_precision_ensemble_ships_in_float32_with_its_weights() -> None:
     from mnist_mlops.training.models import build_model, ensemble, in_float32
 
     p = PARAMS.models["cnn_bn_aug"]
-    try:
+    x = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)).astype("float32")
+    try:      # as the stage converts it: the training's policy still set
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
         trained = ensemble([build_model(p) for _ in range(2)], p.name)
+        shipped = in_float32(trained)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    x = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)).astype("float32")
-    shipped = in_float32(trained)
-    policies = {sub.dtype_policy.name for layer in shipped.layers
-                for sub in [layer, *getattr(layer, "layers", [])]}
-    assert policies == {"float32"}
+    assert all_policies(shipped) == {"float32"}
     for ours, theirs in zip(shipped.get_weights(), trained.get_weights(), strict=True):
         np.testing.assert_array_equal(ours, theirs)
     # same answers up to bfloat16's rounding (8 bits of mantissa)
     np.testing.assert_allclose(shipped.predict(x, verbose=0), trained.predict(x, verbose=0),
                                atol=0.05)
     assert in_float32(shipped) is shipped       # a float32 model ships as it is
+
+
+def all_policies(model: object) -> set[str]:
+    """The dtype policies of a model's layers, an ensemble's members' included."""
+    return {sub.dtype_policy.name for layer in model.layers
+            for sub in [layer, *getattr(layer, "layers", [])]}
+
+
+@pytest.mark.parametrize("final", ["refit", "best_fold", "ensemble"])
+def test_every_kind_of_final_model_ships_in_float32(final: str) -> None:
+    import keras
+
+    from mnist_mlops.training.fit import FitContext, FitResult, final_model
+    from mnist_mlops.training.models import build_model
+
+    p = PARAMS.models["cnn_28_dense128"].model_copy(update={"final": None})
+    tp = PARAMS.train.model_copy(update={"final": final, "mixed_precision": "bfloat16"})
+    try:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        cv = [FitResult(build_model(p), {}, 1, 0.5, loss) for loss in (0.7, 0.6)]
+        shipped = final_model(FitContext(p, tp), cv, FitResult(build_model(p), {"loss": [1.0]}))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert all_policies(shipped.model) == {"float32"}
+    if final == "best_fold":        # the fold with the lower validation loss
+        np.testing.assert_array_equal(shipped.model.get_weights()[0], cv[1].model.get_weights()[0])

@@ -41,31 +41,43 @@ def configure(*, seed: int, deterministic: bool, mixed_precision: bool | str) ->
     keras.mixed_precision.set_global_policy(precision_policy(mixed_precision))
 
 
+# the CPU flags (Linux's /proc/cpuinfo) of native arithmetic in each half type
+HALF_ON_CPU = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}
+
+
 def precision_policy(setting: bool | str) -> str:
     """`train.mixed_precision` as Keras's policy. `true` takes the device's half type:
-    float16 where a GPU trains (its tensor cores), bfloat16 on a CPU, which has no fast
-    float16 but, with AVX512-BF16 or AMX, fast bfloat16 (docs/backends.md "Speed")."""
+    float16 on a GPU (its tensor cores), bfloat16 on a TPU or a CPU; most CPUs have no fast
+    float16, and those with AVX512-BF16 or AMX have fast bfloat16 (docs/backends.md
+    "Speed")."""
     if setting is False:
         return "float32"
-    on_gpu = bool(_framework_gpus())
-    kind = setting if isinstance(setting, str) else "float16" if on_gpu else "bfloat16"
-    if not on_gpu and kind == "float16":
-        _warn_once("mixed_float16 on a CPU computes slower than float32 (a CPU has no fast "
-                   "float16): set train.mixed_precision: bfloat16 or false")
-    elif not on_gpu and not cpu_has_bfloat16():
-        _warn_once("mixed_bfloat16 on a CPU without bfloat16 instructions (AVX512-BF16, AMX) "
-                   "computes slower than float32: set train.mixed_precision: false")
+    device = _accelerator()
+    kind = setting if isinstance(setting, str) else "float16" if device == "gpu" else "bfloat16"
+    if device == "cpu" and not cpu_has(kind):
+        instead = "bfloat16 or false" if kind == "float16" else "false"
+        _warn_once(f"mixed_{kind} on a CPU without {kind} instructions "
+                   f"({' or '.join(HALF_ON_CPU[kind])}) computes slower than float32: set "
+                   f"train.mixed_precision: {instead}")
     return f"mixed_{kind}"
 
 
-def cpu_has_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (Linux's /proc/cpuinfo flags; False
-    where it cannot tell)."""
+def cpu_has(kind: str) -> bool:
+    """Whether this CPU computes in `kind` (bfloat16, float16) natively; False where it
+    cannot tell."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return any(flag in flags for flag in HALF_ON_CPU[kind])
+
+
+def _accelerator() -> str:
+    """What the backend trains on: "gpu", "tpu" or "cpu"."""
+    devices = _framework_gpus()
+    if not devices:
+        return "cpu"
+    return "tpu" if getattr(devices[0], "platform", "gpu") == "tpu" else "gpu"
 
 
 @functools.cache

@@ -23,12 +23,15 @@ PREDICT_BATCH = 512
 
 def out_of_fold(ctx: FitContext, cv: list[FitResult], train: Split, folds: np.ndarray
                 ) -> np.ndarray:
-    """Every training image's probabilities from the fold model that did not train on it."""
+    """Every training image's probabilities from the fold model that did not train on it,
+    computed in float32 as the model that ships computes (models.in_float32)."""
+    from mnist_mlops.training.models import in_float32
+
     x, _ = train
     proba = np.zeros((len(x), NUM_CLASSES))
     jobs = [job for job in plan_fits(ctx, folds) if job.key != FINAL]
     for job, result in zip(jobs, cv, strict=True):
-        model = fold_model(ctx, result, job.key, job.index)
+        model = in_float32(fold_model(ctx, result, job.key, job.index))
         val = folds == job.fold
         proba[val] = model.predict(x[val], batch_size=PREDICT_BATCH, verbose=0)
     return proba

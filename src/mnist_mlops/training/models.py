@@ -205,8 +205,13 @@ def in_float32(model: keras.Model) -> keras.Model:
     answer in float32 wherever the model is loaded. The model itself where it is float32."""
     if all(layer.dtype_policy.name == "float32" for layer in _layers(model)):
         return model
-    clone = keras.saving.deserialize_keras_object(
-        _float32_policies(keras.saving.serialize_keras_object(model)))
+    config = _float32_policies(keras.saving.serialize_keras_object(model))
+    training_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")   # for what the config leaves out:
+    try:                                                  # inputs, nested models
+        clone = keras.saving.deserialize_keras_object(config)
+    finally:
+        keras.mixed_precision.set_global_policy(training_policy)
     clone.set_weights(model.get_weights())
     return clone
 

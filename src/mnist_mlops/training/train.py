@@ -135,7 +135,8 @@ def _device(params: Params, name: str) -> dict[str, Any]:
     device = {**backend.device_info(),
               "data_parallel_devices": backend.data_parallel(p.batch_size)
               if tp.data_parallel else 1,
-              "jit_compile": step_compiled(architecture, tp)}
+              "jit_compile": step_compiled(architecture, tp),
+              "precision": backend.precision_policy(tp.mixed_precision)}
     log.info("%s trains on %s (Keras backend %s, %s train step)", name, device["device"],
              device["backend"], "compiled" if device["jit_compile"] else "uncompiled")
     if backend.jit_compile(tp.xla, tp.deterministic) and not device["jit_compile"]:
@@ -174,7 +175,10 @@ def _train(params: Params, name: str, runner: RayRunner | None) -> dict[str, Any
     train_set, folds = load_training_set(paths.dataset, paths.folds)
     data_digest = sha256_files([paths.dataset, paths.folds])
     device = _device(params, name)
-    with open_checkpoint(paths.checkpoints, name, fingerprint(p, tp, data_digest)) as ckpt:
+    # `true` is another type on another device: a checkpoint resumes only into the same
+    key = tp if tp.mixed_precision is not True else tp.model_copy(
+        update={"mixed_precision": device["precision"].removeprefix("mixed_")})
+    with open_checkpoint(paths.checkpoints, name, fingerprint(p, key, data_digest)) as ckpt:
         journal = Journal(ckpt.dir, params.mlflow.resolved_tracking_uri(),
                           params.mlflow.experiment,
                           f"train@{name}/{ckpt.state['attempt']}")
