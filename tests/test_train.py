@@ -253,6 +253,21 @@ def test_precision_and_xla_flags_train(tmp_path: Path, mlflow_db: str,
     assert model.jit_compile is (flag == "xla")       # Keras did not turn it off
 
 
+def test_a_checkpoint_of_true_is_keyed_by_the_type_true_chose() -> None:
+    """GPU float16 and CPU bfloat16 checkpoints hold different optimizer state: one may
+    not resume into the other."""
+    from mnist_mlops.training.checkpoint import fingerprint
+    from mnist_mlops.training.train import checkpoint_key
+
+    params = load_params(ROOT / "params.yaml")
+    p, tp = params.model("cnn_28_dense128"), params.train
+    true, bf16 = (tp.model_copy(update={"mixed_precision": v}) for v in (True, "bfloat16"))
+    on_cpu = checkpoint_key(p, true, "d", "mixed_bfloat16")
+    assert on_cpu == checkpoint_key(p, bf16, "d", "mixed_bfloat16")
+    assert on_cpu != checkpoint_key(p, true, "d", "mixed_float16")
+    assert checkpoint_key(p, tp, "d", "float32") == fingerprint(p, tp, "d")   # as before
+
+
 def test_xla_with_deterministic_tensorflow_ops_says_it_stays_off(
         caplog: pytest.LogCaptureFixture) -> None:
     import keras

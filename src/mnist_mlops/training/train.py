@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnist_mlops.core.calibration import effect_text
-from mnist_mlops.core.config import Params, TrainParams, load_params
+from mnist_mlops.core.config import ModelParams, Params, TrainParams, load_params
 from mnist_mlops.core.fsio import sha256_files
 from mnist_mlops.core.runtime import UserError, raise_if_stopped, run_main
 from mnist_mlops.data.dataset import load_dataset
@@ -163,6 +163,15 @@ def _executor(tp: TrainParams) -> Iterator[RayRunner | None]:
         runner.close()
 
 
+def checkpoint_key(p: ModelParams, tp: TrainParams, data_digest: str, precision: str) -> str:
+    """The checkpoint's fingerprint, `train.mixed_precision: true` in it as the type it
+    chose (`precision`, Keras's policy): true is float16 on a GPU and bfloat16 on a CPU, and
+    a checkpoint resumes only into the type that made it."""
+    if tp.mixed_precision is True:
+        tp = tp.model_copy(update={"mixed_precision": precision.removeprefix("mixed_")})
+    return fingerprint(p, tp, data_digest)
+
+
 def train(params: Params, name: str) -> dict[str, Any]:
     """Cross-validate and train model `name`; write its outputs and log everything."""
     with _executor(params.train) as runner:
@@ -175,10 +184,8 @@ def _train(params: Params, name: str, runner: RayRunner | None) -> dict[str, Any
     train_set, folds = load_training_set(paths.dataset, paths.folds)
     data_digest = sha256_files([paths.dataset, paths.folds])
     device = _device(params, name)
-    # `true` is another type on another device: a checkpoint resumes only into the same
-    key = tp if tp.mixed_precision is not True else tp.model_copy(
-        update={"mixed_precision": device["precision"].removeprefix("mixed_")})
-    with open_checkpoint(paths.checkpoints, name, fingerprint(p, key, data_digest)) as ckpt:
+    key = checkpoint_key(p, tp, data_digest, device["precision"])
+    with open_checkpoint(paths.checkpoints, name, key) as ckpt:
         journal = Journal(ckpt.dir, params.mlflow.resolved_tracking_uri(),
                           params.mlflow.experiment,
                           f"train@{name}/{ckpt.state['attempt']}")
