@@ -22,7 +22,7 @@ import time
 import numpy as np
 from common import header, machine, mnist
 
-PRECISIONS = {"true": True, "float16": "float16", "bfloat16": "bfloat16"}
+PRECISIONS = {"auto": "auto", "true": True, "float16": "float16", "bfloat16": "bfloat16"}
 
 
 def fit_and_score(p, tp, data: dict[str, np.ndarray], n: int  # noqa: ANN001

@@ -17,10 +17,12 @@ on an accelerator host as well:
     python benchmarks/bench_speed.py --models lenet_28_50 --images 6000 --epochs 3
     python benchmarks/bench_speed.py --steps-per-execution 16
     python benchmarks/bench_speed.py --versus-steps-per-execution 32   # paired comparison
-    python benchmarks/bench_speed.py --versus-mixed-precision bfloat16 # float32 vs bfloat16
+    python benchmarks/bench_speed.py --mixed-precision false --versus-mixed-precision bfloat16
 
-Random pixels stand in for MNIST (speed does not depend on the values). The peak is a
-float32 matmul's: a loop in mixed precision can pass 100% of it.
+Random pixels stand in for MNIST (speed does not depend on the values). The loop computes
+in the type its recipe's precision takes here (train.mixed_precision or the recipe's own;
+auto: bfloat16 on a CPU made for it), and its share is of a matmul's peak in that type;
+the plain fit keeps Keras's default, float32.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))           # the package, installed or not
 
 
-PRECISIONS = {"false": False, "true": True, "float16": "float16", "bfloat16": "bfloat16"}
+PRECISIONS = {"auto": "auto", "false": False, "true": True, "float16": "float16",
+              "bfloat16": "bfloat16"}
 
 
 def layer_flops(model) -> float:  # noqa: ANN001 (a Keras model)
@@ -61,14 +64,16 @@ def layer_flops(model) -> float:  # noqa: ANN001 (a Keras model)
     return total
 
 
-def peak_flops(seconds: float = 4.0, window: float = 0.25) -> tuple[float, str]:
-    """The device's float32 matrix-multiply rate (FLOP/s): the best of short windows, so a
-    moment of other load on a shared machine does not lower the limit."""
+def peak_flops(dtype: str = "float32", seconds: float = 4.0, window: float = 0.25
+               ) -> tuple[float, str]:
+    """The device's matrix-multiply rate (FLOP/s) in `dtype`, the type the loop computes in:
+    the best of short windows, so a moment of other load on a shared machine does not lower
+    the limit."""
     import keras
     from keras import ops
 
     n = 2048
-    a = ops.convert_to_tensor(np.random.default_rng(0).random((n, n), dtype=np.float32))
+    a = ops.cast(np.random.default_rng(0).random((n, n), dtype=np.float32), dtype)
     ops.convert_to_numpy(ops.matmul(a, a))                # warm-up / compile
     best, end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -78,7 +83,7 @@ def peak_flops(seconds: float = 4.0, window: float = 0.25) -> tuple[float, str]:
             reps += 1
             ops.convert_to_numpy(c[0, 0])                 # wait for the result (async)
         best = max(best, 2.0 * n ** 3 * reps / (time.perf_counter() - t0))
-    return best, f"{keras.backend.backend()} float32 matmul {n}x{n}, best 0.25 s"
+    return best, f"{keras.backend.backend()} {dtype} matmul {n}x{n}, best 0.25 s"
 
 
 def device_name() -> str:
@@ -198,7 +203,8 @@ def main() -> None:
     import keras
 
     from mnist_mlops.core.config import load_params
-    from mnist_mlops.training.backend import jit_compile
+    from mnist_mlops.training.backend import jit_compile, precision_policy
+    from mnist_mlops.training.recipe import effective_train
 
     params = load_params(ROOT / "params.yaml")
     tp = params.train
@@ -217,30 +223,39 @@ def main() -> None:
         versus = (versus or tp).model_copy(
             update={"mixed_precision": PRECISIONS[args.versus_mixed_precision]})
         label = " ".join([label, f"mixed_precision {args.versus_mixed_precision}"]).strip()
-    peak, what = peak_flops()
+    names = args.models or list(params.models)
+    # each recipe's own precision, as the stage trains it, unless the command line set one
+    own = {n: tp if args.mixed_precision else effective_train(params.models[n], tp)
+           for n in names}
+    dtypes = {n: keras.mixed_precision.Policy(precision_policy(t.mixed_precision)).compute_dtype
+              for n, t in own.items()}
+    peaks = {d: peak_flops(d) for d in ["float32", *sorted(set(dtypes.values()) - {"float32"})]}
     print(f"device {device_name()}, Keras {keras.__version__} on {keras.backend.backend()}, "
           f"steps_per_execution {tp.steps_per_execution}, "
-          f"mixed_precision {tp.mixed_precision}, "
+          f"mixed_precision {tp.mixed_precision} (or a recipe's own), "
           f"xla {tp.xla} ({'on' if jit_compile(tp.xla, tp.deterministic) else 'off'}, "
-          "except where a model has a layer Keras cannot compile); "
-          f"peak {peak / 1e9:.0f} GFLOP/s "
-          f"({what}); {args.images} images x {args.epochs} epochs, median of the steady ones")
+          "except where a model has a layer Keras cannot compile); peak "
+          + ", ".join(f"{v / 1e9:.0f} GFLOP/s ({what})" for v, what in peaks.values())
+          + f"; {args.images} images x {args.epochs} epochs, median of the steady ones")
     extra = f" pipeline img/s at {label} |" if versus else ""
     print("| model | batch | train MFLOP/image | plain fit img/s | pipeline img/s |" + extra
           + " pipeline GFLOP/s | of peak | projected `dvc repro` training |")
     print("|---|---:|---:|---:|---:|" + ("---:|" if versus else "") + "---:|---:|---:|")
     total = total_versus = 0.0
-    for name in args.models or list(params.models):
-        p = params.models[name]
-        r = measure(p, tp, args.images, args.epochs, versus)
+    for name in names:
+        p, mtp, dtype = params.models[name], own[name], dtypes[name]
+        mversus = versus if versus is None or args.versus_mixed_precision \
+            else effective_train(p, versus)
+        r = measure(p, mtp, args.images, args.epochs, mversus)
         rate = r["loop"] * r["flops"]
-        proj = projected_s(p, tp, params.preprocess.folds, r["loop"])
+        proj = projected_s(p, mtp, params.preprocess.folds, r["loop"])
         total += proj
-        if versus is not None:
-            total_versus += projected_s(p, versus, params.preprocess.folds, r["versus"])
+        if mversus is not None:
+            total_versus += projected_s(p, mversus, params.preprocess.folds, r["versus"])
         cell = f" {r['versus']:,.0f} ({r['versus'] / r['loop']:.2f}x) |" if versus else ""
+        share = f"{rate / peaks[dtype][0]:.0%}" + ("" if dtype == "float32" else f" ({dtype})")
         print(f"| {name} | {p.batch_size} | {r['flops'] / 1e6:.1f} | {r['plain']:,.0f} | "
-              f"{r['loop']:,.0f} |{cell} {rate / 1e9:.1f} | {rate / peak:.0%} | "
+              f"{r['loop']:,.0f} |{cell} {rate / 1e9:.1f} | {share} | "
               f"{proj / 60:.1f} min |", flush=True)
     print(f"\nprojected training time of the whole `dvc repro`: {total / 60:.0f} min")
     if versus is not None:

@@ -103,7 +103,9 @@ def test_quick_pipeline_under_another_backend_registers_a_champion_pyfunc_serves
     env = {**env, "KERAS_BACKEND": keras_backend}
     out = run(["dvc", "repro"], root, env, timeout=900)
     step = "compiled" if keras_backend == "jax" else "uncompiled"
-    assert f"(Keras backend {keras_backend}, {step} train step)" in out.stdout + out.stderr
+    # auto keeps float32 under another backend: bfloat16 was measured faster under TensorFlow
+    assert f"(Keras backend {keras_backend}, {step} train step, float32)" in \
+        out.stdout + out.stderr
     record = json.loads((root / "reports" / "registry.json").read_text())
     assert record["promoted"] is True and record["champion"] == "1"
 
@@ -248,6 +250,26 @@ def test_true_is_bfloat16_on_a_cpu_and_a_slow_half_type_is_warned(
     with caplog.at_level("WARNING"):
         assert backend.precision_policy("float16") == "mixed_float16"
     assert "set train.mixed_precision: bfloat16 or false" in caplog.text
+
+
+@pytest.mark.parametrize(("keras_backend", "gpus", "has_bf16", "policy"), [
+    ("tensorflow", [], True, "mixed_bfloat16"),       # AVX512-BF16 or AMX: measured faster
+    ("tensorflow", [], False, "float32"),             # a CPU without them: float32
+    ("tensorflow", [object()], True, "float32"),      # a GPU: float32, as before
+    ("jax", [], True, "float32")])                    # XLA's CPU kernels: not measured faster
+def test_auto_is_bfloat16_only_where_it_was_measured_faster(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, keras_backend: str,
+        gpus: list, has_bf16: bool, policy: str) -> None:
+    import keras
+
+    # the device, its flags and the backend are stood in for: this machine has one of each
+    monkeypatch.setattr(backend, "_framework_gpus", lambda: gpus)
+    monkeypatch.setattr(backend, "cpu_has", lambda kind: has_bf16 and kind == "bfloat16")
+    monkeypatch.setattr(keras.backend, "backend", lambda: keras_backend)
+    backend._warn_once.cache_clear()
+    with caplog.at_level("WARNING"):
+        assert backend.precision_policy("auto") == policy
+    assert not caplog.text                           # auto never picks a slow type
 
 
 @pytest.mark.parametrize(("devices", "policy"), [

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from mnist_mlops.core.config import ConfigError, load_params, parse_params
-from mnist_mlops.training.recipe import effective_epochs, final_kind
+from mnist_mlops.training.recipe import effective_epochs, effective_train, final_kind
 
 from .conftest import ROOT
 
@@ -56,7 +56,7 @@ def test_repo_params_load_and_cover_the_six_models_and_the_projects_own() -> Non
     ("train.xla", "on", "train.xla is 'on'; expected one of 'auto', True, False"),
     ("train.xla", 1, "train.xla is 1"),               # YAML 1 is not true
     ("train.mixed_precision", "bf16", "train.mixed_precision is 'bf16'; expected one of "
-     "False, True, 'float16', 'bfloat16'"),
+     "'auto', False, True, 'float16', 'bfloat16'"),
     ("train.mixed_precision", 1, "train.mixed_precision is 1"),
     ("download.files", {"x.gz": "abc"}, "download.files.x.gz"),
     ("bogus", 1, "unknown top-level key 'bogus'"),
@@ -88,6 +88,17 @@ def test_max_epochs_caps_recipe() -> None:
     assert effective_epochs(p.models["cnn_deep_dropout"], p.train) == 60
 
 
+def test_a_recipes_own_precision_wins_over_train_s() -> None:
+    """Like `final`: cnn_deep_dropout's recipe trains under `auto` whatever train says, a
+    recipe that sets none takes train's."""
+    p = parse_params(with_change("train.mixed_precision", "bfloat16"))
+    assert effective_train(p.models["cnn_deep_dropout"], p.train).mixed_precision == "auto"
+    assert effective_train(p.models["lenet_28_50"], p.train).mixed_precision == "bfloat16"
+    assert effective_train(p.models["lenet_28_50"], p.train).seed == p.train.seed
+    p = parse_params(with_change("models.cnn_deep_dropout.mixed_precision", None))
+    assert effective_train(p.models["cnn_deep_dropout"], p.train).mixed_precision is False
+
+
 def test_env_tracking_uri_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     p = parse_params(RAW)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -114,6 +125,8 @@ def test_env_tracking_uri_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     ("realworld.kinds", [], "realworld.kinds must not be empty"),
     ("paths.raw", "", "paths.raw must be a non-empty path string"),
     ("models", {}, "models must not be empty"),
+    ("models.cnn_deep_dropout.mixed_precision", "yes",
+     "models.cnn_deep_dropout.mixed_precision is 'yes'; expected one of None, 'auto', False"),
 ])
 def test_more_bad_values_name_the_key(dotted: str, value: object, needle: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -16,6 +16,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from mnist_mlops.training.backend import cpu_has
+
 from .conftest import QUICK, free_port, make_project, run, tool_env
 from .needs import requires
 from .test_plots_page import draw_offline
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.slow   # real training, processes or servers
 MODELS = ["fc_1024_512", "lenet_28_50", "mlp_512x2", "cnn_32_64_64", "cnn_28_dense128",
           "cnn_deep_dropout", "cnn_bn_aug"]
 ENSEMBLES = {"cnn_bn_aug"}     # its recipe ships the fold ensemble (final: ensemble)
+AUTO_PRECISION = {"cnn_deep_dropout", "cnn_32_64_64", "mlp_512x2"}   # mixed_precision: auto
 REG = "mnist-digits"
 
 
@@ -135,6 +138,10 @@ def test_mlflow_has_one_parent_run_per_model_with_nested_folds(project: Path) ->
                                   f"tags.mlflow.parentRunId = '{p.info.run_id}'")
         roles = ["fold", "fold"] + ([] if p.data.tags["model_name"] in ENSEMBLES else ["final"])
         assert sorted(k.data.tags["role"] for k in kids) == sorted(roles)
+        # a recipe's own precision (params.yaml): auto takes bfloat16 on a CPU with
+        # bfloat16 instructions; the recipes that set none train in float32
+        own = p.data.tags["model_name"] in AUTO_PRECISION and cpu_has("bfloat16")
+        assert p.data.tags["precision"] == ("mixed_bfloat16" if own else "float32")
 
 
 def test_registry_one_version_per_model_and_one_champion(project: Path) -> None:

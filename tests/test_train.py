@@ -229,14 +229,22 @@ def test_precision_and_xla_flags_train(tmp_path: Path, mlflow_db: str,
     if value is True and flag == "mixed_precision" and backend._framework_gpus():
         pytest.skip("true is float16 where a GPU trains")
     write_tiny_project(tmp_path, **{flag: value, "final": "best_fold"},
-                       **({"deterministic": False} if flag == "xla" else {}))
+                       **({"deterministic": False, "mixed_precision": False}
+                          if flag == "xla" else {}))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_db)
-    try:
-        summary = train(load_params(), "cnn_28_dense128")
-        assert keras.mixed_precision.global_policy().name == policy
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    from mnist_mlops.training import models
+
+    trained_in, convert = set(), models.in_float32      # what the final model computed in
+
+    def recording(model: keras.Model) -> keras.Model:
+        trained_in.update(layer.dtype_policy.name for layer in model.layers)
+        return convert(model)
+
+    monkeypatch.setattr(models, "in_float32", recording)
+    summary = train(load_params(), "cnn_28_dense128")
+    assert policy in trained_in
+    assert keras.mixed_precision.global_policy().name == "float32"   # the caller's, as it was
     assert summary["cv_val_accuracy_mean"] > 0.3
     parent = runs_of("cnn_28_dense128")["parent"][0].data
     assert parent.params[f"train.{flag}"] == str(value)
@@ -253,19 +261,30 @@ def test_precision_and_xla_flags_train(tmp_path: Path, mlflow_db: str,
     assert model.jit_compile is (flag == "xla")       # Keras did not turn it off
 
 
-def test_a_checkpoint_of_true_is_keyed_by_the_type_true_chose() -> None:
-    """GPU float16 and CPU bfloat16 checkpoints hold different optimizer state: one may
-    not resume into the other."""
+@pytest.mark.parametrize(("setting", "gpus", "has_bf16", "as_if"), [
+    ("auto", [], True, "bfloat16"), ("auto", [], False, False), ("auto", [object()], True, False),
+    (True, [], True, "bfloat16"), (True, [object()], True, "float16")])
+def test_a_checkpoint_of_auto_or_true_is_keyed_by_the_type_it_took(
+        monkeypatch: pytest.MonkeyPatch, setting: object, gpus: list, has_bf16: bool,
+        as_if: object) -> None:
+    """auto and true depend on the device: a checkpoint's key holds the type they took there
+    (float32, bfloat16 or float16 training hold different state), so one made on a GPU or
+    a CPU with bfloat16 does not resume on another kind of device, and one of auto that
+    took float32 resumes as `false`'s."""
+    from mnist_mlops.training import backend
     from mnist_mlops.training.checkpoint import fingerprint
     from mnist_mlops.training.train import checkpoint_key
 
+    # no GPU here, and this CPU's flags are what they are: the device is stood in for
+    monkeypatch.setattr(backend, "_framework_gpus", lambda: gpus)
+    monkeypatch.setattr(backend, "cpu_has", lambda kind: has_bf16 and kind == "bfloat16")
     params = load_params(ROOT / "params.yaml")
     p, tp = params.model("cnn_28_dense128"), params.train
-    true, bf16 = (tp.model_copy(update={"mixed_precision": v}) for v in (True, "bfloat16"))
-    on_cpu = checkpoint_key(p, true, "d", "mixed_bfloat16")
-    assert on_cpu == checkpoint_key(p, bf16, "d", "mixed_bfloat16")
-    assert on_cpu != checkpoint_key(p, true, "d", "mixed_float16")
-    assert checkpoint_key(p, tp, "d", "float32") == fingerprint(p, tp, "d")   # as before
+    key = checkpoint_key(p, tp.model_copy(update={"mixed_precision": setting}), "d")
+    keys = {v: fingerprint(p, tp.model_copy(update={"mixed_precision": v}), "d")
+            for v in (False, "bfloat16", "float16")}
+    assert len(set(keys.values())) == 3
+    assert key == keys[as_if]
 
 
 def test_xla_with_deterministic_tensorflow_ops_says_it_stays_off(

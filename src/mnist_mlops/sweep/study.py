@@ -41,7 +41,7 @@ from mnist_mlops.training.fit import (
     fit,
     load_training_set,
 )
-from mnist_mlops.training.recipe import effective_epochs
+from mnist_mlops.training.recipe import effective_epochs, effective_train
 
 log = logging.getLogger(__name__)
 # Keras is imported where it is used, not at the top: after run_main has quietened
@@ -209,8 +209,8 @@ class Objective:
     def __init__(self, sweep: Sweep, data: tuple[Split, np.ndarray], tracker: Tracker) -> None:
         self.sweep, self.data, self.tracker = sweep, data, tracker
         self.spec = sweep.spec
-        self.tp = space.train_params(sweep.params.train, self.spec)
         self.base: ModelParams = sweep.params.model(sweep.model)
+        self.tp = space.train_params(effective_train(self.base, sweep.params.train), self.spec)
         self.budget = sweep.budget()
         n_folds = len(np.unique(data[1]))
         if self.spec.folds > n_folds:

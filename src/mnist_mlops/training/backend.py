@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +47,48 @@ HALF_ON_CPU = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16
 
 
 def precision_policy(setting: bool | str) -> str:
-    """`train.mixed_precision` as Keras's policy. `true` takes the device's half type:
-    float16 on a GPU (its tensor cores), bfloat16 on a TPU or a CPU; most CPUs have no fast
-    float16, and those with AVX512-BF16 or AMX have fast bfloat16 (docs/backends.md
-    "Speed")."""
+    """`train.mixed_precision` as Keras's policy (docs/backends.md "Speed")."""
+    kind = half_type(setting)
+    return f"mixed_{kind}" if kind else "float32"
+
+
+def half_type(setting: bool | str) -> str | None:
+    """The type `train.mixed_precision` computes in besides float32, None for float32 alone.
+    `auto` takes bfloat16 where it was measured faster than float32 at the same accuracy:
+    TensorFlow on a CPU that multiplies bfloat16 natively (AVX512-BF16 or AMX); float32
+    anywhere else. `true` takes the device's half type: float16 on a GPU (its tensor cores),
+    bfloat16 on a TPU or a CPU (most CPUs have no fast float16)."""
     if setting is False:
-        return "float32"
+        return None
     device = _accelerator()
+    if setting == "auto":
+        import keras
+
+        return "bfloat16" if device == "cpu" and keras.backend.backend() == "tensorflow" \
+            and cpu_has("bfloat16") else None
     kind = setting if isinstance(setting, str) else "float16" if device == "gpu" else "bfloat16"
     if device == "cpu" and not cpu_has(kind):
         instead = "bfloat16 or false" if kind == "float16" else "false"
         _warn_once(f"mixed_{kind} on a CPU without {kind} instructions "
                    f"({' or '.join(HALF_ON_CPU[kind])}) computes slower than float32: set "
                    f"train.mixed_precision: {instead}")
-    return f"mixed_{kind}"
+    return kind
+
+
+@contextlib.contextmanager
+def policy(name: str | None = None) -> Iterator[None]:
+    """Keras's global precision policy set to `name` (None: left as it is) for the block, and
+    as it was afterwards: a training or a float32 export leaves nothing behind in a process
+    that goes on (a sweep, a test, a notebook)."""
+    import keras
+
+    before = keras.mixed_precision.global_policy()
+    try:
+        if name is not None:
+            keras.mixed_precision.set_global_policy(name)
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)
 
 
 def cpu_has(kind: str) -> bool:

@@ -152,6 +152,14 @@ class FitContext:
         return effective_epochs(self.p, self.tp)
 
 
+def concrete(tp: TrainParams) -> TrainParams:
+    """`tp` with train.mixed_precision as the type it takes here (auto and true depend on the
+    device): what a checkpoint is keyed by, and what the stage sends to Ray workers, so that
+    every fit of a model computes in one type whichever node it lands on."""
+    return tp.model_copy(update={"mixed_precision":
+                                 backend.half_type(tp.mixed_precision) or False})
+
+
 def configure(tp: TrainParams) -> None:
     """Seeds, deterministic ops and the precision policy: before any model is built."""
     backend.configure(seed=tp.seed, deterministic=tp.deterministic,

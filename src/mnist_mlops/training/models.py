@@ -206,12 +206,8 @@ def in_float32(model: keras.Model) -> keras.Model:
     if all(layer.dtype_policy.name == "float32" for layer in _layers(model)):
         return model
     config = _float32_policies(keras.saving.serialize_keras_object(model))
-    training_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")   # for what the config leaves out:
-    try:                                                  # inputs, nested models
+    with backend.policy("float32"):    # for what the config leaves out: inputs, nested models
         clone = keras.saving.deserialize_keras_object(config)
-    finally:
-        keras.mixed_precision.set_global_policy(training_policy)
     clone.set_weights(model.get_weights())
     return clone
 

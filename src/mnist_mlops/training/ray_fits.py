@@ -49,6 +49,7 @@ from mnist_mlops.training.fit import (
     FitJob,
     FitResult,
     Split,
+    concrete,
     configure,
     fit,
     job_data,
@@ -250,7 +251,8 @@ class RayRunner:
         if not todo:
             return results
         self.join()
-        bare = replace(ctx, ckpt=None, hooks=FitStart())   # what travels to workers
+        # what travels to workers: the precision as chosen here, one type for every fit
+        bare = replace(ctx, tp=concrete(ctx.tp), ckpt=None, hooks=FitStart())
         data = ray.put(train), ray.put(folds)     # once in the object store, not per task
         folder = StageFolder(str(ckpt.dir), ckpt.state["attempt"])
         pending = {}

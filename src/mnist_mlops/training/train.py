@@ -37,6 +37,7 @@ from mnist_mlops.training.fit import (
     FitResult,
     FitRunner,
     Split,
+    concrete,
     configure,
     cv_summary,
     load_training_set,
@@ -45,7 +46,7 @@ from mnist_mlops.training.fit import (
 )
 from mnist_mlops.training.outputs import commit_outputs, stage_outputs
 from mnist_mlops.training.progress import Progress
-from mnist_mlops.training.recipe import effective_epochs, final_kind
+from mnist_mlops.training.recipe import effective_epochs, effective_train, final_kind
 
 if TYPE_CHECKING:
     from mnist_mlops.training.ray_fits import RayRunner
@@ -130,15 +131,16 @@ def _device(params: Params, name: str) -> dict[str, Any]:
     """Where and how the model trains, logged and recorded as run tags."""
     from mnist_mlops.training.models import build_model, step_compiled, uncompilable_layers
 
-    p, tp = params.model(name), params.train
+    p, tp = model_and_train(params, name)
     architecture = build_model(p)      # what Keras can compile (the fits build their own)
     device = {**backend.device_info(),
               "data_parallel_devices": backend.data_parallel(p.batch_size)
               if tp.data_parallel else 1,
               "jit_compile": step_compiled(architecture, tp),
               "precision": backend.precision_policy(tp.mixed_precision)}
-    log.info("%s trains on %s (Keras backend %s, %s train step)", name, device["device"],
-             device["backend"], "compiled" if device["jit_compile"] else "uncompiled")
+    log.info("%s trains on %s (Keras backend %s, %s train step, %s)", name, device["device"],
+             device["backend"], "compiled" if device["jit_compile"] else "uncompiled",
+             device["precision"])
     if backend.jit_compile(tp.xla, tp.deterministic) and not device["jit_compile"]:
         log.info("%s: Keras cannot compile %s, so its train step runs uncompiled", name,
                  ", ".join(uncompilable_layers(architecture)))
@@ -163,28 +165,32 @@ def _executor(tp: TrainParams) -> Iterator[RayRunner | None]:
         runner.close()
 
 
-def checkpoint_key(p: ModelParams, tp: TrainParams, data_digest: str, precision: str) -> str:
-    """The checkpoint's fingerprint, `train.mixed_precision: true` in it as the type it
-    chose (`precision`, Keras's policy): true is float16 on a GPU and bfloat16 on a CPU, and
-    a checkpoint resumes only into the type that made it."""
-    if tp.mixed_precision is True:
-        tp = tp.model_copy(update={"mixed_precision": precision.removeprefix("mixed_")})
-    return fingerprint(p, tp, data_digest)
+def model_and_train(params: Params, name: str) -> tuple[ModelParams, TrainParams]:
+    """Model `name`'s recipe and the train params it trains with (recipe.effective_train)."""
+    p = params.model(name)
+    return p, effective_train(p, params.train)
+
+
+def checkpoint_key(p: ModelParams, tp: TrainParams, data_digest: str) -> str:
+    """The checkpoint's fingerprint, `train.mixed_precision` in it as the type it takes here
+    (fit.concrete): auto and true depend on the device, and a checkpoint resumes only into
+    the type that made it."""
+    return fingerprint(p, concrete(tp), data_digest)
 
 
 def train(params: Params, name: str) -> dict[str, Any]:
     """Cross-validate and train model `name`; write its outputs and log everything."""
-    with _executor(params.train) as runner:
+    with _executor(params.train) as runner, backend.policy():   # the caller's, afterwards
         return _train(params, name, runner)
 
 
 def _train(params: Params, name: str, runner: RayRunner | None) -> dict[str, Any]:
-    p, tp, paths = params.model(name), params.train, params.paths
+    (p, tp), paths = model_and_train(params, name), params.paths
     configure(tp)
     train_set, folds = load_training_set(paths.dataset, paths.folds)
     data_digest = sha256_files([paths.dataset, paths.folds])
     device = _device(params, name)
-    key = checkpoint_key(p, tp, data_digest, device["precision"])
+    key = checkpoint_key(p, tp, data_digest)
     with open_checkpoint(paths.checkpoints, name, key) as ckpt:
         journal = Journal(ckpt.dir, params.mlflow.resolved_tracking_uri(),
                           params.mlflow.experiment,
@@ -228,7 +234,7 @@ def _train(params: Params, name: str, runner: RayRunner | None) -> dict[str, Any
 def _train_tracked(run: StageRun, train_set: Split, folds: np.ndarray) -> dict[str, Any]:
     """Everything up to the staged outputs and the journal's last record."""
     params, name, ckpt, journal = run.params, run.name, run.ckpt, run.journal
-    p, tp = params.model(name), params.train
+    p, tp = model_and_train(params, name)
     if ckpt.state.get("staged"):
         return ckpt.state["summary"]
     journal.start_run("parent", name, _run_tags(run))
@@ -290,13 +296,12 @@ def _as_a_fresh_process() -> Iterator[None]:
     layout; the training's settings back afterwards."""
     import keras
 
-    policy, layout = keras.mixed_precision.global_policy(), keras.distribution.distribution()
-    keras.mixed_precision.set_global_policy("float32")
+    layout = keras.distribution.distribution()
     keras.distribution.set_distribution(None)
     try:
-        yield
+        with backend.policy("float32"):
+            yield
     finally:
-        keras.mixed_precision.set_global_policy(policy)
         keras.distribution.set_distribution(layout)
 
 
