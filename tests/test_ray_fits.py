@@ -211,10 +211,12 @@ def test_a_stage_stopped_mid_way_keeps_finished_fits_and_sends_only_the_rest(
 def test_a_fit_that_fails_on_its_worker_stops_the_stage_with_its_own_error(
         tmp_path: Path, ray_cluster: str) -> None:
     root = project(tmp_path / "p", "ray")
+    from mnist_mlops.training.train import checkpoint_key, model_and_train
+
     params = load_params(root / "params.yaml")
     digest = sha256_files([root / params.paths.dataset, root / params.paths.folds])
-    ckpt = root / ".checkpoints" / MODEL / fingerprint(params.model(MODEL), params.train,
-                                                       digest)
+    ckpt = root / ".checkpoints" / MODEL / checkpoint_key(*model_and_train(params, MODEL),
+                                                          digest)
     ckpt.mkdir(parents=True)       # fold 2's epoch checkpoint, from some other model
     np.savez(ckpt / "fit-fold-1.npz", v0=np.zeros(3), meta=np.frombuffer(b"{}", np.uint8))
     proc = stage(root, RAY_ADDRESS=ray_cluster)
