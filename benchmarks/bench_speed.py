@@ -74,14 +74,14 @@ def peak_flops(dtype: str = "float32", seconds: float = 4.0, window: float = 0.2
 
     n = 2048
     a = ops.cast(np.random.default_rng(0).random((n, n), dtype=np.float32), dtype)
-    ops.convert_to_numpy(ops.matmul(a, a))                # warm-up / compile
+    ops.convert_to_numpy(ops.cast(ops.matmul(a, a), "float32"))   # warm-up / compile
     best, end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < end:
         reps, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < window:
             c = ops.matmul(a, a)
             reps += 1
-            ops.convert_to_numpy(c[0, 0])                 # wait for the result (async)
+            ops.convert_to_numpy(ops.cast(c[0, 0], "float32"))   # wait for it (async)
         best = max(best, 2.0 * n ** 3 * reps / (time.perf_counter() - t0))
     return best, f"{keras.backend.backend()} {dtype} matmul {n}x{n}, best 0.25 s"
 

@@ -312,6 +312,8 @@ ONE_WORKER = {
     "tests/test_checkpoint.py": "keras", "tests/test_fit.py": "keras",
     "tests/test_models.py": "keras", "tests/test_onnx.py": "keras",
     "tests/test_onnx_draft.py": "keras",
+    "tests/test_bench_tools.py::test_the_speed_benchmarks_peak_is_a_matmul_in_the_loops_type":
+        "keras",
     "tests/test_monitoring.py::test_one_call_gives_the_answer_and_the_penultimate_layer":
         "keras",
     "tests/test_monitoring.py::test_predict_logs_its_answers_only_when_params_ask": "keras",

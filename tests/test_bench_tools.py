@@ -110,3 +110,12 @@ def test_profile_stage_runs_the_stage_and_ranks_its_functions(tmp_path: Path) ->
     seconds = [float(line.split()[0]) for line in ours.splitlines()[1:]]
     assert seconds == sorted(seconds, reverse=True) and len(seconds) > 3
     assert "data/download.py" in ours and "(main)" in ours
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_speed_benchmarks_peak_is_a_matmul_in_the_loops_type(dtype: str) -> None:
+    """A recipe that trains in bfloat16 is held against a bfloat16 matmul's peak (TensorFlow
+    cannot hand NumPy a bfloat16 tensor: the benchmark reads its result as float32)."""
+    speed = bench_module("bench_speed")
+    flops, what = speed.peak_flops(dtype, seconds=0.2, window=0.05)
+    assert flops > 1e8 and f" {dtype} matmul 2048x2048" in what
