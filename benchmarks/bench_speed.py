@@ -245,7 +245,7 @@ def main() -> None:
     for name in names:
         p, mtp, dtype = params.models[name], own[name], dtypes[name]
         mversus = versus if versus is None or args.versus_mixed_precision \
-            else effective_train(p, versus)
+            or args.mixed_precision else effective_train(p, versus)
         r = measure(p, mtp, args.images, args.epochs, mversus)
         rate = r["loop"] * r["flops"]
         proj = projected_s(p, mtp, params.preprocess.folds, r["loop"])

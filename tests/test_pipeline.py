@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from mnist_mlops.training.backend import cpu_has
+from mnist_mlops.training.backend import precision_policy
 
 from .conftest import QUICK, free_port, make_project, run, tool_env
 from .needs import requires
@@ -138,10 +138,10 @@ def test_mlflow_has_one_parent_run_per_model_with_nested_folds(project: Path) ->
                                   f"tags.mlflow.parentRunId = '{p.info.run_id}'")
         roles = ["fold", "fold"] + ([] if p.data.tags["model_name"] in ENSEMBLES else ["final"])
         assert sorted(k.data.tags["role"] for k in kids) == sorted(roles)
-        # a recipe's own precision (params.yaml): auto takes bfloat16 on a CPU with
-        # bfloat16 instructions; the recipes that set none train in float32
-        own = p.data.tags["model_name"] in AUTO_PRECISION and cpu_has("bfloat16")
-        assert p.data.tags["precision"] == ("mixed_bfloat16" if own else "float32")
+        # a recipe's own precision (params.yaml): auto takes bfloat16 under TensorFlow on a
+        # CPU with bfloat16 instructions; the recipes that set none train in float32
+        own = p.data.tags["model_name"] in AUTO_PRECISION
+        assert p.data.tags["precision"] == (precision_policy("auto") if own else "float32")
 
 
 def test_registry_one_version_per_model_and_one_champion(project: Path) -> None:

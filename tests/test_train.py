@@ -271,11 +271,14 @@ def test_a_checkpoint_of_auto_or_true_is_keyed_by_the_type_it_took(
     (float32, bfloat16 or float16 training hold different state), so one made on a GPU or
     a CPU with bfloat16 does not resume on another kind of device, and one of auto that
     took float32 resumes as `false`'s."""
+    import keras
+
     from mnist_mlops.training import backend
     from mnist_mlops.training.checkpoint import fingerprint
     from mnist_mlops.training.train import checkpoint_key
 
     # no GPU here, and this CPU's flags are what they are: the device is stood in for
+    monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
     monkeypatch.setattr(backend, "_framework_gpus", lambda: gpus)
     monkeypatch.setattr(backend, "cpu_has", lambda kind: has_bf16 and kind == "bfloat16")
     params = load_params(ROOT / "params.yaml")
