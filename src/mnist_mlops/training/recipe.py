@@ -1,7 +1,7 @@
 """What a recipe means for one training: how many epochs it runs, in which precision, and
 which model ships.
 
-Both decide what `train@<model>` makes, so they live with the training code that dvc.yaml
+They decide what `train@<model>` makes, so they live with the training code that dvc.yaml
 makes the stage depend on, not with the schema that only validates the values.
 """
 
