@@ -93,8 +93,8 @@ def test_a_recipes_own_precision_wins_over_train_s() -> None:
     recipe that sets none takes train's."""
     p = parse_params(with_change("train.mixed_precision", "bfloat16"))
     assert effective_train(p.models["cnn_deep_dropout"], p.train).mixed_precision == "auto"
-    assert effective_train(p.models["lenet_28_50"], p.train).mixed_precision == "bfloat16"
-    assert effective_train(p.models["lenet_28_50"], p.train).seed == p.train.seed
+    assert effective_train(p.models["fc_1024_512"], p.train).mixed_precision == "bfloat16"
+    assert effective_train(p.models["fc_1024_512"], p.train).seed == p.train.seed
     p = parse_params(with_change("models.cnn_deep_dropout.mixed_precision", None))
     assert effective_train(p.models["cnn_deep_dropout"], p.train).mixed_precision is False
 
