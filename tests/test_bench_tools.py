@@ -4,6 +4,7 @@ profile. (Their figures are in docs/benchmarks.md; here, that they read what the
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import textwrap
@@ -91,6 +92,32 @@ def test_suite_profile_sums_each_file_and_ranks_the_slowest(
     slowest = out.split("slowest tests (seconds):")[1].splitlines()
     assert [line.split()[-1] for line in slowest if line.strip()] == [
         "test_b::test_three", "test_a::test_one"]
+
+
+def test_suite_profile_records_each_python_process_that_exits(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--processes' recorder in real interpreters: one that exits is a line with its CPU
+    time; one killed by a signal is none (the report says such go uncounted)."""
+    profile = bench_module("suite_profile")
+    (tmp_path / "sitecustomize.py").write_text(profile.RECORDER)
+    log = tmp_path / "processes.tsv"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "SUITE_PROCESS_LOG": str(log)}
+    subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"], env=env,
+                   check=True, timeout=60)
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    killed.kill()
+    killed.wait(timeout=60)
+    (row,) = log.read_text().splitlines()
+    _pid, cpu, _wall, libs, argv = row.split("\t")
+    assert float(cpu) > 0.05 and libs == "" and argv == "-c"
+    profile.report_processes(log, wall=10.0, busy_share=0.5, top=5)
+    out = capsys.readouterr().out
+    assert "1 Python processes recorded" in out and "busy 50% of them" in out
+    assert "0 of them loaded TensorFlow" in out and out.rstrip().endswith("-c")
+    assert [profile.kind(a) for a in (
+        "/v/bin/dvc --wait-for-lock repro train@a", "/p/src/mnist_mlops/training/train.py m",
+        "/v/bin/mnist-mlops promote", "/v/bin/mlflow server --port 1")] == [
+        "dvc repro", "training/train.py", "mnist-mlops promote", "mlflow server"]
 
 
 @pytest.mark.slow
