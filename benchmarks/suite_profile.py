@@ -15,9 +15,11 @@ beside the wall time the run took. tests/conftest.py's LONGEST_FIRST should foll
 starts (stages, `dvc`, `mnist-mlops`, servers, the pytest workers): a `sitecustomize`
 module put first on PYTHONPATH records each process's own CPU seconds as it exits, and
 whether it loaded TensorFlow. Processes that end without Python's exit handlers (killed by
-a signal, as the fault tests and server teardowns do) and programs that are not Python
-(PostgreSQL, Chromium) are not counted; the machine's busy share over the run is printed
-beside, from /proc/stat. A sitecustomize of your own on the path is shadowed meanwhile.
+a signal, as the fault tests and server teardowns do; pytest's workers, which skip the
+handlers registered before the test files' imports: tests/conftest.py) and programs that
+are not Python (PostgreSQL, Chromium) are not counted; the machine's busy share over the
+run is printed beside, from /proc/stat. A sitecustomize of your own on the path is
+shadowed meanwhile.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -113,7 +116,7 @@ def kind(argv: str) -> str:
     if "/mnist_mlops/" in words[0]:
         return words[0].split("/mnist_mlops/", 1)[1]
     name = Path(words[0]).name
-    verb = next((w for w in words[1:] if not w.startswith("-")), "")
+    verb = next((w for w in words[1:] if re.fullmatch(r"[a-z][a-z-]*", w)), "")  # not a value
     return f"{name} {verb}" if name in ("dvc", "mnist-mlops", "mlflow") else name
 
 

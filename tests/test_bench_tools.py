@@ -116,8 +116,8 @@ def test_suite_profile_records_each_python_process_that_exits(
     assert "0 of them loaded TensorFlow" in out and out.rstrip().endswith("-c")
     assert [profile.kind(a) for a in (
         "/v/bin/dvc --wait-for-lock repro train@a", "/p/src/mnist_mlops/training/train.py m",
-        "/v/bin/mnist-mlops promote", "/v/bin/mlflow server --port 1")] == [
-        "dvc repro", "training/train.py", "mnist-mlops promote", "mlflow server"]
+        "/v/bin/mnist-mlops --params p.yaml sweep m", "/v/bin/mlflow server --port 1")] == [
+        "dvc repro", "training/train.py", "mnist-mlops sweep", "mlflow server"]
 
 
 @pytest.mark.slow
