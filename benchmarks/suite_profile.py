@@ -12,7 +12,7 @@ beside the wall time the run took. tests/conftest.py's LONGEST_FIRST should foll
 "per file" ranking.
 
 --processes says what the suite's CPU time is spent in, across every Python process it
-starts (stages, `dvc`, `mnist-mlops`, servers, the pytest workers): a `sitecustomize`
+starts (stages, `dvc`, `mnist-mlops`, servers, scripts): a `sitecustomize`
 module put first on PYTHONPATH records each process's own CPU seconds as it exits, and
 whether it loaded TensorFlow. Processes that end without Python's exit handlers (killed by
 a signal, as the fault tests and server teardowns do; pytest's workers, which skip the
