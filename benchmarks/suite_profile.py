@@ -40,19 +40,16 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKERS = int(os.environ.get("TEST_WORKERS", "2"))    # the Makefile's default, or yours
 
 
-# Each Python process appends one line as it exits: pid, own CPU s, wall s, heavy
-# libraries loaded, argv. Written into a temporary folder put first on PYTHONPATH.
-RECORDER = """import atexit, os, sys, time
-_START = time.monotonic()
+# Each Python process appends one line as it exits: its own CPU seconds, whether it loaded
+# TensorFlow, its argv. Written into a temporary folder put first on PYTHONPATH.
+RECORDER = """import atexit, os, sys
 def _record():
     try:
         t = os.times()
-        libs = ",".join(m for m in ("tensorflow", "jax", "torch", "ray") if m in sys.modules)
         argv = " ".join(sys.argv).replace("\\t", " ")[:300]
-        fields = [os.getpid(), f"{t.user + t.system:.2f}", f"{time.monotonic() - _START:.2f}",
-                  libs, argv]
+        fields = [f"{t.user + t.system:.2f}", str("tensorflow" in sys.modules), argv]
         with open(os.environ["SUITE_PROCESS_LOG"], "a") as f:
-            f.write("\\t".join(map(str, fields)) + "\\n")
+            f.write("\\t".join(fields) + "\\n")
     except Exception:
         pass
 atexit.register(_record)
@@ -123,8 +120,8 @@ def kind(argv: str) -> str:
 def report_processes(log: Path, wall: float, busy_share: float | None, top: int) -> None:
     rows = [line.split("\t") for line in log.read_text().splitlines()] if log.exists() else []
     per: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
-    for _pid, cpu, _wall, libs, argv in rows:
-        entry = per[kind(argv) + (" [TensorFlow]" if "tensorflow" in libs else "")]
+    for cpu, tensorflow, argv in rows:
+        entry = per[kind(argv) + (" [TensorFlow]" if tensorflow == "True" else "")]
         entry[0] += 1
         entry[1] += float(cpu)
     total = sum(v[1] for v in per.values())
@@ -134,8 +131,8 @@ def report_processes(log: Path, wall: float, busy_share: float | None, top: int)
     if busy_share is not None:
         line += f", busy {busy_share:.0%} of them ({busy_share * wall * cores:.0f} s)"
     print(line)
-    tf = [r for r in rows if "tensorflow" in r[3]]
-    print(f"{len(tf)} of them loaded TensorFlow: {sum(float(r[1]) for r in tf):.0f} CPU s")
+    tf = [float(cpu) for cpu, tensorflow, _ in rows if tensorflow == "True"]
+    print(f"{len(tf)} of them loaded TensorFlow: {sum(tf):.0f} CPU s")
     print("\nper kind of process (CPU s, processes, CPU s each, share of the recorded):")
     for name, (n, cpu) in sorted(per.items(), key=lambda kv: -kv[1][1])[:top]:
         print(f"{cpu:8.1f} {int(n):5d} {cpu / n:7.2f} {cpu / max(total, 1e-9):6.1%}  {name}")

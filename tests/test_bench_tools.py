@@ -104,12 +104,15 @@ def test_suite_profile_records_each_python_process_that_exits(
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "SUITE_PROCESS_LOG": str(log)}
     subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"], env=env,
                    check=True, timeout=60)
-    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    killed = subprocess.Popen([sys.executable, "-c", "print('up', flush=True); "
+                               "import time; time.sleep(60)"], env=env, stdout=subprocess.PIPE,
+                              text=True)
+    assert killed.stdout is not None and killed.stdout.readline() == "up\n"  # recorder armed
     killed.kill()
     killed.wait(timeout=60)
     (row,) = log.read_text().splitlines()
-    _pid, cpu, _wall, libs, argv = row.split("\t")
-    assert float(cpu) > 0.05 and libs == "" and argv == "-c"
+    cpu, tensorflow, argv = row.split("\t")
+    assert float(cpu) > 0.05 and tensorflow == "False" and argv == "-c"
     profile.report_processes(log, wall=10.0, busy_share=0.5, top=5)
     out = capsys.readouterr().out
     assert "1 Python processes recorded" in out and "busy 50% of them" in out
