@@ -310,7 +310,8 @@ LONGEST_FIRST = ("test_pipeline",        # 265 s
 # elsewhere than its file; tests/test_fixtures.py checks both).
 ONE_WORKER = {
     "tests/test_checkpoint.py": "keras", "tests/test_fit.py": "keras",
-    "tests/test_models.py": "keras", "tests/test_onnx.py": "keras",
+    "tests/test_keras_model.py": "keras", "tests/test_models.py": "keras",
+    "tests/test_onnx.py": "keras",
     "tests/test_onnx_draft.py": "keras",
     "tests/test_bench_tools.py::test_the_speed_benchmarks_peak_is_a_matmul_in_the_loops_type":
         "keras",

@@ -89,6 +89,13 @@ def test_an_epochs_feed_is_the_arrays_in_the_epochs_order() -> None:
     np.testing.assert_array_equal(np.concatenate([b[0] for b in val]), x[:64])
 
 
+def test_the_feed_does_not_autotune() -> None:
+    """tf.data's autotuning left the cores idle as each epoch's iterator ended (feed.py)."""
+    (x, y), _ = synthetic(70)
+    assert Feed(x, y, 32).batches.options().autotune.enabled is False
+    assert Feed(x, y, 32, size=64).in_order().options().autotune.enabled is False
+
+
 def test_an_order_set_after_the_iterator_is_made_is_the_one_read() -> None:
     """The feed makes no batch until one is asked for, so an iterator made before an epoch's
     order is set (Keras makes one as an epoch ends, though it reads a fresh one each epoch)

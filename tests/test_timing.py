@@ -9,8 +9,8 @@ from mnist_mlops.inference.timing import timed
 
 
 def test_timed_returns_the_full_pass_and_times_it_and_one_image() -> None:
-    """A warm-up over both batch paths, then the full pass (its answer is what comes back,
-    not the warm-up's or a single image's), then one image at a time."""
+    """A warm-up over a full batch and a short one, then the full pass (its answer is what
+    comes back, not the warm-up's or a single image's), then one image at a time."""
     images = np.arange(3 * BIG_BATCH, dtype=np.float64)
     sizes: list[int] = []
 

@@ -15,7 +15,7 @@ import numpy as np
 from mnist_mlops.core.mnist import INPUT_SHAPE
 from mnist_mlops.core.runtime import UserError
 
-BIG_BATCH = 256   # above this many images, predict() batches; below, one compiled step
+BIG_BATCH = 256   # images per call of the compiled predict step
 
 
 def load_keras_model(path: Path) -> Any:
@@ -39,18 +39,21 @@ def load_keras_model(path: Path) -> Any:
 
 
 def compiled_call(model: Any, x: np.ndarray) -> Any:
-    """`model` on float32 images `x`, as NumPy (a list for a model of several outputs).
-    Up to BIG_BATCH images: one call of the compiled predict step (predict_on_batch:
-    tf.function / jax.jit, no per-call data pipeline; 1.4 ms for one image of
-    cnn_32_64_64 against 16 ms for an eager call); more: predict() in batches."""
+    """`model` on float32 images `x`, as NumPy (a list for a model of several outputs):
+    the compiled predict step (predict_on_batch: tf.function / jax.jit; 1.4 ms for one
+    image of cnn_32_64_64 against 16 ms for an eager call) on BIG_BATCH images at a time.
+    Not predict(): its tf.data pipeline left the cores idle for up to 0.9 s of a 1.7 s
+    pass over 10,000 digits as it ended (training/feed.py says why; docs/benchmarks.md)."""
     import keras
 
-    if len(x) > BIG_BATCH:
-        return model.predict(x, batch_size=BIG_BATCH, verbose=0)
-    out = model.predict_on_batch(x)
-    if isinstance(out, list | tuple):
-        return [keras.ops.convert_to_numpy(o) for o in out]
-    return keras.ops.convert_to_numpy(out)
+    def numpy(out: Any) -> list[np.ndarray]:
+        outs = out if isinstance(out, list | tuple) else [out]
+        return [keras.ops.convert_to_numpy(o) for o in outs]
+
+    parts = [numpy(model.predict_on_batch(x[i:i + BIG_BATCH]))
+             for i in range(0, max(len(x), 1), BIG_BATCH)]
+    joined = [np.concatenate(outs) for outs in zip(*parts, strict=True)]
+    return joined if len(joined) > 1 else joined[0]
 
 
 def members(model: Any) -> list[Any]:

@@ -44,9 +44,9 @@ def onnx_answers(predictor: Predictor, images: np.ndarray, members: int
 def timed(call: Callable[[np.ndarray], T], images: np.ndarray, repeats: int = 30
           ) -> tuple[T, dict[str, float]]:
     """What `call(images)` answers, timed as `throughput` times a model: after a warm-up
-    that traces both batch paths, on the pass whose answer is returned, then one image at
-    a time."""
-    call(images[:BIG_BATCH + 1])   # warm-up: trace both paths
+    that traces a full batch and a short one, on the pass whose answer is returned, then
+    one image at a time."""
+    call(images[:BIG_BATCH + 1])   # warm-up: a full batch and a short one
     t0 = time.perf_counter()
     answer = call(images)
     batch_s = time.perf_counter() - t0
