@@ -101,7 +101,7 @@ ablation: setup
 
 # Needs no setup of its own: it builds what each side needs
 against:
-	bash benchmarks/against.sh '$(REF)' '$(LOOP)' $(RUNS)
+	bash benchmarks/against.sh '$(REF)' '$(value LOOP)' $(RUNS)
 
 clean:
 	rm -rf $(VENV)

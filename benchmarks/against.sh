@@ -13,7 +13,9 @@
 #   test-fast  `make test-fast`
 #   run        `make run` in a fresh clone: the full recipes, hours on a CPU
 #   cmd:TEXT   TEXT run by bash in the side's checkout with its venv first on PATH,
-#              e.g. 'cmd:python benchmarks/bench_tracking.py'
+#              e.g. 'cmd:python benchmarks/bench_tracking.py'; $AGAINST_WORK is the
+#              working tree, for a script the reference does not have:
+#              'cmd:bash "$AGAINST_WORK/benchmarks/train_stages.sh" mlp_512x2'
 #
 # REF is checked out once as a git worktree under $AGAINST_HOME (default
 # ~/.cache/mnist-mlops-against/<commit>) with its own venv from its own requirements.lock
@@ -24,7 +26,7 @@
 # here as a load near 2). Prints the median of each side and the ratio work / ref.
 set -euo pipefail
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 2 ] || usage
 ref_arg=$1 loop=$2 runs=${3:-1}
 case $loop in setup|quick|test|test-fast|run|cmd:*) ;; *) echo "against.sh: unknown loop '$loop'" >&2; usage;; esac
@@ -92,7 +94,8 @@ one_run() {  # side i
   esac
   start=$(date +%s.%N)
   case $loop in
-    cmd:*) (cd "$dir" && PATH="$dir/.venv/bin:$PATH" bash -c "${loop#cmd:}") >"$log" 2>&1 || rc=$? ;;
+    cmd:*) (cd "$dir" && PATH="$dir/.venv/bin:$PATH" AGAINST_WORK="$work" bash -c "${loop#cmd:}") \
+             >"$log" 2>&1 || rc=$? ;;
     *) make -C "$dir" "$loop" >"$log" 2>&1 || rc=$? ;;
   esac
   local secs counts
