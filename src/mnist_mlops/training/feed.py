@@ -71,10 +71,11 @@ def _batches(data: tuple[Any, Any], order: Any, batch_size: int, size: int
 
     options = tf.data.Options()
     options.experimental_optimization.apply_default_optimizations = False
-    # No autotuning: its model thread sleeps between passes, and an epoch's iterator,
-    # when Keras drops it at the epoch's end, waits for that sleep to end with every
-    # core idle: 2-8 s of 12-s epochs of cnn_32_64_64 here (docs/benchmarks.md). The
-    # map only gathers a batch by index; TensorFlow's default parallelism serves it.
+    # No autotuning: as Keras drops an epoch's iterator at the epoch's end, the iterator
+    # waits for autotuning's background thread, asleep, while every core idles: seconds
+    # in some epochs, none in others (docs/benchmarks.md, "Idle cores as each epoch
+    # ends"). The map only gathers a batch by index; TensorFlow's default parallelism
+    # serves it.
     options.autotune.enabled = False
     return tf.data.Dataset.zip((
         tf.data.Dataset.range(math.ceil(size / batch_size)),
