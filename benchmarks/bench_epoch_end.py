@@ -9,8 +9,8 @@ Each side is its own process (alternating, `--rounds` times): the recipe's model
 batch size and the loop's steps per execution, random pixels (the speed does not depend
 on them), one `fit` call of `--epochs` epochs with each epoch's order set as it begins, as
 training/fit.py trains. Printed per side: every epoch's seconds, their sum, and how busy
-the machine's cores were over the fit (the process's CPU seconds over wall seconds times
-cores): the autotuned side's slow epochs are idle time, not slower steps.
+the cores it may run on were over the fit (the process's CPU seconds over wall seconds
+times those cores): the autotuned side's slow epochs are idle time, not slower steps.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ import sys
 from common import ROOT, header, machine
 
 ONE_SIDE = """
-import json, os, resource, sys, time
+import json, resource, sys, time
 import numpy as np
 import keras
 import tensorflow as tf
 from mnist_mlops.core.config import load_params
+from mnist_mlops.core.runtime import cores
 from mnist_mlops.training.feed import Feed
 from mnist_mlops.training.models import build_model, compile_model, targets
 model, n, epochs, autotune = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -57,7 +58,7 @@ m.fit(feed.batches, epochs=epochs, shuffle=False, verbose=0,
       callbacks=[keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_epoch_end=end)])
 wall, cpu1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
 cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-print(json.dumps({"epochs": seconds, "wall": wall, "busy": cpu / wall / os.cpu_count()}))
+print(json.dumps({"epochs": seconds, "wall": wall, "busy": cpu / wall / cores()}))
 """
 
 
