@@ -27,8 +27,8 @@ pytestmark = pytest.mark.slow   # real training, processes or servers
 MODELS = ["fc_1024_512", "lenet_28_50", "mlp_512x2", "cnn_32_64_64", "cnn_28_dense128",
           "cnn_deep_dropout", "cnn_bn_aug"]
 ENSEMBLES = {"cnn_bn_aug"}     # its recipe ships the fold ensemble (final: ensemble)
-AUTO_PRECISION = {"cnn_deep_dropout", "cnn_32_64_64", "lenet_28_50",   # mixed_precision: auto
-                  "mlp_512x2"}
+AUTO_PRECISION = {"cnn_deep_dropout", "cnn_bn_aug", "cnn_32_64_64",   # mixed_precision: auto
+                  "lenet_28_50", "mlp_512x2"}
 REG = "mnist-digits"
 
 
