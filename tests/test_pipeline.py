@@ -16,9 +16,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from mnist_mlops.core.config import load_params
 from mnist_mlops.training.backend import precision_policy
 
-from .conftest import QUICK, free_port, make_project, run, tool_env
+from .conftest import QUICK, ROOT, free_port, make_project, run, tool_env
 from .needs import requires
 from .test_plots_page import draw_offline
 
@@ -27,8 +28,9 @@ pytestmark = pytest.mark.slow   # real training, processes or servers
 MODELS = ["fc_1024_512", "lenet_28_50", "mlp_512x2", "cnn_32_64_64", "cnn_28_dense128",
           "cnn_deep_dropout", "cnn_bn_aug"]
 ENSEMBLES = {"cnn_bn_aug"}     # its recipe ships the fold ensemble (final: ensemble)
-AUTO_PRECISION = {"cnn_deep_dropout", "cnn_bn_aug", "cnn_32_64_64",   # mixed_precision: auto
-                  "lenet_28_50", "mlp_512x2"}
+# the recipes that set their own `mixed_precision: auto` in the repo's params.yaml
+AUTO_PRECISION = {name for name, m in load_params(ROOT / "params.yaml").models.items()
+                  if m.mixed_precision == "auto"}
 REG = "mnist-digits"
 
 
